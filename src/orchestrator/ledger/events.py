@@ -1,0 +1,166 @@
+"""The typed events of a run's ledger.
+
+Every event carries its ``kind`` (the union's discriminator), its position ``seq`` in the
+run's chain and the time ``ts`` it was recorded (ISO-8601 UTC). Events are immutable; a
+run's whole history is the ordered list of them, and everything else is a fold.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from orchestrator.ledger.codec import canonical_bytes
+
+FailureCause = Literal[
+    "error", "timeout", "upstream", "retries_exhausted", "code_changed", "map_too_large"
+]
+
+
+class ErrorInfo(BaseModel):
+    """An exception as recorded: its type, message and the names of its classes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    message: str
+    classes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        names = [c.__name__ for c in type(exc).__mro__ if c not in (object, BaseException)]
+        return cls(type=type(exc).__name__, message=str(exc), classes=names)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+class BaseEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    seq: int
+    ts: str
+
+
+class RunStarted(BaseEvent):
+    kind: Literal["RunStarted"] = "RunStarted"
+    run_id: str
+    plan_ref: str
+    plan_digest: str
+    plan: dict[str, Any]
+    inputs: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+
+
+class NodeDispatched(BaseEvent):
+    kind: Literal["NodeDispatched"] = "NodeDispatched"
+    node: str
+    attempt: int
+    code_digest: str
+    inputs: dict[str, Any]
+
+
+class EffectRecorded(BaseEvent):
+    kind: Literal["EffectRecorded"] = "EffectRecorded"
+    node: str
+    attempt: int
+    index: int
+    effect: str
+    key: str
+    request: Any
+    request_digest: str
+    response: Any
+    usage: dict[str, float] = Field(default_factory=dict)
+
+
+class NodeResumed(BaseEvent):
+    kind: Literal["NodeResumed"] = "NodeResumed"
+    node: str
+    attempt: int
+    from_index: int
+
+
+class RetryScheduled(BaseEvent):
+    kind: Literal["RetryScheduled"] = "RetryScheduled"
+    node: str
+    attempt: int
+    next_attempt: int
+    reason: ErrorInfo
+    delay: float
+    not_before: str
+
+
+class NodeSucceeded(BaseEvent):
+    kind: Literal["NodeSucceeded"] = "NodeSucceeded"
+    node: str
+    attempt: int
+    outputs: dict[str, Any]
+
+
+class NodeFailed(BaseEvent):
+    kind: Literal["NodeFailed"] = "NodeFailed"
+    node: str
+    attempt: int
+    cause: FailureCause
+    reason: ErrorInfo
+
+
+class PauseRequested(BaseEvent):
+    kind: Literal["PauseRequested"] = "PauseRequested"
+    source: str
+
+
+class RunParked(BaseEvent):
+    kind: Literal["RunParked"] = "RunParked"
+    reason: str
+
+
+class RunResumed(BaseEvent):
+    kind: Literal["RunResumed"] = "RunResumed"
+    reason: str
+
+
+class RunCompleted(BaseEvent):
+    kind: Literal["RunCompleted"] = "RunCompleted"
+    status: Literal["succeeded", "failed"]
+    summary: dict[str, Any]
+
+
+Event = Annotated[
+    RunStarted
+    | NodeDispatched
+    | EffectRecorded
+    | NodeResumed
+    | RetryScheduled
+    | NodeSucceeded
+    | NodeFailed
+    | PauseRequested
+    | RunParked
+    | RunResumed
+    | RunCompleted,
+    Field(discriminator="kind"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+NODE_EVENTS = (
+    NodeDispatched,
+    EffectRecorded,
+    NodeResumed,
+    RetryScheduled,
+    NodeSucceeded,
+    NodeFailed,
+)
+
+
+def encode(event: BaseEvent) -> bytes:
+    """The canonical bytes of an event: what is hashed, stored and compared on replay."""
+    return canonical_bytes(event.model_dump(mode="json"))
+
+
+def decode(body: bytes) -> Event:
+    """Parse stored canonical bytes back into a typed event."""
+    return EVENT_ADAPTER.validate_json(body)

@@ -1,0 +1,272 @@
+"""RunState: a pure fold over a run's ledger events.
+
+Status, the scheduler, resume and replay all read this same fold; nothing about a run
+lives only in memory. The fold needs no plan file: RunStarted carries the plan's
+canonical description (nodes, wiring, maps), which is all the graph logic needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.ledger.events import (
+    BaseEvent,
+    EffectRecorded,
+    ErrorInfo,
+    Event,
+    FailureCause,
+    NodeDispatched,
+    NodeFailed,
+    NodeResumed,
+    NodeSucceeded,
+    PauseRequested,
+    RetryScheduled,
+    RunCompleted,
+    RunParked,
+    RunResumed,
+    RunStarted,
+)
+from orchestrator.plan import Ref
+
+NodeStatus = Literal["pending", "running", "retrying", "succeeded", "failed"]
+RunStatus = Literal["running", "pausing", "parked", "succeeded", "failed"]
+TERMINAL_RUN: frozenset[str] = frozenset({"succeeded", "failed"})
+
+
+@dataclass
+class NodeState:
+    """One node instance (a plain node, or one item of a mapped node)."""
+
+    id: str
+    base: str
+    index: int | None = None
+    status: NodeStatus = "pending"
+    attempt: int = 0
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    code_digest: str | None = None
+    journal: list[EffectRecorded] = field(default_factory=list)
+    resumed_from: list[int] = field(default_factory=list)
+    not_before: str | None = None
+    error: ErrorInfo | None = None
+    cause: FailureCause | None = None
+    dispatched_at: str | None = None
+    finished_at: str | None = None
+    placeholder: bool = False
+    defect: str | None = None
+
+
+@dataclass
+class RunState:
+    """Everything known about a run, derived from its events and nothing else."""
+
+    run_id: str
+    plan_ref: str
+    plan_digest: str
+    plan: dict[str, Any]
+    inputs: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    started_at: str
+    status: RunStatus = "running"
+    updated_at: str = ""
+    head_seq: int = 0
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)
+    doomed: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    _deps: dict[str, set[str]] = field(default_factory=dict)
+    _dependents: dict[str, set[str]] = field(default_factory=dict)
+
+    # ---- construction ---------------------------------------------------------------
+
+    @classmethod
+    def start(cls, event: RunStarted) -> RunState:
+        state = cls(
+            run_id=event.run_id,
+            plan_ref=event.plan_ref,
+            plan_digest=event.plan_digest,
+            plan=event.plan,
+            inputs=event.inputs,
+            config=event.config,
+            seed=event.seed,
+            started_at=event.ts,
+            updated_at=event.ts,
+            head_seq=event.seq,
+        )
+        nodes: dict[str, Any] = event.plan["nodes"]
+        for base, desc in nodes.items():
+            deps = {Ref.parse(w["ref"]).node for w in desc["wiring"].values() if "ref" in w}
+            if desc["map"] is not None:
+                deps.add(Ref.parse(desc["map"]["over"]).node)
+                state.nodes[base] = NodeState(base, base, placeholder=True)
+            else:
+                state.nodes[base] = NodeState(base, base)
+            state.groups[base] = [base]
+            state._deps[base] = deps & nodes.keys()
+            for dep in state._deps[base]:
+                state._dependents.setdefault(dep, set()).add(base)
+        for base in nodes:
+            if not state._deps[base] and state.nodes[base].placeholder is False:
+                state.ready.add(base)
+        return state
+
+    @classmethod
+    def fold(cls, events: Iterable[Event]) -> RunState:
+        """Fold a run's events, first to last, into its state."""
+        it = iter(events)
+        first = next(it, None)
+        if not isinstance(first, RunStarted):
+            raise ValueError("a run's ledger must begin with RunStarted")
+        state = cls.start(first)
+        for event in it:
+            state.apply(event)
+        return state
+
+    # ---- the fold ---------------------------------------------------------------------
+
+    def apply(self, event: BaseEvent) -> None:
+        """Advance the state by one event."""
+        self.head_seq = event.seq
+        self.updated_at = event.ts
+        if isinstance(event, EffectRecorded):
+            self.nodes[event.node].journal.append(event)
+        elif isinstance(event, NodeDispatched):
+            ns = self.nodes[event.node]
+            ns.status, ns.attempt, ns.inputs = "running", event.attempt, event.inputs
+            ns.code_digest, ns.journal, ns.resumed_from = event.code_digest, [], []
+            ns.dispatched_at, ns.not_before = event.ts, None
+            self.ready.discard(event.node)
+        elif isinstance(event, NodeSucceeded):
+            ns = self.nodes[event.node]
+            ns.status, ns.outputs, ns.finished_at = "succeeded", event.outputs, event.ts
+            self._settled(ns.base)
+        elif isinstance(event, NodeFailed):
+            ns = self.nodes[event.node]
+            ns.status, ns.error, ns.cause, ns.finished_at = (
+                "failed",
+                event.reason,
+                event.cause,
+                event.ts,
+            )
+            self.ready.discard(event.node)
+            self.doomed.pop(event.node, None)
+            self._settled(ns.base)
+        elif isinstance(event, RetryScheduled):
+            ns = self.nodes[event.node]
+            ns.status, ns.error, ns.not_before = "retrying", event.reason, event.not_before
+        elif isinstance(event, NodeResumed):
+            self.nodes[event.node].resumed_from.append(event.from_index)
+        elif isinstance(event, PauseRequested):
+            self.status = "pausing"
+        elif isinstance(event, RunParked):
+            self.status = "parked"
+        elif isinstance(event, RunResumed):
+            self.status = "running"
+        elif isinstance(event, RunCompleted):
+            self.status, self.summary = event.status, event.summary
+        elif isinstance(event, RunStarted):
+            raise ValueError("RunStarted may only begin a ledger")
+
+    def _settled(self, base: str) -> None:
+        """A node of ``base`` reached a terminal state: expand maps, re-check dependents."""
+        for dependent in self._dependents.get(base, ()):
+            desc = self.plan["nodes"][dependent]
+            if desc["map"] is not None and Ref.parse(desc["map"]["over"]).node == base:
+                self._expand(dependent, desc["map"])
+            for instance in self.groups[dependent]:
+                self._evaluate(instance)
+
+    def _expand(self, base: str, spec: dict[str, Any]) -> None:
+        holder = self.nodes[base]
+        if (
+            not holder.placeholder
+            or holder.status != "pending"
+            or not self._complete(Ref.parse(spec["over"]).node)
+        ):
+            return
+        items = self.value_of(Ref.parse(spec["over"]))
+        if not isinstance(items, list):
+            holder.defect = f"map source {spec['over']} is not a list at run time"
+            return
+        if len(items) > spec["max"]:
+            holder.defect = f"map over {len(items)} items exceeds max_items {spec['max']}"
+            return
+        del self.nodes[base]
+        self.ready.discard(base)
+        ids = [f"{base}[{i}]" for i in range(len(items))]
+        for i, instance in enumerate(ids):
+            self.nodes[instance] = NodeState(instance, base, index=i)
+        self.groups[base] = ids
+        for dependent in self._dependents.get(base, ()):
+            for instance in self.groups[dependent]:
+                self._evaluate(instance)
+
+    def _complete(self, base: str) -> bool:
+        return all(
+            self.nodes[i].status == "succeeded" and not self.nodes[i].placeholder
+            for i in self.groups[base]
+        )
+
+    def _evaluate(self, instance: str) -> None:
+        ns = self.nodes.get(instance)
+        if ns is None or ns.status != "pending":
+            return
+        for dep in self._deps[ns.base]:
+            for member in self.groups[dep]:
+                if self.nodes[member].status == "failed":
+                    self.doomed[instance] = dep
+                    self.ready.discard(instance)
+                    return
+        if all(self._complete(dep) for dep in self._deps[ns.base]) and (
+            not ns.placeholder or ns.defect is not None
+        ):
+            self.ready.add(instance)
+
+    # ---- queries ----------------------------------------------------------------------
+
+    def value_of(self, ref: Ref) -> Any:
+        """What a ref delivers: one output, or the list of a mapped node's items' outputs."""
+        desc = self.plan["nodes"][ref.node]
+        if desc["map"] is None:
+            outputs = self.nodes[ref.node].outputs
+            assert outputs is not None
+            return outputs[ref.port]
+        return [self.nodes[i].outputs[ref.port] for i in self.groups[ref.node]]  # type: ignore[index]
+
+    def inputs_for(self, instance: str) -> dict[str, Any]:
+        """The inputs a ready node instance is dispatched with."""
+        ns = self.nodes[instance]
+        desc = self.plan["nodes"][ns.base]
+        inputs: dict[str, Any] = {}
+        for port, wire in desc["wiring"].items():
+            if "ref" in wire:
+                inputs[port] = self.value_of(Ref.parse(wire["ref"]))
+            elif "input" in wire:
+                inputs[port] = self.inputs.get(wire["input"])
+            else:
+                inputs[port] = wire["const"]
+        if desc["map"] is not None and ns.index is not None:
+            inputs[desc["map"]["item"]] = self.value_of(Ref.parse(desc["map"]["over"]))[ns.index]
+        return inputs
+
+    def in_flight(self) -> list[NodeState]:
+        return [ns for ns in self.nodes.values() if ns.status == "running"]
+
+    def retrying(self) -> list[NodeState]:
+        return [ns for ns in self.nodes.values() if ns.status == "retrying"]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(("pending", "running", "retrying", "succeeded", "failed"), 0)
+        for ns in self.nodes.values():
+            out[ns.status] += 1
+        return out
+
+    def unfinished(self) -> bool:
+        return any(ns.status not in ("succeeded", "failed") for ns in self.nodes.values())
+
+    def outputs(self) -> dict[str, dict[str, Any] | None]:
+        return {k: ns.outputs for k, ns in self.nodes.items()}

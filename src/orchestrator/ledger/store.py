@@ -1,0 +1,101 @@
+"""The ledger store protocol, and picking a backend from a URL.
+
+A store keeps, per run, the ordered canonical event bodies with their chained hashes,
+plus a small control inbox (pause requests from other processes). It knows nothing of
+event types: encoding and the hash chain live in :mod:`orchestrator.ledger.codec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from orchestrator.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of the ledger: position, kind, canonical body and chained hash."""
+
+    seq: int
+    kind: str
+    body: bytes
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """What ``ls`` shows without folding a whole run."""
+
+    run_id: str
+    plan_name: str
+    created_at: str
+    last_seq: int
+    last_kind: str
+    last_ts: str
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A request to a run's owning process, e.g. ``pause``."""
+
+    id: int
+    command: str
+    source: str
+
+
+class LedgerStore(Protocol):
+    """Append-only per-run event storage. One writer per run at a time."""
+
+    url: str
+
+    def create_run(self, run_id: str, plan_name: str, created_at: str) -> None: ...
+
+    def append(self, run_id: str, events: Sequence[StoredEvent]) -> None:
+        """Durably append events in one transaction; a seq clash raises LedgerConflict."""
+
+    def read(self, run_id: str, after_seq: int = -1) -> list[StoredEvent]: ...
+
+    def head(self, run_id: str) -> StoredEvent | None: ...
+
+    def runs(self) -> list[RunRow]: ...
+
+    def has_run(self, run_id: str) -> bool: ...
+
+    def send_control(self, run_id: str, command: str, source: str) -> None: ...
+
+    def take_controls(self, run_id: str) -> list[Control]:
+        """Return and mark handled the run's pending control requests."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def open_store(url: str) -> LedgerStore:
+    """Open a ledger store from a URL: ``sqlite:///path/to/ledger.db`` (the default)."""
+    if url.startswith("sqlite:///"):
+        from orchestrator.ledger.sqlite import SqliteLedgerStore
+
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        sync = "normal"
+        for part in filter(None, query.split("&")):
+            key, _, value = part.partition("=")
+            if key != "synchronous" or value.lower() not in ("normal", "full"):
+                raise ConfigError(f"unknown SQLite ledger option {part!r} in {url!r}")
+            sync = value.lower()
+        return SqliteLedgerStore(Path("/" + path) if path.startswith("/") else Path(path), sync)
+    raise ConfigError(
+        f"cannot open ledger {url!r}: the supported form is sqlite:///PATH "
+        "(Postgres arrives with a later release)"
+    )

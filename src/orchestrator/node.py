@@ -1,0 +1,216 @@
+"""Node specifications: typed inputs and outputs, effects, budget, retry, gate, timeout.
+
+A node is an ``async def run(ctx, inputs) -> Outputs`` whose ``inputs`` and return value
+are Pydantic models. ``@node(...)`` and ``define_node(...)`` build the same
+:class:`NodeSpec`; the spec is plain data plus the function, and knows nothing of plans,
+ledgers or sandboxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import textwrap
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.context import NodeContext
+
+KNOWN_EFFECTS: frozenset[str] = frozenset({"fs", "net", "llm"})
+
+NodeFn = Callable[["NodeContext", Any], Awaitable[BaseModel]]
+
+
+class Budget(BaseModel):
+    """A worst case or a ceiling: model tokens, compute-hours and spend in USD."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int = Field(default=0, ge=0)
+    compute_h: float = Field(default=0.0, ge=0)
+    spend_usd: float = Field(default=0.0, ge=0)
+
+    def __add__(self, other: Budget) -> Budget:
+        return Budget(
+            tokens=self.tokens + other.tokens,
+            compute_h=self.compute_h + other.compute_h,
+            spend_usd=self.spend_usd + other.spend_usd,
+        )
+
+    def __mul__(self, times: int) -> Budget:
+        return Budget(
+            tokens=self.tokens * times,
+            compute_h=self.compute_h * times,
+            spend_usd=self.spend_usd * times,
+        )
+
+    def over(self, ceiling: Budget) -> list[str]:
+        """The dimensions in which this budget exceeds ``ceiling``, described."""
+        return [
+            f"{dim} {getattr(self, dim):g} > {getattr(ceiling, dim):g}"
+            for dim in ("tokens", "compute_h", "spend_usd")
+            if getattr(self, dim) > getattr(ceiling, dim)
+        ]
+
+
+class Retry(BaseModel):
+    """How a failed attempt is retried. ``on`` lists the retryable exception types."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    max_attempts: int = Field(default=1, ge=1)
+    backoff: Literal["exp", "fixed", "none"] = "exp"
+    base_delay: float = Field(default=1.0, ge=0)
+    max_delay: float = Field(default=300.0, ge=0)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    on: tuple[type[BaseException], ...] = (Exception,)
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _tuple(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, type) else tuple(value)
+
+    def delay(self, attempt: int, unit_random: float) -> float:
+        """Delay before the attempt after ``attempt``; jitter from ``unit_random`` in [0,1)."""
+        if self.backoff == "none":
+            return 0.0
+        base = self.base_delay if self.backoff == "fixed" else self.base_delay * 2 ** (attempt - 1)
+        base = min(base, self.max_delay)
+        return round(base * (1 - self.jitter + 2 * self.jitter * unit_random), 6)
+
+    def retries(self, class_names: Iterable[str]) -> bool:
+        """Whether an error whose classes are ``class_names`` is retryable."""
+        wanted = {c.__name__ for c in self.on}
+        return not wanted.isdisjoint(class_names)
+
+    def describe(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"on"})
+        data["on"] = sorted(c.__name__ for c in self.on)
+        return data
+
+
+@dataclass(frozen=True, eq=False)
+class NodeSpec:
+    """A typed node: what it consumes, produces, may do, may cost, and how it retries."""
+
+    name: str
+    fn: NodeFn
+    inputs: type[BaseModel]
+    outputs: type[BaseModel]
+    effects: frozenset[str] = frozenset()
+    budget: Budget = field(default_factory=Budget)
+    retry: Retry = field(default_factory=Retry)
+    gate: str | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        for label, model in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise TypeError(f"node {self.name!r}: {label} must be a Pydantic model class")
+        if not inspect.iscoroutinefunction(self.fn):
+            raise TypeError(f"node {self.name!r}: run must be an async function")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise TypeError(f"node {self.name!r}: timeout must be a positive number of seconds")
+
+    @cached_property
+    def code_digest(self) -> str:
+        """Digest of the node's code: its body's source, or bytecode when none is at hand."""
+        try:
+            code = textwrap.dedent(inspect.getsource(self.fn)).encode()
+        except (OSError, TypeError):
+            c = self.fn.__code__
+            code = c.co_code + repr(c.co_consts).encode() + repr(c.co_names).encode()
+        return hashlib.sha256(self.name.encode() + b"\0" + code).hexdigest()[:16]
+
+    @cached_property
+    def description(self) -> dict[str, Any]:
+        """The spec as canonical data (part of a plan's digest)."""
+        return {
+            "spec": self.name,
+            "code": self.code_digest,
+            "inputs": self.inputs.model_json_schema(),
+            "outputs": self.outputs.model_json_schema(),
+            "effects": sorted(self.effects),
+            "budget": self.budget.model_dump(),
+            "retry": self.retry.describe(),
+            "gate": self.gate,
+            "timeout": self.timeout,
+        }
+
+
+def define_node(
+    name: str,
+    run: NodeFn,
+    *,
+    inputs: type[BaseModel] | None = None,
+    outputs: type[BaseModel] | None = None,
+    effects: Iterable[str] = (),
+    budget: Budget | None = None,
+    retry: Retry | None = None,
+    gate: str | None = None,
+    timeout: float | None = None,
+) -> NodeSpec:
+    """Build a :class:`NodeSpec`; input and output models default to ``run``'s annotations."""
+    if inputs is None or outputs is None:
+        hinted_in, hinted_out = _annotated_models(name, run)
+        inputs = inputs or hinted_in
+        outputs = outputs or hinted_out
+    return NodeSpec(
+        name=name,
+        fn=run,
+        inputs=inputs,
+        outputs=outputs,
+        effects=frozenset(effects),
+        budget=budget or Budget(),
+        retry=retry or Retry(),
+        gate=gate,
+        timeout=timeout,
+    )
+
+
+def node(
+    name: str | None = None,
+    *,
+    effects: Iterable[str] = (),
+    budget: Budget | None = None,
+    retry: Retry | None = None,
+    gate: str | None = None,
+    timeout: float | None = None,
+) -> Callable[[NodeFn], NodeSpec]:
+    """Decorate ``async def run(ctx, inputs: In) -> Out`` into a :class:`NodeSpec`."""
+
+    def wrap(fn: NodeFn) -> NodeSpec:
+        return define_node(
+            name or fn.__name__.replace("_", "-"),
+            fn,
+            effects=effects,
+            budget=budget,
+            retry=retry,
+            gate=gate,
+            timeout=timeout,
+        )
+
+    return wrap
+
+
+def _annotated_models(name: str, fn: NodeFn) -> tuple[type[BaseModel], type[BaseModel]]:
+    try:
+        hints = get_type_hints(fn)
+    except Exception as exc:
+        raise TypeError(f"node {name!r}: cannot read the annotations of run: {exc}") from exc
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 2:
+        raise TypeError(f"node {name!r}: run must take exactly (ctx, inputs)")
+    inputs, outputs = hints.get(params[1]), hints.get("return")
+    if inputs is None or outputs is None:
+        raise TypeError(
+            f"node {name!r}: annotate run's inputs parameter and return type with Pydantic "
+            "models, or pass inputs=/outputs= to define_node"
+        )
+    return inputs, outputs

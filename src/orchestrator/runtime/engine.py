@@ -1,0 +1,243 @@
+"""Runtime: the explicit object that starts, resumes, pauses, inspects and replays runs.
+
+No process-wide singleton: every entry point (CLI, tests, embedding code) makes a
+Runtime over a home directory and a ledger URL, and passes it around.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.errors import (
+    ConfigError,
+    InputError,
+    LedgerCorrupt,
+    PlanInvalid,
+    RunNotFound,
+    RunStateError,
+)
+from orchestrator.ledger.events import BaseEvent, RunResumed, RunStarted, decode
+from orchestrator.ledger.state import TERMINAL_RUN, RunState
+from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
+from orchestrator.ledger.verify import ChainReport, verify_chain
+from orchestrator.ledger.writer import LedgerWriter
+from orchestrator.plan import Plan, RunConfig
+from orchestrator.runtime.clock import Clock, SystemClock, iso
+from orchestrator.runtime.loader import load_plan
+from orchestrator.runtime.lock import RunLock, owner_pid
+from orchestrator.runtime.replay import ReplayReport, replay
+from orchestrator.runtime.scheduler import Scheduler
+
+Listener = Callable[[BaseEvent], None]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ORCHESTRATOR_HOME", ".orchestrator"))
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class Runtime:
+    """Runs plans against one ledger store and one home directory."""
+
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        ledger: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
+        self.store: LedgerStore = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
+        self.clock: Clock = clock or SystemClock()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def rows(self, run_id: str) -> list[StoredEvent]:
+        if not self.store.has_run(run_id):
+            known = [r.run_id for r in self.store.runs()][-3:]
+            hint = f" (latest: {', '.join(known)})" if known else " (there are no runs yet)"
+            raise RunNotFound(f"there is no run {run_id!r} in {self.store.url}{hint}")
+        return self.store.read(run_id)
+
+    def state(self, run_id: str, *, verify: bool = False) -> RunState:
+        rows = self.rows(run_id)
+        if verify:
+            self._require_whole(run_id, rows)
+        return RunState.fold(decode(r.body) for r in rows)
+
+    def verify(self, run_id: str) -> ChainReport:
+        return verify_chain(self.rows(run_id))
+
+    def owner(self, run_id: str) -> int | None:
+        """The pid of the live process driving the run, if any."""
+        return owner_pid(self.home, run_id)
+
+    def _require_whole(self, run_id: str, rows: list[StoredEvent]) -> None:
+        report = verify_chain(rows)
+        if not report.ok:
+            raise LedgerCorrupt(
+                f"run {run_id}'s ledger fails verification at seq {report.bad_seq}: "
+                f"{report.problem}; refusing to continue from a tampered history"
+            )
+
+    # ---- running --------------------------------------------------------------------------
+
+    async def start(
+        self,
+        plan: Plan,
+        inputs: Mapping[str, Any] | None = None,
+        config: RunConfig | None = None,
+        *,
+        plan_ref: str = "",
+        listeners: tuple[Listener, ...] = (),
+        on_start: Callable[[str], None] | None = None,
+    ) -> RunState:
+        """Validate, record RunStarted, and drive the run until it ends or parks."""
+        config = config or RunConfig()
+        problems = plan.validate(config)
+        if problems:
+            raise PlanInvalid(problems)
+        gated = sorted(pn.name for pn in plan.nodes.values() if pn.spec.gate)
+        if gated:
+            raise ConfigError(
+                f"nodes {', '.join(gated)} declare approval gates, which this release cannot "
+                "park on yet; remove the gate to run the plan"
+            )
+        values = self._check_inputs(plan, inputs or {})
+        now = self.clock.now()
+        run_id = new_run_id(now)
+        lock = RunLock(self.home, run_id)
+        lock.acquire()
+        try:
+            self.store.create_run(run_id, plan.name, iso(now))
+            writer = LedgerWriter(self.store, run_id, self.clock)
+            writer.listeners.extend(listeners)
+            started = writer.stage(
+                RunStarted,
+                run_id=run_id,
+                plan_ref=plan_ref,
+                plan_digest=plan.digest,
+                plan=plan.describe(),
+                inputs=values,
+                config=config.model_dump(mode="json"),
+                seed=secrets.randbits(62),
+            )
+            writer.state = RunState.start(started)
+            writer.flush()
+            if on_start is not None:
+                on_start(run_id)
+            return await self._drive(plan, writer, config, resumed=False)
+        finally:
+            lock.release()
+
+    async def resume(
+        self,
+        run_id: str,
+        plan: Plan | None = None,
+        *,
+        listeners: tuple[Listener, ...] = (),
+        reason: str = "resume",
+    ) -> RunState:
+        """Continue a parked or interrupted run from its ledger, in this process."""
+        lock = RunLock(self.home, run_id)
+        rows = self.rows(run_id)
+        lock.acquire()
+        try:
+            rows = self.store.read(run_id)
+            self._require_whole(run_id, rows)
+            state = RunState.fold(decode(r.body) for r in rows)
+            if state.status in TERMINAL_RUN:
+                raise RunStateError(
+                    f"run {run_id} already ended ({state.status}); nothing to resume"
+                )
+            plan = plan or load_plan(state.plan_ref)
+            if plan.describe()["nodes"] != state.plan["nodes"]:
+                raise RunStateError(
+                    f"run {run_id} was started with a differently wired plan; code changes "
+                    "inside nodes are fine, but nodes and wiring must stay as recorded"
+                )
+            writer = LedgerWriter(self.store, run_id, self.clock, rows[-1].seq, rows[-1].hash)
+            writer.listeners.extend(listeners)
+            writer.state = state
+            writer.stage(RunResumed, reason=reason)
+            config = RunConfig.model_validate(state.config)
+            return await self._drive(plan, writer, config, resumed=True)
+        finally:
+            lock.release()
+
+    async def _drive(
+        self, plan: Plan, writer: LedgerWriter, config: RunConfig, *, resumed: bool
+    ) -> RunState:
+        run_id = writer.run_id
+
+        def controls() -> list[str]:
+            return [f"{c.command}:{c.source}" for c in self.store.take_controls(run_id)]
+
+        scheduler = Scheduler(plan, writer, self.clock, self.home, config.concurrency, controls)
+        return await scheduler.run(resumed=resumed)
+
+    def pause(self, run_id: str, source: str = "cli") -> None:
+        """Ask the process driving the run to drain in-flight nodes and park."""
+        state = self.state(run_id)
+        if state.status in TERMINAL_RUN:
+            raise RunStateError(f"run {run_id} already ended ({state.status}); nothing to pause")
+        if self.owner(run_id) is None:
+            raise RunStateError(
+                f"run {run_id} is not running in any process (status: {state.status}); "
+                f"it is already stopped — continue it with `orchestrator resume {run_id}`"
+            )
+        self.store.send_control(run_id, "pause", source)
+
+    async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
+        rows = self.rows(run_id)
+        self._require_whole(run_id, rows)
+        if plan is None:
+            first = decode(rows[0].body)
+            assert isinstance(first, RunStarted)
+            plan = load_plan(first.plan_ref)
+        return await replay(plan, rows)
+
+    @staticmethod
+    def _check_inputs(plan: Plan, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if plan.inputs is None:
+            if inputs:
+                raise InputError(
+                    f"plan {plan.name!r} declares no inputs, but got {', '.join(sorted(inputs))}"
+                )
+            return {}
+        try:
+            model = plan.inputs.model_validate(dict(inputs))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'inputs'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            fields = ", ".join(plan.inputs.model_fields)
+            raise InputError(
+                f"bad inputs for plan {plan.name!r}: {problems} (declared inputs: {fields})"
+            ) from None
+        values: dict[str, Any] = model.model_dump(mode="json")
+        return values
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,74 @@
+"""Load a Plan from ``FILE.py:ATTR`` or ``package.module:ATTR``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from orchestrator.errors import PlanLoadError
+from orchestrator.plan import Plan
+
+
+def normalize_ref(ref: str) -> str:
+    """A ref that still resolves from another working directory (files made absolute)."""
+    target, sep, attr = ref.rpartition(":")
+    if sep and target.endswith(".py"):
+        return f"{Path(target).resolve()}:{attr}"
+    return ref
+
+
+def load_plan(ref: str) -> Plan:
+    """Import the module or file named by ``ref`` and return its Plan attribute."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise PlanLoadError(
+            f"cannot load plan {ref!r}: expected FILE.py:ATTR or package.module:ATTR, "
+            "for example `plans/migrate.py:plan`"
+        )
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise PlanLoadError(f"cannot load plan {ref!r}: there is no file {target!r}")
+        name = "orchestrator_plan_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise PlanLoadError(f"cannot load plan {ref!r}: {target!r} is not importable")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[name]
+                raise PlanLoadError(
+                    f"cannot load plan {ref!r}: importing {target!r} raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise PlanLoadError(
+                f"cannot load plan {ref!r}: importing module {target!r} raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if not hasattr(module, attr):
+        raise PlanLoadError(f"cannot load plan {ref!r}: {target!r} has no attribute {attr!r}")
+    value = getattr(module, attr)
+    if callable(value) and not isinstance(value, Plan):
+        try:
+            value = value()
+        except Exception as exc:
+            raise PlanLoadError(
+                f"cannot load plan {ref!r}: calling {attr}() raised {type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(value, Plan):
+        raise PlanLoadError(
+            f"cannot load plan {ref!r}: {attr!r} is a {type(value).__name__}, not a Plan "
+            "(build one with orchestrator.Plan)"
+        )
+    return value

@@ -1,0 +1,327 @@
+"""Byte-identical replay.
+
+Replay walks the recorded ledger in order and regenerates each event from the current
+code: at each NodeDispatched it checks the dispatch was legal (inputs ready) and runs the
+node body once with every effect served from that attempt's journal, queuing the events
+the body produces; each later recorded event of that attempt is compared, byte for byte,
+with the regenerated one. Bookkeeping that no code produces (pause, park, resume marks)
+is checked for consistency and carried over. Timestamps come from the recorded events.
+
+Rejected alternative: re-running the scheduler against a fake clock. It would have to
+re-race parallel nodes into the recorded interleaving; replaying per attempt in recorded
+order gives the same guarantee without depending on scheduling.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import NonDeterminism
+from orchestrator.ledger.codec import GENESIS, chain_hash
+from orchestrator.ledger.events import (
+    BaseEvent,
+    EffectRecorded,
+    ErrorInfo,
+    NodeDispatched,
+    NodeFailed,
+    NodeResumed,
+    NodeSucceeded,
+    RetryScheduled,
+    RunCompleted,
+    RunStarted,
+    decode,
+    encode,
+)
+from orchestrator.ledger.state import RunState
+from orchestrator.ledger.store import StoredEvent
+from orchestrator.plan import Plan
+from orchestrator.runtime.clock import SystemClock, iso, parse_iso
+from orchestrator.runtime.context import EffectFields, EffectSite, JournalExhausted, NodeContext
+from orchestrator.runtime.scheduler import completion_events, outputs_of, run_body, unit_random
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """The first place where regenerated history differs from the record."""
+
+    seq: int
+    node: str | None
+    attempt: int | None
+    effect_index: int | None
+    expected: str
+    got: str
+
+    def __str__(self) -> str:
+        where = f"node {self.node} attempt {self.attempt}" if self.node else "run"
+        if self.effect_index is not None:
+            where += f" effect #{self.effect_index}"
+        return f"at seq {self.seq}, {where}:\n  expected: {self.expected}\n  got:      {self.got}"
+
+
+@dataclass
+class ReplayReport:
+    """What replay found: OK with the regenerated head hash, or the first divergence."""
+
+    events: int
+    head_hash: str
+    code_changed: list[str] = field(default_factory=list)
+    divergence: Divergence | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None
+
+
+@dataclass
+class _Attempt:
+    queue: deque[BaseEvent]
+    consumed_effects: int = 0
+    halted: bool = False
+    error: NonDeterminism | None = None
+
+
+class _Diverged(Exception):
+    """Internal signal carrying the first divergence out of the walk."""
+
+    def __init__(self, divergence: Divergence) -> None:
+        self.divergence = divergence
+
+
+def _describe(event: BaseEvent | None) -> str:
+    if event is None or isinstance(event, _Nothing):
+        return "nothing (the body produced no such event)"
+    if isinstance(event, EffectRecorded):
+        return f"{event.effect} {event.request!r}"
+    data = event.model_dump(mode="json", exclude={"seq", "ts", "kind"})
+    return f"{event.kind} {data!r}"[:400]
+
+
+class Replayer:
+    """Regenerates one run's ledger from its plan's current code."""
+
+    def __init__(self, plan: Plan, rows: Sequence[StoredEvent]) -> None:
+        self.plan = plan
+        self.rows = rows
+        self.recorded = [decode(r.body) for r in rows]
+        self.journals: dict[tuple[str, int], list[EffectRecorded]] = defaultdict(list)
+        for event in self.recorded:
+            if isinstance(event, EffectRecorded):
+                self.journals[(event.node, event.attempt)].append(event)
+        self.attempts: dict[tuple[str, int], _Attempt] = {}
+        self.outcomes: dict[tuple[str, int], dict[str, Any]] = {}
+        self.state: RunState | None = None
+
+    def code_changes(self) -> list[str]:
+        changed: set[str] = set()
+        for event in self.recorded:
+            if isinstance(event, NodeDispatched):
+                base = event.node.split("[", 1)[0]
+                pn = self.plan.nodes.get(base)
+                if pn is None or pn.spec.code_digest != event.code_digest:
+                    changed.add(base)
+        return sorted(changed)
+
+    async def run(self) -> ReplayReport:
+        head = GENESIS
+        report = ReplayReport(
+            events=len(self.recorded), head_hash=head, code_changed=self.code_changes()
+        )
+        try:
+            for row, recorded in zip(self.rows, self.recorded, strict=True):
+                regenerated = await self._regenerate(recorded)
+                body = encode(regenerated)
+                if body != row.body:
+                    raise _Diverged(self._mismatch(recorded, regenerated))
+                head = chain_hash(head, body)
+                if self.state is None:
+                    assert isinstance(regenerated, RunStarted)
+                    self.state = RunState.start(regenerated)
+                else:
+                    self.state.apply(regenerated)
+        except _Diverged as stop:
+            report.divergence = stop.divergence
+        report.head_hash = head
+        return report
+
+    def _mismatch(self, recorded: BaseEvent, regenerated: BaseEvent) -> Divergence:
+        node = getattr(recorded, "node", None)
+        attempt = getattr(recorded, "attempt", None)
+        index = recorded.index if isinstance(recorded, EffectRecorded) else None
+        return Divergence(
+            recorded.seq, node, attempt, index, _describe(recorded), _describe(regenerated)
+        )
+
+    async def _regenerate(self, rec: BaseEvent) -> BaseEvent:
+        stamp = {"seq": rec.seq, "ts": rec.ts}
+        if isinstance(rec, RunStarted):
+            return RunStarted(
+                **stamp,
+                run_id=rec.run_id,
+                plan_ref=rec.plan_ref,
+                plan_digest=self.plan.digest,
+                plan=self.plan.describe(),
+                inputs=rec.inputs,
+                config=rec.config,
+                seed=rec.seed,
+            )
+        state = self.state
+        assert state is not None
+        if isinstance(rec, NodeDispatched):
+            return await self._dispatch(rec, state)
+        if isinstance(rec, EffectRecorded):
+            return self._next_of(rec)
+        if isinstance(rec, NodeSucceeded | RetryScheduled) or (
+            isinstance(rec, NodeFailed) and rec.cause not in ("upstream", "map_too_large")
+        ):
+            return self._terminal(rec)
+        if isinstance(rec, NodeFailed):
+            return self._derived_failure(rec, state)
+        if isinstance(rec, NodeResumed):
+            attempt = self.attempts.get((rec.node, rec.attempt))
+            seen = attempt.consumed_effects if attempt else -1
+            return rec.model_copy(update={"from_index": seen})
+        if isinstance(rec, RunCompleted):
+            *_, (_, fields) = completion_events(state)
+            return RunCompleted(**stamp, **fields)
+        return rec
+
+    async def _dispatch(self, rec: NodeDispatched, state: RunState) -> NodeDispatched:
+        ns = state.nodes.get(rec.node)
+        legal = ns is not None and (
+            (rec.attempt == 1 and rec.node in state.ready)
+            or (rec.attempt == ns.attempt + 1 and ns.status == "retrying")
+        )
+        if ns is None or not legal:
+            status = "absent" if ns is None else f"{ns.status} after attempt {ns.attempt}"
+            raise _Diverged(
+                Divergence(
+                    rec.seq,
+                    rec.node,
+                    rec.attempt,
+                    None,
+                    "a dispatch the plan allows here",
+                    f"dispatch of a node that is {status}",
+                )
+            )
+        inputs = state.inputs_for(rec.node) if rec.attempt == 1 else dict(ns.inputs or {})
+        spec = self.plan.nodes[ns.base].spec
+        regenerated = NodeDispatched(
+            seq=rec.seq,
+            ts=rec.ts,
+            node=rec.node,
+            attempt=rec.attempt,
+            code_digest=spec.code_digest,
+            inputs=inputs,
+        )
+        await self._run_body(rec, inputs)
+        return regenerated
+
+    async def _run_body(self, rec: NodeDispatched, inputs: dict[str, Any]) -> None:
+        key = (rec.node, rec.attempt)
+        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        produced: list[EffectFields] = []
+        assert self.state is not None
+        # Every effect is served from the journal, so the workspace is never touched.
+        site = EffectSite(
+            self.state.run_id, rec.node, rec.attempt, Path("/nonexistent"), self.journals[key]
+        )
+        ctx = NodeContext(site, SystemClock(), record=None, regenerated=produced)
+        attempt = _Attempt(deque())
+        outcome: dict[str, Any]
+        try:
+            result = await run_body(spec, ctx, inputs)
+            outcome = {"outputs": outputs_of(spec, result)}
+        except JournalExhausted:
+            attempt.halted = True
+            outcome = {}
+        except NonDeterminism as exc:
+            attempt.error = exc
+            outcome = {"error": ErrorInfo.of(exc)}
+        except Exception as exc:
+            outcome = {"error": ErrorInfo.of(exc)}
+        journal = self.journals[key]
+        for fields in produced:
+            source = journal[fields["index"]]
+            attempt.queue.append(EffectRecorded(seq=source.seq, ts=source.ts, **fields))
+        self.attempts[key] = attempt
+        self.outcomes[key] = outcome
+
+    def _next_of(self, rec: EffectRecorded) -> BaseEvent:
+        attempt = self.attempts.get((rec.node, rec.attempt))
+        if attempt is None:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        if not attempt.queue:
+            if attempt.error is not None and attempt.error.index == rec.index:
+                err = attempt.error
+                raise _Diverged(
+                    Divergence(rec.seq, rec.node, rec.attempt, rec.index, err.expected, err.got)
+                )
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        attempt.consumed_effects += 1
+        return attempt.queue.popleft()
+
+    def _terminal(self, rec: NodeSucceeded | NodeFailed | RetryScheduled) -> BaseEvent:
+        key = (rec.node, rec.attempt)
+        attempt = self.attempts.get(key)
+        outcome = self.outcomes.get(key, {})
+        if attempt is not None and attempt.queue:
+            extra = attempt.queue[0]
+            raise _Diverged(self._mismatch(rec, extra))
+        if attempt is not None and attempt.halted:
+            # The body was stopped mid-way (timeout, crash before a code-changed retry):
+            # what it would have done next is not on the record, so the record stands.
+            reason = getattr(rec, "reason", None)
+            if reason is not None and reason.type in ("NodeTimeout", "CodeChanged"):
+                return rec
+        stamp = {"seq": rec.seq, "ts": rec.ts, "node": rec.node, "attempt": rec.attempt}
+        if "outputs" in outcome:
+            return NodeSucceeded(**stamp, outputs=outcome["outputs"])
+        error: ErrorInfo = outcome.get("error") or ErrorInfo(type="Halted", message="no outcome")
+        if isinstance(rec, RetryScheduled):
+            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+            assert self.state is not None
+            delay = spec.retry.delay(
+                rec.attempt, unit_random(self.state.seed, rec.node, rec.attempt)
+            )
+            return RetryScheduled(
+                **stamp,
+                next_attempt=rec.attempt + 1,
+                reason=error,
+                delay=delay,
+                not_before=iso(parse_iso(rec.ts) + _seconds(delay)),
+            )
+        cause = rec.cause if isinstance(rec, NodeFailed) else "error"
+        return NodeFailed(**stamp, cause=cause, reason=error)
+
+    def _derived_failure(self, rec: NodeFailed, state: RunState) -> BaseEvent:
+        ns = state.nodes.get(rec.node)
+        if rec.cause == "map_too_large" and ns is not None and ns.defect:
+            reason = ErrorInfo(type="MapError", message=ns.defect)
+            return rec.model_copy(update={"reason": reason})
+        failed_dep = state.doomed.get(rec.node)
+        if failed_dep is not None:
+            reason = ErrorInfo(type="UpstreamFailed", message=f"{failed_dep} failed")
+            return rec.model_copy(update={"reason": reason})
+        if rec.reason.type == "Unreachable":
+            return rec
+        return _Nothing(seq=rec.seq, ts=rec.ts)
+
+
+class _Nothing(BaseEvent):
+    """Stands for an event the regenerated history lacks."""
+
+    kind: str = "Nothing"
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+async def replay(plan: Plan, rows: Sequence[StoredEvent]) -> ReplayReport:
+    """Replay a run's stored events against ``plan``'s current code."""
+    return await Replayer(plan, rows).run()

@@ -1,0 +1,359 @@
+"""The scheduler: dispatch every ready node at once, retry, time out, drain and park.
+
+All decisions are recorded before they take effect: a node's NodeDispatched is durable
+before its body starts, and its NodeSucceeded is durable before any dependent is
+dispatched (the two share one group commit). The scheduler keeps no run state of its
+own beyond live tasks and timers; everything else is the ledger fold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import NodeTimeout
+from orchestrator.ledger.codec import digest
+from orchestrator.ledger.events import (
+    EffectRecorded,
+    ErrorInfo,
+    NodeDispatched,
+    NodeFailed,
+    NodeResumed,
+    NodeSucceeded,
+    PauseRequested,
+    RetryScheduled,
+    RunCompleted,
+    RunParked,
+)
+from orchestrator.ledger.state import NodeState, RunState
+from orchestrator.ledger.writer import LedgerWriter
+from orchestrator.node import NodeSpec
+from orchestrator.plan import Plan
+from orchestrator.runtime.clock import Clock, iso, parse_iso
+from orchestrator.runtime.context import EffectFields, EffectSite, NodeContext
+
+CONTROL_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt of a node body ended."""
+
+    node: str
+    attempt: int
+    outputs: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    timed_out: bool = False
+
+
+def unit_random(seed: int, node: str, attempt: int) -> float:
+    """A reproducible number in [0, 1) from the run's recorded seed (retry jitter)."""
+    return int(digest([seed, node, attempt])[:13], 16) / 16**13
+
+
+def workspace_dir(home: Path, run_id: str, node: str, attempt: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node)
+    return home / "runs" / run_id / "work" / f"{safe}.a{attempt}"
+
+
+def run_body(spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Any:
+    """Validate inputs and call the node body (a coroutine)."""
+    return spec.fn(ctx, spec.inputs.model_validate(inputs))
+
+
+def outputs_of(spec: NodeSpec, result: Any) -> dict[str, Any]:
+    """Check a body's return value against the node's output model; JSON-ready data."""
+    if isinstance(result, spec.outputs):
+        model: BaseModel = result
+    else:
+        model = spec.outputs.model_validate(result)
+    return model.model_dump(mode="json")
+
+
+class Scheduler:
+    """Drives one run from its current state to completion, failure or a park."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        writer: LedgerWriter,
+        clock: Clock,
+        home: Path,
+        concurrency: int,
+        poll_controls: Callable[[], list[str]] | None = None,
+    ) -> None:
+        assert writer.state is not None
+        self.plan = plan
+        self.writer = writer
+        self.state: RunState = writer.state
+        self.clock = clock
+        self.home = home
+        self.concurrency = concurrency
+        self.poll_controls = poll_controls
+        self._tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self._finished: list[Outcome] = []
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._due: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    async def run(self, resumed: bool = False) -> RunState:
+        state = self.state
+        if resumed:
+            self._resume_in_flight()
+        for ns in list(state.retrying()):
+            self._arm_timer(ns)
+        poller = asyncio.create_task(self._poll()) if self.poll_controls else None
+        restore = self._trap_signals()
+        try:
+            return await self._loop()
+        finally:
+            restore()
+            if poller is not None:
+                poller.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+            for task in self._tasks.values():
+                task.cancel()
+
+    async def _loop(self) -> RunState:
+        state, writer = self.state, self.writer
+        while True:
+            for outcome in self._drain_finished():
+                self._settle(outcome)
+            starting: list[NodeState] = []
+            if state.status == "running":
+                for node_id, failed_dep in sorted(state.doomed.items()):
+                    writer.stage(
+                        NodeFailed,
+                        node=node_id,
+                        attempt=state.nodes[node_id].attempt,
+                        cause="upstream",
+                        reason=ErrorInfo(type="UpstreamFailed", message=f"{failed_dep} failed"),
+                    )
+                starting = self._dispatch_ready()
+            if not self._tasks and not starting and not self._timers:
+                if state.status == "pausing" and state.unfinished():
+                    writer.stage(RunParked, reason="paused")
+                else:
+                    self._complete()
+                writer.flush()
+                return state
+            writer.flush()
+            for ns in starting:
+                self._start(ns, journal=[])
+            await self._wake.wait()
+            self._wake.clear()
+
+    def _dispatch_ready(self) -> list[NodeState]:
+        state, writer = self.state, self.writer
+        room = self.concurrency - len(self._tasks)
+        starting: list[NodeState] = []
+        for node_id in sorted(self._due):
+            if room <= 0:
+                break
+            self._due.discard(node_id)
+            ns = state.nodes[node_id]
+            starting.append(self._stage_dispatch(ns, ns.attempt + 1, ns.inputs or {}))
+            room -= 1
+        while room > 0 and state.ready:
+            node_id = min(state.ready) if len(state.ready) > 1 else next(iter(state.ready))
+            ns = state.nodes[node_id]
+            if ns.placeholder:
+                writer.stage(
+                    NodeFailed,
+                    node=node_id,
+                    attempt=0,
+                    cause="map_too_large",
+                    reason=ErrorInfo(type="MapError", message=ns.defect or "bad map"),
+                )
+                continue
+            starting.append(self._stage_dispatch(ns, 1, state.inputs_for(node_id)))
+            room -= 1
+        return starting
+
+    def _stage_dispatch(self, ns: NodeState, attempt: int, inputs: dict[str, Any]) -> NodeState:
+        spec = self.plan.nodes[ns.base].spec
+        self.writer.stage(
+            NodeDispatched,
+            node=ns.id,
+            attempt=attempt,
+            code_digest=spec.code_digest,
+            inputs=inputs,
+        )
+        return ns
+
+    # ---- attempts ---------------------------------------------------------------------
+
+    def _start(self, ns: NodeState, journal: list[EffectRecorded]) -> None:
+        spec = self.plan.nodes[ns.base].spec
+        site = EffectSite(
+            self.state.run_id,
+            ns.id,
+            ns.attempt,
+            workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt),
+            journal,
+        )
+        ctx = NodeContext(site, self.clock, self._record_effect)
+        task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {})))
+        task.add_done_callback(self._on_done)
+        self._tasks[ns.id] = task
+
+    async def _attempt(self, spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Outcome:
+        node, attempt = ctx.node, ctx.attempt
+        try:
+            async with asyncio.timeout(spec.timeout) as scope:
+                result = await run_body(spec, ctx, inputs)
+            return Outcome(node, attempt, outputs=outputs_of(spec, result))
+        except TimeoutError as exc:
+            if scope.expired():
+                message = f"exceeded its timeout of {spec.timeout:g}s"
+                return Outcome(
+                    node, attempt, error=ErrorInfo.of(NodeTimeout(message)), timed_out=True
+                )
+            return Outcome(node, attempt, error=ErrorInfo.of(exc))
+        except ValidationError as exc:
+            return Outcome(node, attempt, error=ErrorInfo.of(exc))
+        except Exception as exc:
+            return Outcome(node, attempt, error=ErrorInfo.of(exc))
+
+    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+        if not task.cancelled():
+            self._finished.append(task.result())
+        self._wake.set()
+
+    def _drain_finished(self) -> list[Outcome]:
+        done, self._finished = self._finished, []
+        for outcome in done:
+            self._tasks.pop(outcome.node, None)
+        return done
+
+    async def _record_effect(self, fields: EffectFields) -> None:
+        self.writer.stage(EffectRecorded, **fields)
+        await self.writer.commit()
+
+    def _settle(self, outcome: Outcome) -> None:
+        writer, node, attempt = self.writer, outcome.node, outcome.attempt
+        if outcome.error is None:
+            assert outcome.outputs is not None
+            writer.stage(NodeSucceeded, node=node, attempt=attempt, outputs=outcome.outputs)
+            return
+        retry = self.plan.nodes[self.state.nodes[node].base].spec.retry
+        retryable = retry.retries(outcome.error.classes)
+        if retryable and attempt < retry.max_attempts:
+            delay = retry.delay(attempt, unit_random(self.state.seed, node, attempt))
+            self._schedule_retry(node, attempt, outcome.error, delay)
+            return
+        cause = "timeout" if outcome.timed_out else "error"
+        if retryable and retry.max_attempts > 1:
+            cause = "retries_exhausted"
+        writer.stage(NodeFailed, node=node, attempt=attempt, cause=cause, reason=outcome.error)
+
+    def _schedule_retry(self, node: str, attempt: int, reason: ErrorInfo, delay: float) -> None:
+        now = self.clock.now()
+        self.writer.stage(
+            RetryScheduled,
+            ts=iso(now),
+            node=node,
+            attempt=attempt,
+            next_attempt=attempt + 1,
+            reason=reason,
+            delay=delay,
+            not_before=iso(now + timedelta(seconds=delay)),
+        )
+        self._arm_timer(self.state.nodes[node])
+
+    def _arm_timer(self, ns: NodeState) -> None:
+        assert ns.not_before is not None
+        wait = (parse_iso(ns.not_before) - self.clock.now()).total_seconds()
+        self._timers[ns.id] = asyncio.create_task(self._retry_after(ns.id, wait))
+
+    async def _retry_after(self, node: str, wait: float) -> None:
+        if wait > 0:
+            await self.clock.sleep(wait)
+        self._timers.pop(node, None)
+        self._due.add(node)
+        self._wake.set()
+
+    # ---- resume, pause, completion -----------------------------------------------------
+
+    def _resume_in_flight(self) -> None:
+        """Re-enter every attempt that was in flight when the previous process stopped."""
+        for ns in self.state.in_flight():
+            spec = self.plan.nodes[ns.base].spec
+            if ns.code_digest != spec.code_digest:
+                reason = ErrorInfo(
+                    type="CodeChanged",
+                    message=f"code {ns.code_digest} -> {spec.code_digest}; starting a new attempt",
+                )
+                self._schedule_retry(ns.id, ns.attempt, reason, 0.0)
+                continue
+            journal = list(ns.journal)
+            self.writer.stage(NodeResumed, node=ns.id, attempt=ns.attempt, from_index=len(journal))
+            self._start(ns, journal)
+
+    def request_pause(self, source: str) -> None:
+        if self.state.status == "running":
+            self.writer.stage(PauseRequested, source=source)
+            self._wake.set()
+
+    async def _poll(self) -> None:
+        assert self.poll_controls is not None
+        while True:
+            await asyncio.sleep(CONTROL_POLL_S)
+            for command in self.poll_controls():
+                if command.startswith("pause"):
+                    self.request_pause(command.partition(":")[2] or "cli")
+
+    def _trap_signals(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM pause the run (drain in-flight nodes, then park)."""
+        loop = asyncio.get_running_loop()
+        trapped: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_pause, f"signal {sig.name}")
+                trapped.append(sig)
+
+        def restore() -> None:
+            for sig in trapped:
+                loop.remove_signal_handler(sig)
+
+        return restore
+
+    def _complete(self) -> None:
+        for event_cls, fields in completion_events(self.state):
+            self.writer.stage(event_cls, **fields)
+
+
+def completion_events(state: RunState) -> list[tuple[Any, dict[str, Any]]]:
+    """The events that end a run: unreachable nodes failed, then RunCompleted."""
+    events: list[tuple[Any, dict[str, Any]]] = []
+    failed = {
+        k: f"{ns.cause}: {ns.error}" for k, ns in state.nodes.items() if ns.status == "failed"
+    }
+    for node_id, ns in state.nodes.items():
+        if ns.status not in ("succeeded", "failed"):
+            reason = ErrorInfo(type="Unreachable", message="its inputs can never be ready")
+            fields = {"node": node_id, "attempt": ns.attempt, "cause": "upstream", "reason": reason}
+            events.append((NodeFailed, fields))
+            failed[node_id] = f"upstream: {reason}"
+    summary = {
+        "nodes": len(state.nodes),
+        "succeeded": sum(ns.status == "succeeded" for ns in state.nodes.values()),
+        "failed": dict(sorted(failed.items())),
+        "outputs_digest": digest(state.outputs()),
+    }
+    events.append(
+        (RunCompleted, {"status": "failed" if failed else "succeeded", "summary": summary})
+    )
+    return events
