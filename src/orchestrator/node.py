@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -51,12 +52,17 @@ class Budget(BaseModel):
         )
 
     def over(self, ceiling: Budget) -> list[str]:
-        """The dimensions in which this budget exceeds ``ceiling``, described."""
-        return [
-            f"{dim} {getattr(self, dim):g} > {getattr(ceiling, dim):g}"
-            for dim in ("tokens", "compute_h", "spend_usd")
-            if getattr(self, dim) > getattr(ceiling, dim)
-        ]
+        """The dimensions in which this budget exceeds ``ceiling``, described.
+
+        Float dimensions (sums of fractions) that differ from the ceiling only by rounding
+        error are not over it: 3 x 0.1 compute-hours fits a ceiling of 0.3.
+        """
+        out = [f"tokens {self.tokens} > {ceiling.tokens}"] if self.tokens > ceiling.tokens else []
+        for dim in ("compute_h", "spend_usd"):
+            mine, cap = getattr(self, dim), getattr(ceiling, dim)
+            if mine > cap and not math.isclose(mine, cap, rel_tol=1e-9):
+                out.append(f"{dim} {mine:.12g} > {cap:.12g}")
+        return out
 
 
 class Retry(BaseModel):
@@ -80,14 +86,18 @@ class Retry(BaseModel):
         """Delay before the attempt after ``attempt``; jitter from ``unit_random`` in [0,1)."""
         if self.backoff == "none":
             return 0.0
-        base = self.base_delay if self.backoff == "fixed" else self.base_delay * 2 ** (attempt - 1)
+        # the exponent is capped so that huge attempt numbers saturate instead of overflowing
+        doubling = 2 ** min(attempt - 1, 1000)
+        base = self.base_delay if self.backoff == "fixed" else self.base_delay * doubling
         base = min(base, self.max_delay)
-        return round(base * (1 - self.jitter + 2 * self.jitter * unit_random), 6)
+        jittered = base * (1 - self.jitter + 2 * self.jitter * unit_random)
+        return round(min(jittered, self.max_delay), 6)
 
     def retries(self, class_names: Iterable[str]) -> bool:
         """Whether an error whose classes are ``class_names`` is retryable."""
         wanted = {c.__name__ for c in self.on}
-        return not wanted.isdisjoint(class_names)
+        # recorded class names leave out BaseException (ErrorInfo.of), which matches all
+        return "BaseException" in wanted or not wanted.isdisjoint(class_names)
 
     def describe(self) -> dict[str, Any]:
         data = self.model_dump(exclude={"on"})
@@ -115,7 +125,13 @@ class NodeSpec:
                 raise TypeError(f"node {self.name!r}: {label} must be a Pydantic model class")
         if not inspect.iscoroutinefunction(self.fn):
             raise TypeError(f"node {self.name!r}: run must be an async function")
-        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+        timeout = self.timeout
+        if timeout is not None and not (
+            isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+            and timeout > 0
+            and math.isfinite(timeout)
+        ):
             raise TypeError(f"node {self.name!r}: timeout must be a positive number of seconds")
 
     @cached_property
@@ -124,8 +140,7 @@ class NodeSpec:
         try:
             code = textwrap.dedent(inspect.getsource(self.fn)).encode()
         except (OSError, TypeError):
-            c = self.fn.__code__
-            code = c.co_code + repr(c.co_consts).encode() + repr(c.co_names).encode()
+            code = _code_bytes(self.fn.__code__)
         return hashlib.sha256(self.name.encode() + b"\0" + code).hexdigest()[:16]
 
     @cached_property
@@ -197,6 +212,25 @@ def node(
         )
 
     return wrap
+
+
+def _code_bytes(c: CodeType) -> bytes:
+    """Bytecode, constants and names, recursively, with nothing that varies by process."""
+    return b"\0".join(
+        [c.co_code, *(_const_bytes(k) for k in c.co_consts), repr(c.co_names).encode()]
+    )
+
+
+def _const_bytes(value: Any) -> bytes:
+    # a nested code object's repr holds its address, a frozenset's order varies by hash seed
+    if isinstance(value, CodeType):
+        return b"code(" + _code_bytes(value) + b")"
+    if isinstance(value, tuple | frozenset):
+        items = [_const_bytes(v) for v in value]
+        if isinstance(value, frozenset):
+            items.sort()
+        return type(value).__name__.encode() + b"(" + b",".join(items) + b")"
+    return repr(value).encode()
 
 
 def _annotated_models(name: str, fn: NodeFn) -> tuple[type[BaseModel], type[BaseModel]]:

@@ -127,7 +127,7 @@ class PlanNode:
         for port, src in self.wiring.items():
             if isinstance(src, Ref):
                 yield port, src
-        if self.map is not None:
+        if self.map is not None and isinstance(self.map.over, Ref):
             yield self.map.item, self.map.over
 
 
@@ -217,7 +217,8 @@ class Plan:
         """The sum over nodes of the declared budget times the node's map fan-out."""
         total = Budget()
         for pn in self.nodes.values():
-            total = total + pn.spec.budget * (pn.map.max_items if pn.map else 1)
+            # a map with max_items < 1 is reported as bad_map; here it must not go negative
+            total = total + pn.spec.budget * (max(pn.map.max_items, 0) if pn.map else 1)
         return total
 
     # ---- canonical form -------------------------------------------------------------
@@ -404,6 +405,9 @@ class _Validator:
             return
         if m.item in pn.wiring:
             self.add("bad_map", pn.name, m.item, "the map item port is also wired")
+        if not isinstance(m.over, Ref):
+            self.add("bad_map", pn.name, m.item, f"maps over {m.over!r}; it must be an output port")
+            return
         ok, got = self.output_type(m.over, pn.name, m.item)
         if not ok:
             return

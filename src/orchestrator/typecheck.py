@@ -29,6 +29,9 @@ def assignable(src: Any, dst: Any) -> bool:
     if s_origin in _UNIONS:
         return all(assignable(a, dst) for a in get_args(src))
     if s_origin is Literal:
+        if d_origin is Literal:
+            allowed = {(type(v), v) for v in get_args(dst)}
+            return all((type(v), v) in allowed for v in get_args(src))
         return all(assignable(type(v), dst) for v in get_args(src))
     if d_origin is Literal:
         return False
@@ -36,6 +39,8 @@ def assignable(src: Any, dst: Any) -> bool:
         return True
     if s_origin is None and d_origin is None:
         return isinstance(src, type) and isinstance(dst, type) and issubclass(src, dst)
+    if d_origin is None and isinstance(dst, type) and isinstance(s_origin, type):
+        return issubclass(s_origin, dst)  # list[int] -> list, dict[str, int] -> Mapping
     if s_origin is None or d_origin is None:
         bare_dst = dst if d_origin is None else d_origin
         bare_src = src if s_origin is None else s_origin

@@ -9,6 +9,7 @@ for hosts where power loss must not lose the tail.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -126,8 +127,8 @@ class SqliteLedgerStore:
         ).fetchall()
         out = []
         for run_id, plan_name, created, seq, kind, body in rows:
-            ts = _ts_of(bytes(body))
-            out.append(RunRow(run_id, plan_name, created, seq, kind, ts))
+            last = json.loads(bytes(body))
+            out.append(RunRow(run_id, plan_name, created, seq, kind, last.get("ts", ""), last))
         return out
 
     def has_run(self, run_id: str) -> bool:
@@ -165,10 +166,3 @@ class SqliteLedgerStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _ts_of(body: bytes) -> str:
-    import json
-
-    value = json.loads(body).get("ts", "")
-    return value if isinstance(value, str) else ""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from orchestrator.errors import ConfigError
 
@@ -36,6 +36,7 @@ class RunRow:
     last_seq: int
     last_kind: str
     last_ts: str
+    last_event: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ from orchestrator.runtime.replay import ReplayReport, replay
 from orchestrator.runtime.scheduler import Scheduler
 
 Listener = Callable[[BaseEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One line of ``orchestrator ls``."""
+
+    run_id: str
+    plan: str
+    status: str
+    events: int
+    created_at: str
+    updated_at: str
 
 
 def default_home() -> Path:
@@ -83,6 +96,29 @@ class Runtime:
         if verify:
             self._require_whole(run_id, rows)
         return RunState.fold(decode(r.body) for r in rows)
+
+    def runs(self) -> list[RunSummary]:
+        """Every run in the ledger with its status, without folding whole histories."""
+        out = []
+        for row in self.store.runs():
+            if row.last_kind == "RunCompleted":
+                status = str(row.last_event.get("status"))
+            elif row.last_kind == "RunParked":
+                status = "parked"
+            else:
+                status = "running" if self.owner(row.run_id) else "interrupted"
+            out.append(
+                RunSummary(
+                    row.run_id, row.plan_name, status, row.last_seq + 1, row.created_at, row.last_ts
+                )
+            )
+        return out
+
+    def live_status(self, state: RunState) -> str:
+        """The fold's status, refined: a non-terminal run with no live owner is interrupted."""
+        if state.status in ("running", "pausing") and self.owner(state.run_id) is None:
+            return "interrupted"
+        return state.status
 
     def verify(self, run_id: str) -> ChainReport:
         return verify_chain(self.rows(run_id))
@@ -237,7 +273,3 @@ class Runtime:
             ) from None
         values: dict[str, Any] = model.model_dump(mode="json")
         return values
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -112,6 +112,11 @@ class Replayer:
         for event in self.recorded:
             if isinstance(event, EffectRecorded):
                 self.journals[(event.node, event.attempt)].append(event)
+        self.superseded = {
+            (e.node, e.attempt)
+            for e in self.recorded
+            if isinstance(e, RetryScheduled) and e.reason.type == "CodeChanged"
+        }
         self.attempts: dict[tuple[str, int], _Attempt] = {}
         self.outcomes: dict[tuple[str, int], dict[str, Any]] = {}
         self.state: RunState | None = None
@@ -159,16 +164,11 @@ class Replayer:
     async def _regenerate(self, rec: BaseEvent) -> BaseEvent:
         stamp = {"seq": rec.seq, "ts": rec.ts}
         if isinstance(rec, RunStarted):
-            return RunStarted(
-                **stamp,
-                run_id=rec.run_id,
-                plan_ref=rec.plan_ref,
-                plan_digest=self.plan.digest,
-                plan=self.plan.describe(),
-                inputs=rec.inputs,
-                config=rec.config,
-                seed=rec.seed,
-            )
+            # Code digests are reported separately (code_changed); what must match here is
+            # the graph: nodes, wiring and maps.
+            if self.plan.describe()["nodes"] != rec.plan["nodes"]:
+                return rec.model_copy(update={"plan": self.plan.describe()})
+            return rec
         state = self.state
         assert state is not None
         if isinstance(rec, NodeDispatched):
@@ -209,16 +209,14 @@ class Replayer:
                 )
             )
         inputs = state.inputs_for(rec.node) if rec.attempt == 1 else dict(ns.inputs or {})
-        spec = self.plan.nodes[ns.base].spec
-        regenerated = NodeDispatched(
-            seq=rec.seq,
-            ts=rec.ts,
-            node=rec.node,
-            attempt=rec.attempt,
-            code_digest=spec.code_digest,
-            inputs=inputs,
-        )
-        await self._run_body(rec, inputs)
+        regenerated = rec.model_copy(update={"inputs": inputs})
+        if (rec.node, rec.attempt) in self.superseded:
+            # Cut short by a code change on resume: the old code is gone, so its effects
+            # stand as recorded and the new attempt is what replay re-executes.
+            journal = self.journals[(rec.node, rec.attempt)]
+            self.attempts[(rec.node, rec.attempt)] = _Attempt(deque(journal), halted=True)
+        else:
+            await self._run_body(rec, inputs)
         return regenerated
 
     async def _run_body(self, rec: NodeDispatched, inputs: dict[str, Any]) -> None:

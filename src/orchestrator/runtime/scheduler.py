@@ -133,7 +133,8 @@ class Scheduler:
                 self._settle(outcome)
             starting: list[NodeState] = []
             if state.status == "running":
-                for node_id, failed_dep in sorted(state.doomed.items()):
+                while state.doomed:
+                    node_id, failed_dep = min(state.doomed.items())
                     writer.stage(
                         NodeFailed,
                         node=node_id,

@@ -1,0 +1,527 @@
+"""The ``orchestrator`` command line (Typer + Rich).
+
+Exit codes: 0 success, 1 run failed or error, 2 invalid plan (``plan check``, ``run``),
+3 run parked (paused; resume it later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.errors import ConfigError, LedgerError, OrchestratorError, UserError
+from orchestrator.ledger.events import BaseEvent, RunStarted
+from orchestrator.ledger.state import RunState
+from orchestrator.node import Budget
+from orchestrator.plan import RunConfig
+from orchestrator.runtime.engine import Runtime
+from orchestrator.runtime.loader import load_plan, normalize_ref
+from orchestrator.views import event_line, node_table, run_view, state_json
+
+app = typer.Typer(
+    name="orchestrator",
+    help="Durable, typed, parallel runs of agent work: plan, run, pause, resume, replay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plan_app = typer.Typer(help="Check plans before running them.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_INVALID, EXIT_PARKED = 1, 2, 3
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        envvar="ORCHESTRATOR_HOME",
+        help="State directory [default: ./.orchestrator]",
+    ),
+    ledger: str | None = typer.Option(
+        None, "--ledger", envvar="ORCHESTRATOR_LEDGER", help="Ledger URL [default: sqlite in home]"
+    ),
+) -> None:
+    ctx.obj = {"home": home, "ledger": ledger}
+
+
+def _runtime(ctx: typer.Context) -> Runtime:
+    obj = ctx.find_root().obj or {}
+    return Runtime(home=obj.get("home"), ledger=obj.get("ledger"))
+
+
+# ---- options shared by run and plan check --------------------------------------------------
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` gives a string (Pydantic converts it to the declared type); ``k:=JSON`` JSON."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if ":=" in pair:
+            key, _, raw = pair.partition(":=")
+            try:
+                values[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"--input {pair!r}: the value after := is not JSON ({exc})"
+                ) from None
+        elif "=" in pair:
+            key, _, raw = pair.partition("=")
+            values[key] = raw
+        else:
+            raise ConfigError(f"--input {pair!r}: expected KEY=VALUE or KEY:=JSON")
+    return values
+
+
+def _parse_budget(text: str | None) -> Budget | None:
+    if not text:
+        return None
+    names = {
+        "tokens": "tokens",
+        "compute_h": "compute_h",
+        "spend": "spend_usd",
+        "spend_usd": "spend_usd",
+    }
+    fields: dict[str, float] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in names:
+            raise ConfigError(
+                f"--budget {text!r}: unknown dimension {key!r} (tokens, compute_h, spend)"
+            )
+        try:
+            fields[names[key.strip()]] = float(value)
+        except ValueError:
+            raise ConfigError(f"--budget {text!r}: {value!r} is not a number") from None
+    return Budget.model_validate(fields)
+
+
+def _config(
+    allow: str | None, approvers: list[str], budget: str | None, concurrency: int
+) -> RunConfig:
+    gates: dict[str, list[str]] = {}
+    for item in approvers:
+        gate, sep, key = item.partition("=")
+        if not sep or not gate or not key:
+            raise ConfigError(f"--approver {item!r}: expected GATE=PUBLIC_KEY")
+        gates.setdefault(gate, []).append(key)
+    kwargs: dict[str, Any] = {
+        "approvers": gates,
+        "budget": _parse_budget(budget),
+        "concurrency": concurrency,
+    }
+    if allow is not None:
+        kwargs["allow_effects"] = frozenset(e.strip() for e in allow.split(",") if e.strip())
+    return RunConfig(**kwargs)
+
+
+AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
+ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)")
+BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")
+ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
+
+
+# ---- driving a run with live progress ----------------------------------------------------
+
+
+def _drive(
+    rt: Runtime,
+    start: Callable[[tuple[Callable[[BaseEvent], None], ...]], Awaitable[RunState]],
+    initial: RunState | None,
+    quiet: bool,
+) -> RunState:
+    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet)."""
+    view: dict[str, RunState | None] = {"state": initial}
+
+    def fold(event: BaseEvent) -> None:
+        if isinstance(event, RunStarted):
+            view["state"] = RunState.start(event)
+        elif view["state"] is not None:
+            view["state"].apply(event)
+        if not quiet and not out.is_terminal:
+            line = event_line(event)
+            if line:
+                out.print(line, highlight=False)
+
+    async def main() -> RunState:
+        if quiet or not out.is_terminal:
+            return await start((fold,))
+        with Live(console=out, auto_refresh=False, transient=False) as live:
+            task = asyncio.ensure_future(start((fold,)))
+            while not task.done():
+                state = view["state"]
+                if state is not None:
+                    live.update(run_view(state, state.status, rt.clock.now()), refresh=True)
+                await asyncio.wait([task], timeout=0.25)
+            final = task.result()
+            live.update(run_view(final, final.status), refresh=True)
+            return final
+
+    return asyncio.run(main())
+
+
+def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
+    status = rt.live_status(state)
+    if as_json:
+        out.print_json(data=state_json(state, status))
+    else:
+        _summary(state)
+    if status == "failed":
+        raise typer.Exit(EXIT_FAILED)
+    if status == "parked":
+        raise typer.Exit(EXIT_PARKED)
+
+
+def _summary(state: RunState) -> None:
+    rid = state.run_id
+    if state.status == "succeeded":
+        out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
+    elif state.status == "failed":
+        out.print(
+            f"[red]run {rid} failed[/]: {len(state.summary.get('failed', {}))} node(s) failed"
+        )
+        for node, why in state.summary.get("failed", {}).items():
+            out.print(f"  [red]{node}[/]: {why}", highlight=False)
+    elif state.status == "parked":
+        out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    plan_ref: str = typer.Argument(..., metavar="FILE.py:PLAN", help="The plan to run"),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="KEY=VALUE or KEY:=JSON"),
+    allow: str | None = AllowOpt,
+    approver: list[str] = ApproverOpt,
+    budget: str | None = BudgetOpt,
+    concurrency: int = ConcurrencyOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
+    plan = load_plan(plan_ref)
+    config = _config(allow, approver, budget, concurrency)
+    values = _parse_inputs(inputs)
+    rt = _runtime(ctx)
+
+    def announce(run_id: str) -> None:
+        if not as_json:
+            err.print(f"run [bold]{run_id}[/] started", highlight=False)
+
+    state = _drive(
+        rt,
+        lambda ls: rt.start(
+            plan, values, config, plan_ref=normalize_ref(plan_ref), listeners=ls, on_start=announce
+        ),
+        None,
+        quiet or as_json,
+    )
+    _finish(rt, state, as_json)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    packages: int = typer.Option(6, "--packages", min=1, max=50, help="Packages in the monorepo"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Migrate a generated npm-workspaces monorepo from CommonJS to ES modules, then replay it."""
+    from orchestrator.workloads import demo as workload
+
+    rt = _runtime(ctx)
+    repo = workload.make_monorepo(rt.home / "demo", packages)
+    if not as_json:
+        err.print(f"demo monorepo with {packages} packages at {repo}", highlight=False)
+    state = _drive(
+        rt,
+        lambda ls: rt.start(
+            workload.plan,
+            {"repo": str(repo.resolve())},
+            plan_ref=workload.PLAN_REF,
+            listeners=ls,
+        ),
+        None,
+        quiet or as_json,
+    )
+    report = asyncio.run(rt.replay(state.run_id, workload.plan))
+    if as_json:
+        data = state_json(state, rt.live_status(state))
+        data["replay"] = {"ok": report.ok, "head_hash": report.head_hash}
+        out.print_json(data=data)
+    else:
+        _summary(state)
+        summary = (state.nodes["diff-summarizer"].outputs or {}).get("summary", "")
+        out.print(summary, highlight=False)
+        out.print(f"replay: {'OK' if report.ok else 'DIVERGED'} head {report.head_hash}")
+        rid = state.run_id
+        out.print(
+            f"\nTry: orchestrator status {rid} | orchestrator ledger {rid} | "
+            f"orchestrator ledger verify {rid} | orchestrator replay {rid}",
+            highlight=False,
+        )
+    if state.status != "succeeded" or not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("ls")
+def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List runs, newest last."""
+    rt = _runtime(ctx)
+    runs = rt.runs()
+    if as_json:
+        out.print_json(data=[_row(r) for r in runs])
+        return
+    if not runs:
+        out.print(f"no runs yet in {rt.store.url}")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("run", "plan", "status", "events", "started", "last activity"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.run_id, r.plan, r.status, str(r.events), r.created_at, r.updated_at)
+    out.print(table)
+
+
+def _row(summary: Any) -> dict[str, Any]:
+    return {slot: getattr(summary, slot) for slot in summary.__slots__}
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    watch: bool = typer.Option(True, "--watch/--once", help="Refresh while the run is live"),
+    show_all: bool = typer.Option(False, "--all", help="Every node, however many"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a run: nodes by state, progress, elapsed (live while it runs)."""
+    rt = _runtime(ctx)
+    state = rt.state(run_id)
+    if as_json:
+        out.print_json(data=state_json(state, rt.live_status(state)))
+        return
+
+    def render(st: RunState) -> Any:
+        from rich.console import Group
+
+        from orchestrator.views import headline
+
+        live = rt.live_status(st)
+        now = rt.clock.now() if live in ("running", "pausing") else None
+        return Group(headline(st, live, now), node_table(st, None if show_all else 40))
+
+    if not (watch and out.is_terminal and rt.owner(run_id)):
+        out.print(render(state))
+        return
+    with Live(render(state), console=out, auto_refresh=False) as live:
+        while rt.owner(run_id):
+            time.sleep(0.5)
+            state = rt.state(run_id)
+            live.update(render(state), refresh=True)
+        live.update(render(rt.state(run_id)), refresh=True)
+
+
+@app.command()
+def ledger(
+    ctx: typer.Context,
+    args: list[str] = typer.Argument(..., metavar="[verify] RUN"),
+    node: str | None = typer.Option(None, "--node", help="Only this node's events"),
+    kind: str | None = typer.Option(None, "--kind", help="Only events of this kind"),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines: seq, hash, event"),
+) -> None:
+    """List a run's events, or `ledger verify RUN` to re-hash its chain."""
+    if len(args) == 2 and args[0] == "verify":
+        _verify(ctx, args[1], as_json)
+        return
+    if len(args) != 1:
+        raise ConfigError("usage: orchestrator ledger RUN  |  orchestrator ledger verify RUN")
+    rt = _runtime(ctx)
+    rows = rt.rows(args[0])
+    table = None if as_json else Table(show_edge=False, pad_edge=False)
+    if table is not None:
+        for col in ("seq", "time", "kind", "node", "detail"):
+            table.add_column(col, overflow="fold")
+    for row in rows:
+        data = json.loads(row.body)
+        if (node and data.get("node") != node) or (kind and row.kind != kind):
+            continue
+        if table is None:
+            sys.stdout.write(json.dumps({"seq": row.seq, "hash": row.hash, "event": data}) + "\n")
+            continue
+        table.add_row(
+            str(row.seq), data["ts"][11:23], row.kind, data.get("node", ""), _detail(data)
+        )
+    if table is not None:
+        out.print(table)
+
+
+def _detail(data: dict[str, Any]) -> str:
+    kind = data["kind"]
+    if kind == "EffectRecorded":
+        request = json.dumps(data["request"])
+        return f"#{data['index']} {data['effect']} {request[:80]}"
+    if kind == "NodeDispatched":
+        return f"attempt {data['attempt']} code {data['code_digest']}"
+    if kind in ("NodeFailed", "RetryScheduled"):
+        reason = data["reason"]
+        extra = f" retry in {data['delay']}s" if kind == "RetryScheduled" else f" ({data['cause']})"
+        return f"attempt {data['attempt']}: {reason['type']}: {reason['message'][:80]}{extra}"
+    if kind == "NodeResumed":
+        return f"attempt {data['attempt']} from effect #{data['from_index']}"
+    if kind == "RunCompleted":
+        return f"{data['status']}"
+    if kind == "RunStarted":
+        return f"plan {data['plan']['name']} {data['plan_digest'][:16]}"
+    return str(data.get("reason", data.get("source", "")))
+
+
+def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
+    rt = _runtime(ctx)
+    report = rt.verify(run_id)
+    if as_json:
+        out.print_json(data=_row(report))
+    elif report.ok:
+        out.print(f"ledger OK: {report.events} events, head {report.head_hash}")
+    else:
+        err.print(
+            f"[red]ledger verification FAILED[/] for run {run_id} at seq {report.bad_seq}: "
+            f"{report.problem}",
+            highlight=False,
+        )
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has parked"),
+    timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait for the drain"),
+) -> None:
+    """Ask a running run to drain its in-flight nodes and park."""
+    rt = _runtime(ctx)
+    rt.pause(run_id)
+    err.print(f"pause requested for {run_id}; in-flight nodes drain first")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while rt.owner(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = rt.state(run_id)
+    status = rt.live_status(state)
+    out.print(f"run {run_id} is {status}")
+    if status not in ("parked", "succeeded", "failed"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Continue a parked or interrupted run in this process, from its ledger."""
+    rt = _runtime(ctx)
+    initial = rt.state(run_id)
+    state = _drive(rt, lambda ls: rt.resume(run_id, listeners=ls), initial, quiet or as_json)
+    _finish(rt, state, as_json)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN"), as_json: bool = JsonOpt
+) -> None:
+    """Re-execute the run's node code against its ledger; check it byte for byte."""
+    rt = _runtime(ctx)
+    report = asyncio.run(rt.replay(run_id))
+    if as_json:
+        d = report.divergence
+        out.print_json(
+            data={
+                "ok": report.ok,
+                "events": report.events,
+                "head_hash": report.head_hash,
+                "code_changed": report.code_changed,
+                "divergence": None if d is None else _row(d),
+            }
+        )
+    else:
+        if report.code_changed:
+            out.print(f"[yellow]code changed since the run[/] in: {', '.join(report.code_changed)}")
+        if report.ok:
+            out.print(f"replay OK: {report.events} events, head {report.head_hash}")
+        else:
+            out.print(f"[red]replay DIVERGED[/] {report.divergence}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@plan_app.command("check")
+def plan_check(
+    plan_ref: str = typer.Argument(..., metavar="FILE.py:PLAN"),
+    allow: str | None = AllowOpt,
+    approver: list[str] = ApproverOpt,
+    budget: str | None = BudgetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Report every problem in a plan at once; exit 2 when there are any."""
+    plan = load_plan(plan_ref)
+    problems = plan.validate(_config(allow, approver, budget, 256))
+    if as_json:
+        out.print_json(data=[p.model_dump() for p in problems])
+    elif problems:
+        err.print(f"[red]plan {plan.name!r} has {len(problems)} problem(s):[/]")
+        for p in problems:
+            err.print(f"  - {p}", highlight=False)
+    else:
+        worst = plan.worst_case_budget()
+        out.print(
+            f"plan {plan.name!r} OK: {len(plan.nodes)} nodes; worst case "
+            f"{worst.tokens} tokens, {worst.compute_h:g} compute-h, ${worst.spend_usd:g}",
+            highlight=False,
+        )
+    if problems:
+        raise typer.Exit(EXIT_INVALID)
+
+
+def main() -> None:
+    """Entry point: user errors become one paragraph on stderr and an exit code."""
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except LedgerError as exc:
+        err.print(f"[red]ledger error:[/] {exc}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except OrchestratorError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The demo: migrate a small npm-workspaces monorepo from CommonJS to ES modules.
+
+``workspace-detect`` clones the repository and reads its workspaces; ``codemod-runner``
+is mapped over the packages (one instance per package, in parallel): each clones the
+repository, rewrites ``require``/``module.exports`` with ``sed``, marks the package
+``"type": "module"``, commits on a branch of its own and pushes it back; and
+``diff-summarizer`` reports the changes. Every command goes through ``ctx.exec``, so the
+run is journaled, resumable and replayable.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from orchestrator.node import Retry, node
+from orchestrator.plan import Plan
+from orchestrator.runtime.context import NodeContext
+
+PLAN_REF = "orchestrator.workloads.demo:plan"
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Orchestrator Demo",
+    "GIT_AUTHOR_EMAIL": "demo@orchestrator.invalid",
+    "GIT_COMMITTER_NAME": "Orchestrator Demo",
+    "GIT_COMMITTER_EMAIL": "demo@orchestrator.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
+PACKAGE_NAMES = ("api", "billing", "core", "search", "ui", "worker", "auth", "mailer", "jobs")
+SED_REWRITES = (
+    r"/^'use strict';$/d",
+    r"s/^const ([A-Za-z_$][A-Za-z0-9_$]*) = require\('([^']+)'\);$/import \1 from '\2';/",
+    r"s/^module\.exports = /export default /",
+    r"/\.js';$/!s/^(import .* from '\.[^']*)';$/\1.js';/",
+)
+
+
+class RepoInputs(BaseModel):
+    repo: str
+
+
+class Detected(BaseModel):
+    workspaces: list[str]
+    packages: list[str]
+
+
+class MigrateInputs(BaseModel):
+    repo: str
+    package: str
+
+
+class Migrated(BaseModel):
+    package: str
+    branch: str
+    files: list[str]
+    lines_changed: int
+    diff: str
+
+
+class SummaryInputs(BaseModel):
+    packages: list[str]
+    branches: list[str]
+    lines_changed: list[int]
+    files: list[list[str]]
+
+
+class Summary(BaseModel):
+    summary: str
+    total_lines_changed: int
+
+
+@node("workspace-detect", effects={"fs"}, retry=Retry(max_attempts=2, base_delay=0.2), timeout=60)
+async def workspace_detect(ctx: NodeContext, inputs: RepoInputs) -> Detected:
+    """Clone the monorepo and list the packages its npm workspaces declare."""
+    await ctx.exec(["git", "clone", "--quiet", inputs.repo, "."], check=True)
+    manifest = json.loads(await ctx.read("package.json"))
+    patterns: list[str] = list(manifest.get("workspaces", []))
+    listing = await ctx.exec(
+        ["git", "ls-files", "--", *(f"{p}/package.json" for p in patterns)], check=True
+    )
+    packages = sorted(Path(line).parent.name for line in listing.stdout.split())
+    await ctx.checkpoint("detected")
+    return Detected(workspaces=patterns, packages=packages)
+
+
+@node("codemod-runner", effects={"fs"}, retry=Retry(max_attempts=3, base_delay=0.2), timeout=120)
+async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
+    """Rewrite one package to ES modules on its own branch, and push the branch."""
+    pkg, branch = inputs.package, f"orchestrator/esm-{inputs.package}"
+    await ctx.exec(["git", "clone", "--quiet", inputs.repo, "."], check=True)
+    await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
+    listing = await ctx.exec(["git", "ls-files", "--", f"packages/{pkg}/src/*.js"], check=True)
+    files = listing.stdout.split()
+    sed = ["sed", "-i", "-E"]
+    for expression in SED_REWRITES:
+        sed += ["-e", expression]
+    await ctx.exec([*sed, *files], check=True)
+    manifest_path = f"packages/{pkg}/package.json"
+    manifest = json.loads(await ctx.read(manifest_path))
+    manifest["type"] = "module"
+    await ctx.write(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    await ctx.checkpoint("rewritten")
+    await ctx.exec(["git", "add", "--all"], check=True)
+    message = f"{pkg}: migrate from CommonJS to ES modules"
+    await ctx.exec(["git", "commit", "--quiet", "-m", message], env=GIT_ENV, check=True)
+    await ctx.exec(["git", "push", "--quiet", "--force", "origin", branch], check=True)
+    numstat = await ctx.exec(["git", "diff", "--numstat", "main..HEAD"], check=True)
+    lines = sum(
+        int(added) + int(removed)
+        for added, removed, _ in (row.split("\t", 2) for row in numstat.stdout.splitlines())
+    )
+    diff = await ctx.exec(["git", "diff", "main..HEAD"], check=True)
+    return Migrated(package=pkg, branch=branch, files=files, lines_changed=lines, diff=diff.stdout)
+
+
+@node("diff-summarizer", effects={"fs"}, timeout=60)
+async def diff_summarizer(ctx: NodeContext, inputs: SummaryInputs) -> Summary:
+    """Summarize the per-package branches into one report (also written as SUMMARY.md)."""
+    rows = [
+        f"  {pkg:<10} {branch:<28} {len(files)} file(s), {lines} line(s) changed"
+        for pkg, branch, lines, files in zip(
+            inputs.packages, inputs.branches, inputs.lines_changed, inputs.files, strict=True
+        )
+    ]
+    total = sum(inputs.lines_changed)
+    summary = "\n".join(
+        [f"Migrated {len(rows)} package(s) to ES modules, {total} line(s) changed:", *rows]
+    )
+    await ctx.write("SUMMARY.md", summary + "\n")
+    return Summary(summary=summary, total_lines_changed=total)
+
+
+def build_plan() -> Plan:
+    plan = Plan("esm-migration-demo", inputs=RepoInputs)
+    detect = plan.add(workspace_detect, repo=plan.input("repo"))
+    migrate = plan.map(
+        codemod_runner,
+        over=detect.out.packages,
+        item="package",
+        max_items=50,
+        repo=plan.input("repo"),
+    )
+    plan.add(
+        diff_summarizer,
+        packages=migrate.out.package,
+        branches=migrate.out.branch,
+        lines_changed=migrate.out.lines_changed,
+        files=migrate.out.files,
+    )
+    return plan
+
+
+plan = build_plan()
+
+
+def make_monorepo(parent: Path, packages: int) -> Path:
+    """Write a small CommonJS npm-workspaces monorepo as a fresh git repository."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    repo = parent / f"monorepo-{stamp}-{secrets.token_hex(2)}"
+    names = [PACKAGE_NAMES[i] if i < len(PACKAGE_NAMES) else f"pkg{i}" for i in range(packages)]
+    _write_json(
+        repo / "package.json", {"name": "acme", "private": True, "workspaces": ["packages/*"]}
+    )
+    for name in names:
+        src = repo / "packages" / name / "src"
+        src.mkdir(parents=True)
+        _write_json(
+            repo / "packages" / name / "package.json",
+            {"name": f"@acme/{name}", "version": "1.0.0", "main": "src/index.js"},
+        )
+        (src / "index.js").write_text(
+            "'use strict';\n"
+            "const util = require('util');\n"
+            "const format = require('./format');\n"
+            f"function handle(input) {{ return format(util.inspect(input), '{name}'); }}\n"
+            "module.exports = { handle };\n"
+        )
+        (src / "format.js").write_text(
+            "'use strict';\n"
+            "const path = require('path');\n"
+            "module.exports = function format(text, scope) { return path.join(scope, text); };\n"
+        )
+    for argv in (
+        ["git", "init", "--quiet", "--initial-branch=main"],
+        ["git", "add", "--all"],
+        ["git", "commit", "--quiet", "-m", "acme monorepo (CommonJS)"],
+    ):
+        subprocess.run(argv, cwd=repo, env={**GIT_ENV, "PATH": "/usr/bin:/bin"}, check=True)
+    return repo
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,39 @@
+"""Shared fixtures: a Runtime over a temporary home, and a CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Runtime
+
+PLANS = Path(__file__).parent / "plans"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def rt(home: Path) -> Iterator[Runtime]:
+    runtime = Runtime(home=home)
+    yield runtime
+    runtime.close()
+
+
+def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real `orchestrator` command line in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=home.parent,
+    )

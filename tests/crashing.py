@@ -1,0 +1,53 @@
+"""Helpers to run a plan in a child process and SIGKILL it at a chosen moment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator import Runtime
+from orchestrator.ledger.state import RunState
+
+PLANS = Path(__file__).parent / "plans"
+
+
+def spawn_run(home: Path, plan_ref: str, *inputs: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "orchestrator.cli", "--home", str(home), "run", "-q", plan_ref]
+    for pair in inputs:
+        argv += ["--input", pair]
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "child.log", "a") as log:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=log,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def wait_until(
+    home: Path, predicate: Callable[[RunState], bool], timeout: float = 30
+) -> RunState:
+    """Poll the ledger (read-only) until a run's folded state satisfies ``predicate``."""
+    deadline = time.monotonic() + timeout
+    with Runtime(home=home) as rt:
+        while time.monotonic() < deadline:
+            runs = rt.store.runs()
+            if runs:
+                state = rt.state(runs[-1].run_id)
+                if predicate(state):
+                    return state
+            time.sleep(0.02)
+    raise TimeoutError("the run never reached the expected state")
+
+
+def sigkill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
