@@ -27,7 +27,9 @@ def rt(home: Path) -> Iterator[Runtime]:
     runtime.close()
 
 
-def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the real `orchestrator` command line in a child process."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "--home", str(home), *args],

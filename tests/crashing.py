@@ -16,7 +16,9 @@ from orchestrator.ledger.state import RunState
 PLANS = Path(__file__).parent / "plans"
 
 
-def spawn_run(home: Path, plan_ref: str, *inputs: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def spawn_run(
+    home: Path, plan_ref: str, *inputs: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "orchestrator.cli", "--home", str(home), "run", "-q", plan_ref]
     for pair in inputs:
         argv += ["--input", pair]
@@ -31,9 +33,7 @@ def spawn_run(home: Path, plan_ref: str, *inputs: str, env: dict[str, str] | Non
         )
 
 
-def wait_until(
-    home: Path, predicate: Callable[[RunState], bool], timeout: float = 30
-) -> RunState:
+def wait_until(home: Path, predicate: Callable[[RunState], bool], timeout: float = 30) -> RunState:
     """Poll the ledger (read-only) until a run's folded state satisfies ``predicate``."""
     deadline = time.monotonic() + timeout
     with Runtime(home=home) as rt:

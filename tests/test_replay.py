@@ -44,14 +44,20 @@ async def test_replay_is_ok_on_a_run_resumed_after_sigkill(home: Path, tmp_path:
         marks = [e for e in events if isinstance(e, NodeResumed)]
         assert [(m.node, m.attempt, m.from_index) for m in marks] == [("wait-for-file", 1, 1)]
         # The journaled "mark" effect was served, not recorded a second time.
-        effects = [e for e in events if getattr(e, "node", "") == "wait-for-file" and e.kind == "EffectRecorded"]
+        effects = [
+            e
+            for e in events
+            if getattr(e, "node", "") == "wait-for-file" and e.kind == "EffectRecorded"
+        ]
         assert [e.index for e in effects] == [0, 1]
     replay = cli(home, "replay", run_id)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "replay OK" in replay.stdout
 
 
-async def test_changed_code_on_resume_starts_a_new_attempt_and_replays(home: Path, tmp_path: Path) -> None:
+async def test_changed_code_on_resume_starts_a_new_attempt_and_replays(
+    home: Path, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     run_id = _crash_mid_node(home, gate)
     gate.write_text("open")
@@ -69,7 +75,9 @@ async def test_changed_code_on_resume_starts_a_new_attempt_and_replays(home: Pat
     assert "code changed since the run" in replay.stdout and "wait-for-file" in replay.stdout
 
 
-async def test_replay_reports_the_first_divergence_on_changed_code(home: Path, tmp_path: Path) -> None:
+async def test_replay_reports_the_first_divergence_on_changed_code(
+    home: Path, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     gate.write_text("open")
     ran = cli(home, "run", "-q", WAIT, "--input", f"path={gate}")

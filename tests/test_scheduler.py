@@ -207,9 +207,7 @@ async def test_dispatch_only_after_upstream_completion_is_on_the_ledger(rt: Runt
             if event.node == "join":
                 assert {f"shout[{i}]" for i in range(4)} <= seen
     assert state.nodes["join"].outputs == {"count": 4}
-    assert [state.nodes[f"shout[{i}]"].outputs for i in range(4)] == [
-        {"text": w} for w in "ABCD"
-    ]
+    assert [state.nodes[f"shout[{i}]"].outputs for i in range(4)] == [{"text": w} for w in "ABCD"]
 
 
 async def test_map_over_nothing_and_over_too_much(rt: Runtime) -> None:
@@ -252,9 +250,7 @@ async def test_pause_drains_in_flight_nodes_then_parks_and_resume_finishes(
     gate = tmp_path / "gate"
     plan = gated_plan()
     started: list[str] = []
-    task = asyncio.ensure_future(
-        rt.start(plan, {"path": str(gate)}, on_start=started.append)
-    )
+    task = asyncio.ensure_future(rt.start(plan, {"path": str(gate)}, on_start=started.append))
     while not started:
         await asyncio.sleep(0.01)
     run_id = started[0]

@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, LedgerError, OrchestratorError, UserError
@@ -157,7 +158,7 @@ def _drive(
         if not quiet and not out.is_terminal:
             line = event_line(event)
             if line:
-                out.print(line, highlight=False)
+                out.print(line, highlight=False, markup=False)
 
     async def main() -> RunState:
         if quiet or not out.is_terminal:
@@ -197,7 +198,7 @@ def _summary(state: RunState) -> None:
             f"[red]run {rid} failed[/]: {len(state.summary.get('failed', {}))} node(s) failed"
         )
         for node, why in state.summary.get("failed", {}).items():
-            out.print(f"  [red]{node}[/]: {why}", highlight=False)
+            out.print(f"  [red]{escape(node)}[/]: {escape(why)}", highlight=False)
     elif state.status == "parked":
         out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
 
@@ -271,7 +272,7 @@ def demo(
     else:
         _summary(state)
         summary = (state.nodes["diff-summarizer"].outputs or {}).get("summary", "")
-        out.print(summary, highlight=False)
+        out.print(summary, highlight=False, markup=False)
         out.print(f"replay: {'OK' if report.ok else 'DIVERGED'} head {report.head_hash}")
         rid = state.run_id
         out.print(
@@ -405,7 +406,7 @@ def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
     else:
         err.print(
             f"[red]ledger verification FAILED[/] for run {run_id} at seq {report.bad_seq}: "
-            f"{report.problem}",
+            f"{escape(report.problem or '')}",
             highlight=False,
         )
     if not report.ok:
@@ -473,7 +474,7 @@ def replay(
         if report.ok:
             out.print(f"replay OK: {report.events} events, head {report.head_hash}")
         else:
-            out.print(f"[red]replay DIVERGED[/] {report.divergence}", highlight=False)
+            out.print(f"[red]replay DIVERGED[/] {escape(str(report.divergence))}", highlight=False)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -494,7 +495,7 @@ def plan_check(
     elif problems:
         err.print(f"[red]plan {plan.name!r} has {len(problems)} problem(s):[/]")
         for p in problems:
-            err.print(f"  - {p}", highlight=False)
+            err.print(f"  - {p}", highlight=False, markup=False)
     else:
         worst = plan.worst_case_budget()
         out.print(
@@ -511,13 +512,13 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except LedgerError as exc:
-        err.print(f"[red]ledger error:[/] {exc}", highlight=False)
+        err.print(f"[red]ledger error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(EXIT_FAILED)
     except OrchestratorError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)

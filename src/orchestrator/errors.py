@@ -95,6 +95,10 @@ class EffectFailed(NodeError):
         super().__init__(f"{effect} effect failed: {type_name}: {message}")
 
 
+class EffectNotDeclared(NodeError):
+    pass
+
+
 class NodeTimeout(NodeError):
     pass
 

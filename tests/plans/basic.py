@@ -34,7 +34,7 @@ async def split(ctx: NodeContext, inputs: Text) -> Items:
     return Items(items=inputs.text.split())
 
 
-@node("shout", retry=Retry(max_attempts=3, base_delay=0.01))
+@node("shout", effects={"fs"}, retry=Retry(max_attempts=3, base_delay=0.01))
 async def shout(ctx: NodeContext, inputs: Text) -> Text:
     roll = await ctx.random()
     result = await ctx.exec(["sh", "-c", 'printf "%s" "$0" | tr a-z A-Z', inputs.text])
@@ -42,7 +42,7 @@ async def shout(ctx: NodeContext, inputs: Text) -> Text:
     return Text(text=result.stdout)
 
 
-@node("join")
+@node("join", effects={"fs"})
 async def join(ctx: NodeContext, inputs: Joined) -> Count:
     await ctx.write("joined.txt", " ".join(inputs.texts))
     back = await ctx.read("joined.txt")

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from orchestrator.errors import EffectFailed, NonDeterminism
+from orchestrator.errors import EffectFailed, EffectNotDeclared, NonDeterminism
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
 from orchestrator.runtime.clock import Clock, iso, parse_iso
@@ -66,6 +66,7 @@ class EffectSite:
     attempt: int
     workspace: Path
     journal: Sequence[EffectRecorded]
+    effects: frozenset[str] = frozenset({"fs", "net", "llm"})
 
 
 class NodeContext:
@@ -82,6 +83,7 @@ class NodeContext:
         self.node = site.node
         self.attempt = site.attempt
         self.workspace = site.workspace
+        self.effects = site.effects
         self._journal = site.journal
         self._clock = clock
         self._record = record
@@ -278,7 +280,9 @@ class NodeContext:
         return text
 
     async def write(self, path: str, text: str) -> None:
-        """Write a text file in the workspace (atomically)."""
+        """Write a text file in the workspace (atomically); needs the ``fs`` effect."""
+        if "fs" not in self.effects:
+            raise EffectNotDeclared(f"node {self.node} writes {path!r} but does not declare 'fs'")
         target = inside(self.workspace, path)
 
         async def perform(_key: str) -> tuple[Any, dict[str, float]]:

@@ -204,6 +204,7 @@ class Scheduler:
             ns.attempt,
             workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt),
             journal,
+            spec.effects,
         )
         ctx = NodeContext(site, self.clock, self._record_effect)
         task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {})))

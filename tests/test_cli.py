@@ -1,0 +1,186 @@
+"""The command line, run for real in child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Runtime
+from tests.conftest import cli
+from tests.crashing import PLANS, spawn_run, wait_until
+
+BASIC = PLANS / "basic.py"
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_plan_check_reports_every_problem_and_exits_2(home: Path) -> None:
+    result = cli(home, "plan", "check", f"{BASIC}:broken")
+    assert result.returncode == 2
+    for kind in ("unknown_input", "unknown_port", "bad_map"):
+        assert kind in result.stderr
+    assert "split.text" in result.stderr and "join.texts" in result.stderr
+    as_json = cli(home, "plan", "check", "--json", f"{BASIC}:broken")
+    assert as_json.returncode == 2
+    assert len(json.loads(as_json.stdout)) == 4
+    ok = cli(home, "plan", "check", f"{BASIC}:plan")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    refused = cli(home, "plan", "check", f"{BASIC}:plan", "--allow", "net")
+    assert refused.returncode == 2
+    assert "[effect_not_allowed] join" in refused.stderr and "allowed: net" in refused.stderr
+    no_traceback(result)
+
+
+def test_running_an_invalid_plan_writes_nothing(home: Path) -> None:
+    result = cli(home, "run", f"{BASIC}:broken", "--input", "text=x")
+    assert result.returncode == 2
+    assert "problem" in result.stderr
+    with Runtime(home=home) as rt:
+        assert rt.store.runs() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.py:plan"], "there is no file"),
+        (["run", f"{BASIC}:nothing_here"], "has no attribute 'nothing_here'"),
+        (["run", f"{BASIC}:not_a_plan"], "is a int, not a Plan"),
+        (["run", "no-colon"], "expected FILE.py:ATTR"),
+        (["run", f"{BASIC}:plan", "--input", "wrong=1"], "bad inputs for plan 'words'"),
+        (["run", f"{BASIC}:plan", "--input", "oops"], "expected KEY=VALUE"),
+        (["run", f"{BASIC}:plan", "--budget", "cows=3"], "unknown dimension"),
+        (["status", "nope"], "there is no run 'nope'"),
+        (["ledger", "verify", "nope"], "there is no run 'nope'"),
+        (["resume", "nope"], "there is no run 'nope'"),
+        (["replay", "nope"], "there is no run 'nope'"),
+        (["pause", "nope"], "there is no run 'nope'"),
+    ],
+)
+def test_bad_input_gets_one_paragraph_and_a_nonzero_exit(
+    home: Path, args: list[str], message: str
+) -> None:
+    result = cli(home, *args)
+    assert result.returncode != 0
+    assert message in " ".join(result.stderr.split())
+    no_traceback(result)
+
+
+def test_run_ls_status_and_json(home: Path) -> None:
+    ran = cli(home, "run", f"{BASIC}:plan", "--input", "text=to be or not", "--json")
+    assert ran.returncode == 0, ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["status"] == "succeeded"
+    assert data["nodes"]["join"]["outputs"] == {"count": 4}
+    run_id = data["run_id"]
+    listed = json.loads(cli(home, "ls", "--json").stdout)
+    assert [(r["run_id"], r["status"], r["plan"]) for r in listed] == [
+        (run_id, "succeeded", "words")
+    ]
+    status = cli(home, "status", run_id, "--once")
+    assert status.returncode == 0
+    assert "shout[3]" in status.stdout and "succeeded" in status.stdout
+    as_json = json.loads(cli(home, "status", run_id, "--json").stdout)
+    assert as_json["counts"]["succeeded"] == 6
+
+
+def test_progress_lines_when_not_a_terminal(home: Path) -> None:
+    ran = cli(home, "run", f"{BASIC}:plan", "--input", "text=a b")
+    assert ran.returncode == 0
+    assert "started   shout[1]" in ran.stdout
+    assert "succeeded join" in ran.stdout
+    assert "run succeeded" in ran.stdout
+
+
+def test_pause_and_resume_across_processes(home: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    proc = spawn_run(home, f"{BASIC}:waiting", f"path={gate}")
+    state = wait_until(home, lambda s: s.nodes["wait-for-file"].status == "running")
+    pauser = subprocess.Popen(
+        [*_cli_argv(home), "pause", state.run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(home, lambda s: s.status == "pausing")
+    gate.write_text("done")  # the in-flight node may now finish; nothing new starts
+    out, errs = pauser.communicate(timeout=30)
+    assert pauser.returncode == 0, errs
+    assert f"run {state.run_id} is parked" in out
+    assert proc.wait(timeout=30) == 3  # exit code for a parked run
+    with Runtime(home=home) as rt:
+        parked = rt.state(state.run_id)
+        assert parked.status == "parked"
+        assert parked.nodes["after"].status == "pending"
+        assert rt.runs()[-1].status == "parked"
+    again = cli(home, "pause", state.run_id)
+    assert again.returncode == 1 and "not running in any process" in again.stderr
+    resumed = cli(home, "resume", state.run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "run succeeded" in resumed.stdout
+    done = cli(home, "resume", state.run_id)
+    assert done.returncode == 1 and "already ended (succeeded)" in done.stderr
+
+
+def _cli_argv(home: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "orchestrator.cli", "--home", str(home)]
+
+
+def test_demo_does_real_work_and_replays(home: Path) -> None:
+    result = cli(home, "demo", "--packages", "4", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "succeeded"
+    assert data["replay"]["ok"] is True
+    migrated = [data["nodes"][f"codemod-runner[{i}]"]["outputs"] for i in range(4)]
+    assert [m["package"] for m in migrated] == ["api", "billing", "core", "search"]
+    repo = next((home / "demo").iterdir())
+    branches = subprocess.run(
+        ["git", "branch", "--list", "orchestrator/*"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(branches) == [
+        f"orchestrator/esm-{p}" for p in ("api", "billing", "core", "search")
+    ]
+    changed = subprocess.run(
+        ["git", "show", "orchestrator/esm-core:packages/core/src/index.js"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "import format from './format.js';" in changed and "require(" not in changed
+    summary = data["nodes"]["diff-summarizer"]["outputs"]
+    assert summary["total_lines_changed"] == sum(m["lines_changed"] for m in migrated) > 0
+    verify = cli(home, "ledger", "verify", data["run_id"])
+    assert verify.returncode == 0 and "ledger OK" in verify.stdout
+
+
+def test_the_readme_example_runs(home: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "pkg" / "b.py").write_text("y = 2\nz = 3\nw = 4\n")
+    (repo / "notes.txt").write_text("not python\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    example = Path(__file__).parents[1] / "examples" / "count_lines.py"
+    checked = cli(home, "plan", "check", f"{example}:plan")
+    assert checked.returncode == 0, checked.stderr
+    ran = cli(home, "run", f"{example}:plan", "--input", f"repo={repo}", "--json")
+    assert ran.returncode == 0, ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["nodes"]["report"]["outputs"] == {"total": 4, "largest": "pkg/b.py"}
+    assert {data["nodes"][f"count-lines[{i}]"]["outputs"]["path"] for i in range(2)} == {
+        "a.py",
+        "pkg/b.py",
+    }
