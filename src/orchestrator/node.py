@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import CodeType
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -190,7 +190,7 @@ def define_node(
 
 
 def node(
-    name: str | None = None,
+    name: str | NodeFn | None = None,
     *,
     effects: Iterable[str] = (),
     budget: Budget | None = None,
@@ -198,11 +198,16 @@ def node(
     gate: str | None = None,
     timeout: float | None = None,
 ) -> Callable[[NodeFn], NodeSpec]:
-    """Decorate ``async def run(ctx, inputs: In) -> Out`` into a :class:`NodeSpec`."""
+    """Decorate ``async def run(ctx, inputs: In) -> Out`` into a :class:`NodeSpec`.
+
+    Use as ``@node("name", ...)``, ``@node(...)`` or bare ``@node``.
+    """
+    if callable(name):
+        return node()(name)  # type: ignore[return-value]
 
     def wrap(fn: NodeFn) -> NodeSpec:
         return define_node(
-            name or fn.__name__.replace("_", "-"),
+            name if isinstance(name, str) else fn.__name__.replace("_", "-"),
             fn,
             effects=effects,
             budget=budget,
@@ -234,14 +239,27 @@ def _const_bytes(value: Any) -> bytes:
 
 
 def _annotated_models(name: str, fn: NodeFn) -> tuple[type[BaseModel], type[BaseModel]]:
-    try:
-        hints = get_type_hints(fn)
-    except Exception as exc:
-        raise TypeError(f"node {name!r}: cannot read the annotations of run: {exc}") from exc
+    """The inputs and return annotations, resolved on their own.
+
+    Only these two are evaluated, so ``ctx: NodeContext`` may be imported under
+    ``TYPE_CHECKING`` without breaking node definition.
+    """
     params = list(inspect.signature(fn).parameters)
     if len(params) != 2:
         raise TypeError(f"node {name!r}: run must take exactly (ctx, inputs)")
-    inputs, outputs = hints.get(params[1]), hints.get("return")
+    annotations = inspect.get_annotations(fn)
+    resolved: list[Any] = []
+    for key in (params[1], "return"):
+        hint = annotations.get(key)
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, getattr(fn, "__globals__", {}))
+            except Exception as exc:
+                raise TypeError(
+                    f"node {name!r}: cannot resolve the annotation {hint!r} of run: {exc}"
+                ) from exc
+        resolved.append(hint)
+    inputs, outputs = resolved
     if inputs is None or outputs is None:
         raise TypeError(
             f"node {name!r}: annotate run's inputs parameter and return type with Pydantic "

@@ -67,7 +67,7 @@ def workspace_dir(home: Path, run_id: str, node: str, attempt: int) -> Path:
 
 def run_body(spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Any:
     """Validate inputs and call the node body (a coroutine)."""
-    return spec.fn(ctx, spec.inputs.model_validate(inputs))
+    return spec.fn(ctx, spec.inputs.model_validate(inputs, by_name=True))
 
 
 def outputs_of(spec: NodeSpec, result: Any) -> dict[str, Any]:
