@@ -400,7 +400,7 @@ def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
     rt = _runtime(ctx)
     report = rt.verify(run_id)
     if as_json:
-        out.print_json(data=_row(report))
+        out.print_json(data=report.as_dict())
     elif report.ok:
         out.print(f"ledger OK: {report.events} events, head {report.head_hash}")
     else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from orchestrator.ledger.codec import GENESIS, chain_hash
-from orchestrator.ledger.events import decode
+from orchestrator.ledger.events import Event, decode
 from orchestrator.ledger.store import StoredEvent
 
 
@@ -21,11 +21,22 @@ class ChainReport:
     head_hash: str
     bad_seq: int | None = None
     problem: str | None = None
+    decoded: tuple[Event, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "head_hash": self.head_hash,
+            "bad_seq": self.bad_seq,
+            "problem": self.problem,
+        }
 
 
 def verify_chain(events: Sequence[StoredEvent]) -> ChainReport:
     """Check sequence numbers, hashes, and that every body decodes to its recorded kind."""
     prev = GENESIS
+    decoded: list[Event] = []
     for expected_seq, row in enumerate(events):
         problem = None
         if row.seq != expected_seq:
@@ -44,5 +55,6 @@ def verify_chain(events: Sequence[StoredEvent]) -> ChainReport:
                     )
         if problem is not None:
             return ChainReport(False, len(events), prev, expected_seq, problem)
+        decoded.append(event)
         prev = row.hash
-    return ChainReport(True, len(events), prev)
+    return ChainReport(True, len(events), prev, decoded=tuple(decoded))

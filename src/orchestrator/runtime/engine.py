@@ -24,7 +24,7 @@ from orchestrator.errors import (
     RunNotFound,
     RunStateError,
 )
-from orchestrator.ledger.events import BaseEvent, RunResumed, RunStarted, decode
+from orchestrator.ledger.events import BaseEvent, Event, RunResumed, RunStarted, decode
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
 from orchestrator.ledger.verify import ChainReport, verify_chain
@@ -33,7 +33,7 @@ from orchestrator.plan import Plan, RunConfig
 from orchestrator.runtime.clock import Clock, SystemClock, iso
 from orchestrator.runtime.loader import load_plan
 from orchestrator.runtime.lock import RunLock, owner_pid
-from orchestrator.runtime.replay import ReplayReport, replay
+from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.scheduler import Scheduler
 
 Listener = Callable[[BaseEvent], None]
@@ -94,7 +94,7 @@ class Runtime:
     def state(self, run_id: str, *, verify: bool = False) -> RunState:
         rows = self.rows(run_id)
         if verify:
-            self._require_whole(run_id, rows)
+            return RunState.fold(self._require_whole(run_id, rows))
         return RunState.fold(decode(r.body) for r in rows)
 
     def runs(self) -> list[RunSummary]:
@@ -127,13 +127,15 @@ class Runtime:
         """The pid of the live process driving the run, if any."""
         return owner_pid(self.home, run_id)
 
-    def _require_whole(self, run_id: str, rows: list[StoredEvent]) -> None:
+    def _require_whole(self, run_id: str, rows: list[StoredEvent]) -> tuple[Event, ...]:
+        """The run's events, decoded, once the chain is verified whole."""
         report = verify_chain(rows)
         if not report.ok:
             raise LedgerCorrupt(
                 f"run {run_id}'s ledger fails verification at seq {report.bad_seq}: "
                 f"{report.problem}; refusing to continue from a tampered history"
             )
+        return report.decoded
 
     # ---- running --------------------------------------------------------------------------
 
@@ -199,8 +201,7 @@ class Runtime:
         lock.acquire()
         try:
             rows = self.store.read(run_id)
-            self._require_whole(run_id, rows)
-            state = RunState.fold(decode(r.body) for r in rows)
+            state = RunState.fold(self._require_whole(run_id, rows))
             if state.status in TERMINAL_RUN:
                 raise RunStateError(
                     f"run {run_id} already ended ({state.status}); nothing to resume"
@@ -244,13 +245,14 @@ class Runtime:
         self.store.send_control(run_id, "pause", source)
 
     async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
-        rows = self.rows(run_id)
-        self._require_whole(run_id, rows)
-        if plan is None:
-            first = decode(rows[0].body)
-            assert isinstance(first, RunStarted)
-            plan = load_plan(first.plan_ref)
-        return await replay(plan, rows)
+        with gc_paused():
+            rows = self.rows(run_id)
+            events = self._require_whole(run_id, rows)
+            if plan is None:
+                first = events[0]
+                assert isinstance(first, RunStarted)
+                plan = load_plan(first.plan_ref)
+            return await replay(plan, rows, events)
 
     @staticmethod
     def _check_inputs(plan: Plan, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from orchestrator.ledger.events import (
     BaseEvent,
     EffectRecorded,
     ErrorInfo,
+    Event,
     NodeDispatched,
     NodeFailed,
     NodeResumed,
@@ -106,10 +107,12 @@ def _describe(event: BaseEvent | None) -> str:
 class Replayer:
     """Regenerates one run's ledger from its plan's current code."""
 
-    def __init__(self, plan: Plan, rows: Sequence[StoredEvent]) -> None:
+    def __init__(
+        self, plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+    ) -> None:
         self.plan = plan
         self.rows = rows
-        self.recorded = [decode(r.body) for r in rows]
+        self.recorded = list(decoded) if decoded is not None else [decode(r.body) for r in rows]
         self.journals: dict[tuple[str, int], list[EffectRecorded]] = defaultdict(list)
         for event in self.recorded:
             if isinstance(event, EffectRecorded):
@@ -252,7 +255,10 @@ class Replayer:
         journal = self.journals[key]
         for fields in produced:
             source = journal[fields["index"]]
-            attempt.queue.append(EffectRecorded(seq=source.seq, ts=source.ts, **fields))
+            # Built without re-validation: every field is already JSON data from the journal.
+            attempt.queue.append(
+                EffectRecorded.model_construct(seq=source.seq, ts=source.ts, **fields)
+            )
         self.attempts[key] = attempt
         self.outcomes[key] = outcome
 
@@ -327,33 +333,25 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
-_gc_pauses = 0
-
-
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector; nested or concurrent pauses restore it once."""
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield  # paused by someone else: leave it to them
-        return
-    _gc_pauses += 1
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a whole ledger is decoded and replayed.
+
+    Replay keeps every decoded event alive at once (about seven tracked objects per
+    event) and makes next to no cyclic garbage, so the full collections its growing heap
+    triggers cost as much as the replay itself (see bench/replay.py).
+    """
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
+        if was_enabled:
             gc.enable()
 
 
-async def replay(plan: Plan, rows: Sequence[StoredEvent]) -> ReplayReport:
-    """Replay a run's stored events against ``plan``'s current code.
-
-    The cyclic GC is paused for the walk: replay keeps every decoded event alive at once
-    (about seven tracked objects per event) and makes next to no cyclic garbage, so the
-    full collections its growing heap would trigger cost as much as the replay itself
-    (about 1.5 s of 5 s for 100,000 events; see bench/replay.py).
-    """
-    with _gc_paused():
-        return await Replayer(plan, rows).run()
+async def replay(
+    plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+) -> ReplayReport:
+    """Replay a run's stored events against ``plan``'s current code."""
+    return await Replayer(plan, rows, decoded).run()
