@@ -289,3 +289,42 @@ async def test_bad_inputs_are_refused_before_anything_is_written(rt: Runtime) ->
     with pytest.raises(InputError, match="text"):
         await rt.start(words_plan(), {"wrong": "x"})
     assert rt.store.runs() == []
+
+
+async def test_a_failed_ledger_write_stops_the_run_even_if_the_body_swallows_it(
+    home: Path,
+) -> None:
+    from orchestrator.errors import LedgerError
+    from orchestrator.ledger.sqlite import SqliteLedgerStore
+
+    store = SqliteLedgerStore(home / "ledger.db")
+
+    def fill_the_disk() -> str:
+        # A real SQLITE_FULL: cap this connection's file at the pages it already has.
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages}")
+        return "full"
+
+    @node("stubborn")
+    async def stubborn(ctx: NodeContext, inputs: Nothing) -> N:
+        await ctx.tool("fill", fill_the_disk)
+        try:
+            await ctx.tool("big", lambda: "x" * 200_000)
+        except Exception:
+            pass  # a careless body: it must not get to finish on a non-durable journal
+        return N(n=2)
+
+    plan = Plan("stubborn")
+    plan.add(stubborn)
+    rt = Runtime(home=home, ledger=store)
+    with pytest.raises(LedgerError, match="full"):
+        await rt.start(plan)
+    run_id = rt.store.runs()[-1].run_id
+    rt.close()
+    with Runtime(home=home) as fresh:  # a new connection has no page cap
+        durable = fresh.state(run_id)
+        assert durable.nodes["stubborn"].status == "running"
+        assert [e.request["name"] for e in durable.nodes["stubborn"].journal] == ["fill"]
+        done = await fresh.resume(run_id, plan)
+        assert done.status == "succeeded"
+        assert fresh.verify(run_id).ok

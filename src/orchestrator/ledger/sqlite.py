@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from orchestrator.errors import LedgerConflict
+from orchestrator.errors import LedgerConflict, LedgerError
 from orchestrator.ledger.store import Control, RunRow, StoredEvent
 
 MIGRATIONS: tuple[str, ...] = (
@@ -98,8 +98,13 @@ class SqliteLedgerStore:
             raise LedgerConflict(
                 f"run {run_id}: another writer appended at seq {events[0].seq}"
             ) from exc
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise LedgerError(f"run {run_id}: could not write to {self.path}: {exc}") from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def read(self, run_id: str, after_seq: int = -1) -> list[StoredEvent]:

@@ -95,7 +95,7 @@ def open_store(url: str) -> LedgerStore:
             if key != "synchronous" or value.lower() not in ("normal", "full"):
                 raise ConfigError(f"unknown SQLite ledger option {part!r} in {url!r}")
             sync = value.lower()
-        return SqliteLedgerStore(Path("/" + path) if path.startswith("/") else Path(path), sync)
+        return SqliteLedgerStore(Path(path), sync)
     raise ConfigError(
         f"cannot open ledger {url!r}: the supported form is sqlite:///PATH "
         "(Postgres arrives with a later release)"

@@ -65,12 +65,14 @@ class Runtime:
     def __init__(
         self,
         home: Path | str | None = None,
-        ledger: str | None = None,
+        ledger: str | LedgerStore | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.home = Path(home) if home is not None else default_home()
-        url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
-        self.store: LedgerStore = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
+        if isinstance(ledger, str) or ledger is None:
+            url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
+            ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
+        self.store: LedgerStore = ledger
         self.clock: Clock = clock or SystemClock()
 
     def close(self) -> None:

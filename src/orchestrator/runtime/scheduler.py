@@ -104,6 +104,7 @@ class Scheduler:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._due: set[str] = set()
         self._wake = asyncio.Event()
+        self._fatal: Exception | None = None
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -155,6 +156,8 @@ class Scheduler:
                 self._start(ns, journal=[])
             await self._wake.wait()
             self._wake.clear()
+            if self._fatal is not None:
+                raise self._fatal
 
     def _dispatch_ready(self) -> list[NodeState]:
         state, writer = self.state, self.writer
@@ -242,7 +245,13 @@ class Scheduler:
 
     async def _record_effect(self, fields: EffectFields) -> None:
         self.writer.stage(EffectRecorded, **fields)
-        await self.writer.commit()
+        try:
+            await self.writer.commit()
+        except Exception as exc:
+            # A body may swallow this; the run must not go on without a durable journal.
+            self._fatal = exc
+            self._wake.set()
+            raise
 
     def _settle(self, outcome: Outcome) -> None:
         writer, node, attempt = self.writer, outcome.node, outcome.attempt
