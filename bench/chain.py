@@ -26,7 +26,6 @@ from orchestrator.ledger.events import BaseEvent, RunCompleted, RunStarted
 
 N = 1_000
 TARGET_MS = 0.3
-SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class Num(BaseModel):
@@ -46,15 +45,6 @@ def build_plan(n: int = N) -> Plan:
     return plan
 
 
-def sqlite_modes(rt: Runtime) -> str:
-    db = getattr(rt.store, "_db", None)
-    if db is None:
-        return "unknown"
-    journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-    sync = db.execute("PRAGMA synchronous").fetchone()[0]
-    return f"journal_mode={journal.upper()} synchronous={SYNC_NAMES.get(sync, sync)}"
-
-
 def run_once(ledger_query: str, profile: bool = False, n: int = N) -> dict[str, float | str]:
     plan = build_plan(n)
     marks: dict[str, float] = {}
@@ -69,7 +59,7 @@ def run_once(ledger_query: str, profile: bool = False, n: int = N) -> dict[str, 
         home = Path(tmp)
         url = f"sqlite:///{home.resolve()}/ledger.db{ledger_query}" if ledger_query else None
         with Runtime(home=home, ledger=url) as rt:
-            modes = sqlite_modes(rt)
+            modes = getattr(rt.store, "durability", "unknown")
             profiler = cProfile.Profile() if profile else None
             t0 = time.perf_counter()
             if profiler is not None:

@@ -24,7 +24,6 @@ from orchestrator.ledger.events import BaseEvent, NodeDispatched, NodeSucceeded,
 WIDTH = 200
 SLEEP_S = 0.05
 TARGET_S = 0.1
-SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class Empty(BaseModel):
@@ -76,15 +75,6 @@ def build_plan() -> Plan:
     return plan
 
 
-def sqlite_modes(rt: Runtime) -> str:
-    db = getattr(rt.store, "_db", None)
-    if db is None:
-        return "unknown"
-    journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-    sync = db.execute("PRAGMA synchronous").fetchone()[0]
-    return f"journal_mode={journal.upper()} synchronous={SYNC_NAMES.get(sync, sync)}"
-
-
 def run_once() -> dict[str, float | str | int]:
     plan = build_plan()
     marks: dict[str, float] = {}
@@ -102,7 +92,7 @@ def run_once() -> dict[str, float | str | int]:
             marks["completed"] = now
 
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp, Runtime(home=tmp) as rt:
-        modes = sqlite_modes(rt)
+        modes = getattr(rt.store, "durability", "unknown")
         t0 = time.perf_counter()
         state = asyncio.run(rt.start(plan, listeners=(listener,)))
         t1 = time.perf_counter()

@@ -29,7 +29,6 @@ LAYERS = 10
 WIDTH = 100
 EFFECTS = 98
 TARGET_S = 3.0
-SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class Num(BaseModel):
@@ -63,15 +62,6 @@ def build_plan() -> Plan:
     return plan
 
 
-def sqlite_modes(rt: Runtime) -> str:
-    db = getattr(rt.store, "_db", None)
-    if db is None:
-        return "unknown"
-    journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-    sync = db.execute("PRAGMA synchronous").fetchone()[0]
-    return f"journal_mode={journal.upper()} synchronous={SYNC_NAMES.get(sync, sync)}"
-
-
 def main() -> None:
     profile = "--profile" in sys.argv
     plan = build_plan()
@@ -80,7 +70,7 @@ def main() -> None:
         f"(ctx.random / ctx.log alternating)"
     )
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp, Runtime(home=tmp) as rt:
-        print(f"  ledger: {sqlite_modes(rt)}")
+        print(f"  ledger: {getattr(rt.store, 'durability', 'unknown')}")
         t0 = time.perf_counter()
         state = asyncio.run(rt.start(plan))
         gen_s = time.perf_counter() - t0

@@ -52,7 +52,6 @@ EFFECTS = 8
 KILL_AT = 10_000
 TARGET_S = 0.5
 PLAN_REF = f"{Path(__file__).resolve()}:build_plan"
-SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class Num(BaseModel):
@@ -113,8 +112,7 @@ def resume(home: Path, run_id: str) -> None:
 
     rt = Runtime(home=home)
     marks["runtime_open"] = time.time()
-    db = getattr(rt.store, "_db", None)
-    sync = db.execute("PRAGMA synchronous").fetchone()[0] if db is not None else "?"
+    durability = getattr(rt.store, "durability", "unknown")
     marks["resume_call"] = time.time()
     call = time.perf_counter()
     state = asyncio.run(rt.resume(run_id, listeners=(listener,)))
@@ -122,7 +120,7 @@ def resume(home: Path, run_id: str) -> None:
     rt.close()
     marks["in_process_s"] = marks["first_dispatch_perf"] - call
     report = {"marks": marks, "status": state.status, "head_seq": state.head_seq}
-    print(json.dumps({**report, "synchronous": SYNC_NAMES.get(sync, str(sync))}))
+    print(json.dumps({**report, "synchronous": durability}))
 
 
 # ---- parent ----------------------------------------------------------------------------

@@ -78,6 +78,14 @@ class SqliteLedgerStore:
             db.execute("ROLLBACK")
             raise
 
+    @property
+    def durability(self) -> str:
+        """The journal and sync modes in force, e.g. ``journal_mode=WAL synchronous=NORMAL``."""
+        journal = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return f"journal_mode={journal.upper()} synchronous={names.get(sync, sync)}"
+
     def create_run(self, run_id: str, plan_name: str, created_at: str) -> None:
         self._db.execute(
             "INSERT INTO runs(run_id, plan_name, created_at) VALUES (?, ?, ?)",
