@@ -620,3 +620,37 @@ class Derived(Base):
 )
 def test_assignable(src: Any, dst: Any, ok: bool) -> None:
     assert assignable(src, dst) is ok
+
+
+def test_a_constant_the_ledger_cannot_record_is_a_problem() -> None:
+    import math
+
+    class F(BaseModel):
+        x: float
+
+    @node("takes-float")
+    async def takes_float(ctx: NodeContext, inputs: F) -> F:
+        return inputs
+
+    plan = Plan("nan")
+    plan.add(takes_float, x=math.nan)
+    problems = plan.validate()
+    assert [(p.kind, p.node, p.port) for p in problems] == [("bad_constant", "takes-float", "x")]
+
+
+async def test_a_run_input_the_ledger_cannot_record_is_refused(tmp_path: Path) -> None:
+    from orchestrator.errors import InputError
+
+    class F(BaseModel):
+        x: float
+
+    @node("echo-float")
+    async def echo_float(ctx: NodeContext, inputs: F) -> F:
+        return inputs
+
+    plan = Plan("nan-input", inputs=F)
+    plan.add(echo_float, x=plan.input("x"))
+    with Runtime(home=tmp_path) as rt:
+        with pytest.raises(InputError, match="NaN"):
+            await rt.start(plan, {"x": "nan"})
+        assert rt.store.runs() == []

@@ -33,6 +33,7 @@ ProblemKind = Literal[
     "unknown_input",
     "duplicate_node",
     "bad_map",
+    "bad_constant",
     "empty_plan",
 ]
 
@@ -339,6 +340,16 @@ class _Validator:
                         port,
                         f"expects {type_name(want)}, "
                         f"but the constant {src.value!r} is not ({first})",
+                    )
+                    continue
+                try:
+                    canonical_bytes(to_jsonable_python(src.value))
+                except (ValueError, TypeError) as exc:
+                    self.add(
+                        "bad_constant",
+                        name,
+                        port,
+                        f"the constant {src.value!r} cannot be recorded in the ledger ({exc})",
                     )
         if pn.map is not None:
             self.check_map(pn)

@@ -86,16 +86,25 @@ class SqliteLedgerStore:
         names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
         return f"journal_mode={journal.upper()} synchronous={names.get(sync, sync)}"
 
-    def create_run(self, run_id: str, plan_name: str, created_at: str) -> None:
-        self._db.execute(
-            "INSERT INTO runs(run_id, plan_name, created_at) VALUES (?, ?, ?)",
-            (run_id, plan_name, created_at),
-        )
+    def create_run(
+        self, run_id: str, plan_name: str, created_at: str, first: Sequence[StoredEvent]
+    ) -> None:
+        self._write(run_id, first, (plan_name, created_at))
 
     def append(self, run_id: str, events: Sequence[StoredEvent]) -> None:
+        self._write(run_id, events)
+
+    def _write(
+        self, run_id: str, events: Sequence[StoredEvent], new_run: tuple[str, str] | None = None
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if new_run is not None:
+                db.execute(
+                    "INSERT INTO runs(run_id, plan_name, created_at) VALUES (?, ?, ?)",
+                    (run_id, *new_run),
+                )
             db.executemany(
                 "INSERT INTO events(run_id, seq, kind, body, hash) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, e.seq, e.kind, e.body, e.hash) for e in events],

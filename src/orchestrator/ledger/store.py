@@ -53,7 +53,10 @@ class LedgerStore(Protocol):
 
     url: str
 
-    def create_run(self, run_id: str, plan_name: str, created_at: str) -> None: ...
+    def create_run(
+        self, run_id: str, plan_name: str, created_at: str, first: Sequence[StoredEvent]
+    ) -> None:
+        """Register a run and append its first events in one transaction."""
 
     def append(self, run_id: str, events: Sequence[StoredEvent]) -> None:
         """Durably append events in one transaction; a seq clash raises LedgerConflict."""

@@ -57,6 +57,11 @@ class LedgerWriter:
             listener(event)
         return event
 
+    def take_staged(self) -> list[StoredEvent]:
+        """Hand over what is staged, for a caller that writes it in its own transaction."""
+        staged, self._staged = self._staged, []
+        return staged
+
     def flush(self) -> None:
         """Write everything staged, in one transaction, now."""
         if self._staged:

@@ -24,6 +24,7 @@ from orchestrator.errors import (
     RunNotFound,
     RunStateError,
 )
+from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.ledger.events import BaseEvent, Event, RunResumed, RunStarted, decode
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
@@ -168,7 +169,6 @@ class Runtime:
         lock = RunLock(self.home, run_id)
         lock.acquire()
         try:
-            self.store.create_run(run_id, plan.name, iso(now))
             writer = LedgerWriter(self.store, run_id, self.clock)
             writer.listeners.extend(listeners)
             started = writer.stage(
@@ -182,7 +182,7 @@ class Runtime:
                 seed=secrets.randbits(62),
             )
             writer.state = RunState.start(started)
-            writer.flush()
+            self.store.create_run(run_id, plan.name, iso(now), writer.take_staged())
             if on_start is not None:
                 on_start(run_id)
             return await self._drive(plan, writer, config, resumed=False)
@@ -276,4 +276,10 @@ class Runtime:
                 f"bad inputs for plan {plan.name!r}: {problems} (declared inputs: {fields})"
             ) from None
         values: dict[str, Any] = model.model_dump(mode="json")
+        try:
+            canonical_bytes(values)
+        except ValueError as exc:
+            raise InputError(
+                f"bad inputs for plan {plan.name!r}: {exc} (NaN or infinity)"
+            ) from None
         return values
