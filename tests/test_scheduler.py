@@ -161,6 +161,8 @@ async def test_timeout_fails_the_attempt_with_the_reason(rt: Runtime) -> None:
     assert (ns.status, ns.cause) == ("failed", "timeout")
     assert ns.error is not None and ns.error.type == "NodeTimeout"
     assert "0.05s" in ns.error.message
+    report = await asyncio.wait_for(rt.replay(state.run_id, plan), 5)
+    assert report.ok, report.divergence
 
 
 async def test_failure_fails_dependents_and_independent_branches_go_on(rt: Runtime) -> None:

@@ -14,6 +14,7 @@ order gives the same guarantee without depending on scheduling.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections import defaultdict, deque
@@ -242,11 +243,17 @@ class Replayer:
         attempt = _Attempt(deque())
         outcome: dict[str, Any]
         try:
-            result = await run_body(spec, ctx, inputs)
+            # Effects return at once here; the declared timeout still bounds whatever
+            # else the body awaits, as it did when the attempt was recorded.
+            async with asyncio.timeout(spec.timeout) as scope:
+                result = await run_body(spec, ctx, inputs)
             outcome = {"outputs": outputs_of(spec, result)}
         except JournalExhausted:
             attempt.halted = True
             outcome = {}
+        except TimeoutError as exc:
+            attempt.halted = scope.expired()
+            outcome = {} if attempt.halted else {"error": ErrorInfo.of(exc)}
         except NonDeterminism as exc:
             attempt.error = exc
             outcome = {"error": ErrorInfo.of(exc)}
