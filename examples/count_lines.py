@@ -36,15 +36,15 @@ class Report(BaseModel):
     largest: str
 
 
-@node("list-files", timeout=60)
+@node("list-files", workspace="repo", timeout=60)
 async def list_files(ctx: NodeContext, inputs: Repo) -> Files:
-    out = await ctx.exec(["git", "-C", inputs.repo, "ls-files", "*.py"], check=True)
+    out = await ctx.exec(["git", "ls-files", "*.py"], check=True)
     return Files(files=out.stdout.split())
 
 
-@node("count-lines", retry=Retry(max_attempts=3, backoff="exp"), timeout=60)
+@node("count-lines", workspace="repo", retry=Retry(max_attempts=3, backoff="exp"), timeout=60)
 async def count_lines(ctx: NodeContext, inputs: File) -> Count:
-    out = await ctx.exec(["wc", "-l", f"{inputs.repo}/{inputs.path}"], check=True)
+    out = await ctx.exec(["wc", "-l", inputs.path], check=True)
     return Count(path=inputs.path, lines=int(out.stdout.split()[0]))
 
 

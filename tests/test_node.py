@@ -129,6 +129,8 @@ def test_seed_decorator_and_define_node_are_equivalent() -> None:
         "retry",
         "gate",
         "timeout",
+        "limits",
+        "workspace",
     }
     assert a.description["effects"] == ["fs", "net"]
     assert a.description["retry"]["on"] == ["Exception"]

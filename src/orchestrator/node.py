@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.sandbox.limits import Limits
+
 if TYPE_CHECKING:
     from orchestrator.runtime.context import NodeContext
 
@@ -107,7 +109,11 @@ class Retry(BaseModel):
 
 @dataclass(frozen=True, eq=False)
 class NodeSpec:
-    """A typed node: what it consumes, produces, may do, may cost, and how it retries."""
+    """A typed node: what it consumes, produces, may do, may cost, and how it retries.
+
+    ``workspace`` names an input port holding a host directory (a repository): the
+    node's sandbox then works on a copy-on-write view of it at ``/workspace``.
+    """
 
     name: str
     fn: NodeFn
@@ -118,6 +124,8 @@ class NodeSpec:
     retry: Retry = field(default_factory=Retry)
     gate: str | None = None
     timeout: float | None = None
+    limits: Limits | None = None
+    workspace: str | None = None
 
     def __post_init__(self) -> None:
         for label, model in (("inputs", self.inputs), ("outputs", self.outputs)):
@@ -156,6 +164,8 @@ class NodeSpec:
             "retry": self.retry.describe(),
             "gate": self.gate,
             "timeout": self.timeout,
+            "limits": None if self.limits is None else self.limits.model_dump(),
+            "workspace": self.workspace,
         }
 
 
@@ -170,6 +180,8 @@ def define_node(
     retry: Retry | None = None,
     gate: str | None = None,
     timeout: float | None = None,
+    limits: Limits | None = None,
+    workspace: str | None = None,
 ) -> NodeSpec:
     """Build a :class:`NodeSpec`; input and output models default to ``run``'s annotations."""
     if inputs is None or outputs is None:
@@ -186,6 +198,8 @@ def define_node(
         retry=retry or Retry(),
         gate=gate,
         timeout=timeout,
+        limits=limits,
+        workspace=workspace,
     )
 
 
@@ -197,6 +211,8 @@ def node(
     retry: Retry | None = None,
     gate: str | None = None,
     timeout: float | None = None,
+    limits: Limits | None = None,
+    workspace: str | None = None,
 ) -> Callable[[NodeFn], NodeSpec]:
     """Decorate ``async def run(ctx, inputs: In) -> Out`` into a :class:`NodeSpec`.
 
@@ -214,6 +230,8 @@ def node(
             retry=retry,
             gate=gate,
             timeout=timeout,
+            limits=limits,
+            workspace=workspace,
         )
 
     return wrap

@@ -34,6 +34,7 @@ ProblemKind = Literal[
     "duplicate_node",
     "bad_map",
     "bad_constant",
+    "bad_workspace",
     "empty_plan",
 ]
 
@@ -108,6 +109,8 @@ class RunConfig(BaseModel):
     approvers: dict[str, list[str]] = Field(default_factory=dict)
     budget: Budget | None = None
     concurrency: int = Field(default=256, ge=1)
+    sandbox: Literal["auto", "gvisor", "bwrap", "local"] = "auto"
+    warm: int = Field(default=2, ge=0)
 
     @field_serializer("allow_effects")
     def _sorted(self, effects: frozenset[str]) -> list[str]:
@@ -379,6 +382,15 @@ class _Validator:
                     f"declares effect {effect!r}, which this run does not allow "
                     f"(allowed: {allowed})",
                 )
+        if spec.workspace is not None and (
+            spec.workspace not in fields or not assignable(fields[spec.workspace].annotation, str)
+        ):
+            self.add(
+                "bad_workspace",
+                name,
+                spec.workspace,
+                "the workspace must name a str input port holding a directory path",
+            )
         if spec.gate is not None and not self.config.approvers.get(spec.gate):
             self.add(
                 "gate_without_approver",

@@ -108,6 +108,18 @@ class NodeFailed(BaseEvent):
     reason: ErrorInfo
 
 
+class SandboxMetered(BaseEvent):
+    """Compute one attempt's sandbox used: wall-clock x vCPUs is what budgets charge."""
+
+    kind: Literal["SandboxMetered"] = "SandboxMetered"
+    node: str
+    attempt: int
+    backend: str
+    wall_s: float
+    vcpus: float
+    cpu_s: float
+
+
 class PauseRequested(BaseEvent):
     kind: Literal["PauseRequested"] = "PauseRequested"
     source: str
@@ -137,6 +149,7 @@ Event = Annotated[
     | RetryScheduled
     | NodeSucceeded
     | NodeFailed
+    | SandboxMetered
     | PauseRequested
     | RunParked
     | RunResumed

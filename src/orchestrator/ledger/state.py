@@ -27,6 +27,7 @@ from orchestrator.ledger.events import (
     RunParked,
     RunResumed,
     RunStarted,
+    SandboxMetered,
 )
 from orchestrator.plan import Ref
 
@@ -56,6 +57,7 @@ class NodeState:
     finished_at: str | None = None
     placeholder: bool = False
     defect: str | None = None
+    compute_h: float = 0.0
 
 
 @dataclass
@@ -160,6 +162,8 @@ class RunState:
             ns.status, ns.error, ns.not_before = "retrying", event.reason, event.not_before
         elif isinstance(event, NodeResumed):
             self.nodes[event.node].resumed_from.append(event.from_index)
+        elif isinstance(event, SandboxMetered):
+            self.nodes[event.node].compute_h += event.wall_s * event.vcpus / 3600
         elif isinstance(event, PauseRequested):
             self.status = "pausing"
         elif isinstance(event, RunParked):

@@ -9,17 +9,14 @@ node, attempt, index, expected and got.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import os
 import random as _random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
@@ -28,12 +25,18 @@ from orchestrator.errors import EffectFailed, EffectNotDeclared, NonDeterminism
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
 from orchestrator.runtime.clock import Clock, iso, parse_iso
-from orchestrator.safepath import inside
+from orchestrator.sandbox.base import Sandbox, SandboxError
 
 log = logging.getLogger("orchestrator.node")
 
 EffectFields = dict[str, Any]
 Recorder = Callable[[EffectFields], Awaitable[None]]
+
+
+class SandboxSource(Protocol):
+    """Where an attempt gets its sandbox from (started lazily, on first live use)."""
+
+    async def get(self) -> Sandbox: ...
 
 
 class JournalExhausted(BaseException):
@@ -47,6 +50,7 @@ class ExecResult(BaseModel):
     stdout: str
     stderr: str
     duration: float
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -78,6 +82,7 @@ class NodeContext:
         clock: Clock,
         record: Recorder | None,
         regenerated: list[EffectFields] | None = None,
+        sandbox: SandboxSource | None = None,
     ) -> None:
         self.run_id = site.run_id
         self.node = site.node
@@ -88,6 +93,7 @@ class NodeContext:
         self._clock = clock
         self._record = record
         self._regenerated = regenerated
+        self._sandbox_handle = sandbox
         self._index = 0
 
     @property
@@ -190,16 +196,22 @@ class NodeContext:
         await self._effect("checkpoint", {"label": label}, perform)
 
     async def tool(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call ``fn(*args, **kwargs)`` (sync or async) as a recorded effect.
+        """Call ``fn(*args, **kwargs)`` (sync or async) on the host as a recorded effect.
 
-        The result must be JSON-compatible. When ``fn`` accepts an ``idempotency_key``
-        keyword it receives the effect's stable key, so a call in flight at a crash and
-        performed again can be recognized as the same one.
+        The result must be JSON-compatible. Two keywords are supplied when ``fn`` accepts
+        them, and are not part of the recorded request: ``idempotency_key`` (the effect's
+        stable key, so a call in flight at a crash and performed again can be recognized
+        as the same one) and ``workspace`` (the host path of what the node's sandbox sees
+        at ``/workspace``).
         """
-        wants_key = "idempotency_key" in inspect.signature(fn).parameters
+        accepted = inspect.signature(fn).parameters
 
         async def perform(key: str) -> tuple[Any, dict[str, float]]:
-            extra = {"idempotency_key": key} if wants_key else {}
+            extra: dict[str, Any] = {}
+            if "idempotency_key" in accepted:
+                extra["idempotency_key"] = key
+            if "workspace" in accepted:
+                extra["workspace"] = str(self.workspace)
             result = fn(*args, **kwargs, **extra)
             if inspect.isawaitable(result):
                 result = await result
@@ -217,12 +229,11 @@ class NodeContext:
         timeout: float | None = None,  # noqa: ASYNC109 - the command's limit, recorded
         check: bool = False,
     ) -> ExecResult:
-        """Run a command in the node's workspace; returns exit code, output and duration.
+        """Run a command in the node's sandbox, in its workspace (``cwd`` is relative).
 
         Environment values are recorded only as digests, so secrets passed here never
         reach the ledger in clear. ``ORCHESTRATOR_IDEMPOTENCY_KEY`` is set for the command.
         """
-        workdir = inside(self.workspace, cwd)
         extra_env = dict(env or {})
         request = {
             "argv": list(argv),
@@ -233,33 +244,22 @@ class NodeContext:
         }
 
         async def perform(key: str) -> tuple[Any, dict[str, float]]:
-            workdir.mkdir(parents=True, exist_ok=True)
-            full_env = {**os.environ, **extra_env, "ORCHESTRATOR_IDEMPOTENCY_KEY": key}
-            started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=workdir,
-                env=full_env,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            sandbox = await self._sandbox()
+            done = await sandbox.exec(
+                list(argv),
+                env={**extra_env, "ORCHESTRATOR_IDEMPOTENCY_KEY": key},
+                cwd=cwd,
+                stdin=stdin.encode() if stdin is not None else None,
+                timeout=timeout,
             )
-            try:
-                out, err = await asyncio.wait_for(
-                    proc.communicate(stdin.encode() if stdin is not None else None), timeout
-                )
-            except (TimeoutError, asyncio.CancelledError):
-                proc.kill()
-                await proc.wait()
-                raise
-            duration = round(time.monotonic() - started, 6)
             result = ExecResult(
-                code=proc.returncode if proc.returncode is not None else -1,
-                stdout=out.decode(errors="replace"),
-                stderr=err.decode(errors="replace"),
-                duration=duration,
+                code=done.code,
+                stdout=done.stdout.decode(errors="replace"),
+                stderr=done.stderr.decode(errors="replace"),
+                duration=done.duration,
+                timed_out=done.timed_out,
             )
-            return result.model_dump(), {"wall_s": duration}
+            return result.model_dump(), {"wall_s": done.duration}
 
         data = await self._effect("exec", request, perform)
         result = ExecResult.model_validate(data)
@@ -271,10 +271,10 @@ class NodeContext:
 
     async def read(self, path: str) -> str:
         """Read a text file from the workspace."""
-        target = inside(self.workspace, path)
 
         async def perform(_key: str) -> tuple[Any, dict[str, float]]:
-            return target.read_text(), {}
+            sandbox = await self._sandbox()
+            return (await sandbox.read(path)).decode(), {}
 
         text: str = await self._effect("read", {"path": path}, perform)
         return text
@@ -283,16 +283,18 @@ class NodeContext:
         """Write a text file in the workspace (atomically); needs the ``fs`` effect."""
         if "fs" not in self.effects:
             raise EffectNotDeclared(f"node {self.node} writes {path!r} but does not declare 'fs'")
-        target = inside(self.workspace, path)
 
         async def perform(_key: str) -> tuple[Any, dict[str, float]]:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(target)
+            sandbox = await self._sandbox()
+            await sandbox.write(path, text.encode())
             return None, {}
 
         await self._effect("write", {"path": path, "digest": digest(text)}, perform)
+
+    async def _sandbox(self) -> Sandbox:
+        if self._sandbox_handle is None:
+            raise SandboxError(f"node {self.node} has no sandbox to run commands in")
+        return await self._sandbox_handle.get()
 
 
 def _unwrap(kind: str, response: Any) -> Any:

@@ -35,6 +35,7 @@ from orchestrator.runtime.clock import Clock, SystemClock, iso
 from orchestrator.runtime.loader import load_plan
 from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
+from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 
 Listener = Callable[[BaseEvent], None]
@@ -68,8 +69,10 @@ class Runtime:
         home: Path | str | None = None,
         ledger: str | LedgerStore | None = None,
         clock: Clock | None = None,
+        sandbox: str | None = None,
     ) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        self.home = (Path(home) if home is not None else default_home()).absolute()
+        self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         if isinstance(ledger, str) or ledger is None:
             url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
             ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
@@ -231,8 +234,14 @@ class Runtime:
         def controls() -> list[str]:
             return [f"{c.command}:{c.source}" for c in self.store.take_controls(run_id)]
 
-        scheduler = Scheduler(plan, writer, self.clock, self.home, config.concurrency, controls)
-        return await scheduler.run(resumed=resumed)
+        broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm)
+        scheduler = Scheduler(
+            plan, writer, self.clock, self.home, config.concurrency, controls, broker
+        )
+        try:
+            return await scheduler.run(resumed=resumed)
+        finally:
+            await broker.close()
 
     def pause(self, run_id: str, source: str = "cli") -> None:
         """Ask the process driving the run to drain in-flight nodes and park."""

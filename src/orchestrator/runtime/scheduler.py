@@ -33,6 +33,7 @@ from orchestrator.ledger.events import (
     RetryScheduled,
     RunCompleted,
     RunParked,
+    SandboxMetered,
 )
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
@@ -40,6 +41,7 @@ from orchestrator.node import NodeSpec
 from orchestrator.plan import Plan
 from orchestrator.runtime.clock import Clock, iso, parse_iso
 from orchestrator.runtime.context import EffectFields, EffectSite, NodeContext
+from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
 
 CONTROL_POLL_S = 0.1
 
@@ -90,6 +92,7 @@ class Scheduler:
         home: Path,
         concurrency: int,
         poll_controls: Callable[[], list[str]] | None = None,
+        sandboxes: SandboxBroker | None = None,
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -99,6 +102,7 @@ class Scheduler:
         self.home = home
         self.concurrency = concurrency
         self.poll_controls = poll_controls
+        self.sandboxes = sandboxes
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
         self._finished: list[Outcome] = []
         self._timers: dict[str, asyncio.Task[None]] = {}
@@ -201,20 +205,49 @@ class Scheduler:
 
     def _start(self, ns: NodeState, journal: list[EffectRecorded]) -> None:
         spec = self.plan.nodes[ns.base].spec
-        site = EffectSite(
-            self.state.run_id,
-            ns.id,
-            ns.attempt,
-            workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt),
-            journal,
-            spec.effects,
-        )
-        ctx = NodeContext(site, self.clock, self._record_effect)
-        task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {})))
+        base = workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt)
+        # What the sandbox sees at /workspace, on the host: an overlay's merged view of
+        # the node's repository, or the attempt's own directory.
+        seen = base / "merged" if spec.workspace is not None else base
+        site = EffectSite(self.state.run_id, ns.id, ns.attempt, seen, journal, spec.effects)
+        handle = None
+        if self.sandboxes is not None:
+            lower = None
+            if spec.workspace is not None and ns.inputs is not None:
+                lower = Path(str(ns.inputs[spec.workspace])).absolute()
+            handle = SandboxHandle(self.sandboxes, spec, base, lower)
+        ctx = NodeContext(site, self.clock, self._record_effect, sandbox=handle)
+        task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {}), handle))
         task.add_done_callback(self._on_done)
         self._tasks[ns.id] = task
 
-    async def _attempt(self, spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Outcome:
+    async def _attempt(
+        self,
+        spec: NodeSpec,
+        ctx: NodeContext,
+        inputs: dict[str, Any],
+        handle: SandboxHandle | None,
+    ) -> Outcome:
+        try:
+            return await self._run_attempt(spec, ctx, inputs)
+        finally:
+            if handle is not None:
+                metered = await handle.release()
+                if metered is not None:
+                    backend, meter = metered
+                    self.writer.stage(
+                        SandboxMetered,
+                        node=ctx.node,
+                        attempt=ctx.attempt,
+                        backend=backend,
+                        wall_s=meter.wall_s,
+                        vcpus=meter.vcpus,
+                        cpu_s=meter.cpu_s,
+                    )
+
+    async def _run_attempt(
+        self, spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]
+    ) -> Outcome:
         node, attempt = ctx.node, ctx.attempt
         try:
             async with asyncio.timeout(spec.timeout) as scope:

@@ -1,11 +1,12 @@
 """The demo: migrate a small npm-workspaces monorepo from CommonJS to ES modules.
 
-``workspace-detect`` clones the repository and reads its workspaces; ``codemod-runner``
-is mapped over the packages (one instance per package, in parallel): each clones the
-repository, rewrites ``require``/``module.exports`` with ``sed``, marks the package
-``"type": "module"``, commits on a branch of its own and pushes it back; and
-``diff-summarizer`` reports the changes. Every command goes through ``ctx.exec``, so the
-run is journaled, resumable and replayable.
+Each node runs in a sandbox. ``workspace-detect`` reads the workspaces of the repository
+(a read-only copy-on-write view of it); ``codemod-runner`` is mapped over the packages,
+one instance per package in parallel, each in its own copy-on-write view: it rewrites
+``require``/``module.exports`` with ``sed``, marks the package ``"type": "module"``,
+commits on a branch of its own, and a recorded host-side step fetches that branch back
+into the repository; ``diff-summarizer`` reports the changes. Every command goes through
+``ctx.exec``, so the run is journaled, resumable and replayable.
 """
 
 from __future__ import annotations
@@ -75,10 +76,14 @@ class Summary(BaseModel):
     total_lines_changed: int
 
 
-@node("workspace-detect", effects={"fs"}, retry=Retry(max_attempts=2, base_delay=0.2), timeout=60)
+@node(
+    "workspace-detect",
+    workspace="repo",
+    retry=Retry(max_attempts=2, base_delay=0.2),
+    timeout=60,
+)
 async def workspace_detect(ctx: NodeContext, inputs: RepoInputs) -> Detected:
-    """Clone the monorepo and list the packages its npm workspaces declare."""
-    await ctx.exec(["git", "clone", "--quiet", inputs.repo, "."], check=True)
+    """List the packages the monorepo's npm workspaces declare (read-only sandbox)."""
     manifest = json.loads(await ctx.read("package.json"))
     patterns: list[str] = list(manifest.get("workspaces", []))
     listing = await ctx.exec(
@@ -89,11 +94,16 @@ async def workspace_detect(ctx: NodeContext, inputs: RepoInputs) -> Detected:
     return Detected(workspaces=patterns, packages=packages)
 
 
-@node("codemod-runner", effects={"fs"}, retry=Retry(max_attempts=3, base_delay=0.2), timeout=120)
+@node(
+    "codemod-runner",
+    workspace="repo",
+    effects={"fs"},
+    retry=Retry(max_attempts=3, base_delay=0.2),
+    timeout=120,
+)
 async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
-    """Rewrite one package to ES modules on its own branch, and push the branch."""
+    """Rewrite one package to ES modules on its own branch, then publish the branch."""
     pkg, branch = inputs.package, f"orchestrator/esm-{inputs.package}"
-    await ctx.exec(["git", "clone", "--quiet", inputs.repo, "."], check=True)
     await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
     listing = await ctx.exec(["git", "ls-files", "--", f"packages/{pkg}/src/*.js"], check=True)
     files = listing.stdout.split()
@@ -109,14 +119,31 @@ async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
     await ctx.exec(["git", "add", "--all"], check=True)
     message = f"{pkg}: migrate from CommonJS to ES modules"
     await ctx.exec(["git", "commit", "--quiet", "-m", message], env=GIT_ENV, check=True)
-    await ctx.exec(["git", "push", "--quiet", "--force", "origin", branch], check=True)
     numstat = await ctx.exec(["git", "diff", "--numstat", "main..HEAD"], check=True)
     lines = sum(
         int(added) + int(removed)
         for added, removed, _ in (row.split("\t", 2) for row in numstat.stdout.splitlines())
     )
     diff = await ctx.exec(["git", "diff", "main..HEAD"], check=True)
+    await ctx.tool("publish-branch", publish_branch, inputs.repo, branch)
     return Migrated(package=pkg, branch=branch, files=files, lines_changed=lines, diff=diff.stdout)
+
+
+def publish_branch(repo: str, branch: str, workspace: str) -> str:
+    """Fetch a branch a sandbox committed in its copy-on-write view back into the repo.
+
+    Runs on the host (a recorded tool call): the sandbox itself never sees the original.
+    Fetching the same branch again is harmless, so a retry after a crash is safe.
+    """
+    subprocess.run(
+        ["git", "-C", repo, "fetch", "--quiet", workspace, f"+{branch}:{branch}"],
+        check=True,
+        capture_output=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", repo, "rev-parse", branch], check=True, capture_output=True, text=True
+    )
+    return head.stdout.strip()
 
 
 @node("diff-summarizer", effects={"fs"}, timeout=60)

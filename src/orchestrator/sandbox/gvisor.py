@@ -1,0 +1,105 @@
+"""gVisor (runsc): a user-space kernel between the node and the host.
+
+The strongest isolation available on machines without hardware KVM. Each sandbox is an
+OCI container: a read-only root with only ``/usr`` and a few ``/etc`` entries bound in,
+the workspace at ``/workspace`` (read-only without ``fs``), and runsc's network either
+``none`` (no interfaces but loopback of its own) or ``host`` egress with ``net``. The
+ptrace platform is used because it needs no KVM.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.bwrap import USR_LINKS, system_binds
+
+
+class GvisorLauncher:
+    """Runs the agent as ``runsc run`` of a per-sandbox OCI bundle."""
+
+    name: BackendName = "gvisor"
+
+    def __init__(
+        self, state: Path, executable: str | None = None, platform: str = "ptrace"
+    ) -> None:
+        self.state = state
+        self.executable = executable or shutil.which("runsc") or "runsc"
+        self.platform = platform
+
+    def _flags(self, spec: SandboxSpec | None = None) -> list[str]:
+        network = "host" if spec is not None and "net" in spec.effects else "none"
+        return [
+            self.executable,
+            f"--root={self.state / 'runsc'}",
+            f"--platform={self.platform}",
+            f"--network={network}",
+            "--ignore-cgroups",
+        ]
+
+    def command(
+        self, sandbox_id: str, spec: SandboxSpec, workspace: Path, agent_dir: Path
+    ) -> list[str]:
+        bundle = self.state / "bundles" / sandbox_id
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True, exist_ok=True)
+        for link in USR_LINKS:
+            if Path("/usr", link).exists() and not (rootfs / link).is_symlink():
+                (rootfs / link).symlink_to(f"usr/{link}")
+        mounts: list[dict[str, Any]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+        ]
+        for host, inside in system_binds():
+            mounts.append(_bind(host, inside, writable=False))
+        mounts.append(_bind(workspace, "/workspace", writable="fs" in spec.effects))
+        mounts.append(_bind(agent_dir, "/agent", writable=False))
+        namespaces = ["pid", "ipc", "uts", "mount"]
+        if "net" not in spec.effects:
+            namespaces.append("network")
+        config = {
+            "ociVersion": "1.0.0",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/usr/bin/python3", "-I", "-S", "/agent/agent.py"],
+                "env": ["PATH=/usr/bin:/bin", "HOME=/tmp"],
+                "cwd": "/workspace",
+            },
+            "root": {"path": "rootfs", "readonly": True},
+            "hostname": "sandbox",
+            "mounts": mounts,
+            "linux": {"namespaces": [{"type": t} for t in namespaces]},
+        }
+        (bundle / "config.json").write_text(json.dumps(config, indent=2))
+        return [*self._flags(spec), "run", f"--bundle={bundle}", sandbox_id]
+
+    def cleanup(self, sandbox_id: str) -> None:
+        subprocess.run(
+            [*self._flags(), "delete", "--force", sandbox_id],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        shutil.rmtree(self.state / "bundles" / sandbox_id, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """Containers a previous (crashed) process left in runsc's state directory."""
+        listed = subprocess.run(
+            [*self._flags(), "list", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        return [line for line in listed.stdout.split() if line]
+
+
+def _bind(host: Path, inside: str, *, writable: bool) -> dict[str, Any]:
+    options = ["rbind", "rw" if writable else "ro"]
+    return {"destination": inside, "type": "bind", "source": str(host), "options": options}

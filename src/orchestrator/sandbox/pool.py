@@ -1,0 +1,129 @@
+"""A warm pool: sandboxes started ahead of demand, handed out on acquire, torn down after use.
+
+Each sandbox owns a fresh workspace directory under ``HOME/sandbox/live/ID``. The pool
+keeps ``size`` ready sandboxes per spec (effects and limits), refills in the background
+after every acquire, and on close tears down everything it started. ``sweep`` removes what
+a killed orchestrator left behind (processes, cgroups, runsc containers, directories).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.factory import launcher_for, limiter_for
+from orchestrator.sandbox.gvisor import GvisorLauncher
+from orchestrator.sandbox.limits import CgroupLimiter, sweep_stale
+from orchestrator.sandbox.process import SANDBOX_PREFIX, AgentSandbox, owner_alive
+
+
+class SandboxPool:
+    """Warm sandboxes of one backend, keyed by spec."""
+
+    def __init__(self, backend: BackendName, home: Path, size: int = 2) -> None:
+        self.backend = backend
+        self.home = home
+        self.size = size
+        self.live_dir = home / "sandbox" / "live"
+        self._launcher = launcher_for(backend, home)
+        self._limiter: CgroupLimiter | None = limiter_for(home)
+        self._warm: dict[SandboxSpec, list[AgentSandbox]] = {}
+        self._refills: set[asyncio.Task[None]] = set()
+        self._starting: dict[SandboxSpec, int] = {}
+        self._leased: set[AgentSandbox] = set()
+        self._closed = False
+
+    async def _start_one(self, spec: SandboxSpec, workspace: Path | None = None) -> AgentSandbox:
+        sandbox = AgentSandbox(self._launcher, spec, Path(), self._limiter)
+        sandbox.workspace = workspace or self.live_dir / sandbox.id / "workspace"
+        try:
+            await sandbox.start()
+        except BaseException:
+            shutil.rmtree(self.live_dir / sandbox.id, ignore_errors=True)
+            raise
+        return sandbox
+
+    async def warm(self, spec: SandboxSpec) -> None:
+        """Fill the pool for ``spec`` up to ``size`` ready sandboxes, one at a time."""
+        ready = self._warm.setdefault(spec, [])
+        while not self._closed and len(ready) + self._starting.get(spec, 0) < self.size:
+            self._starting[spec] = self._starting.get(spec, 0) + 1
+            try:
+                sandbox = await self._start_one(spec)
+            finally:
+                self._starting[spec] -= 1
+            if self._closed:
+                await self.release(sandbox)
+                return
+            ready.append(sandbox)
+
+    async def acquire(self, spec: SandboxSpec, workspace: Path | None = None) -> AgentSandbox:
+        """A ready sandbox for ``spec`` (started now if none is warm); refills behind.
+
+        With ``workspace`` (a directory that exists only now, such as an overlay over a
+        repository) the sandbox is started for it rather than taken from the warm set.
+        """
+        if workspace is not None:
+            sandbox = await self._start_one(spec, workspace)
+            self._leased.add(sandbox)
+            return sandbox
+        ready = self._warm.setdefault(spec, [])
+        sandbox = ready.pop() if ready else await self._start_one(spec)
+        self._leased.add(sandbox)
+        if self.size > 0:
+            task = asyncio.create_task(self.warm(spec))
+            self._refills.add(task)
+            task.add_done_callback(self._refills.discard)
+        return sandbox
+
+    async def release(self, sandbox: AgentSandbox) -> None:
+        """Tear a used sandbox down; its workspace goes with it."""
+        self._leased.discard(sandbox)
+        await sandbox.close()
+        shutil.rmtree(self.live_dir / sandbox.id, ignore_errors=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._refills):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        everything = [s for ready in self._warm.values() for s in ready] + list(self._leased)
+        self._warm.clear()
+        await asyncio.gather(*(self.release(s) for s in everything), return_exceptions=True)
+
+    def counts(self) -> dict[str, int]:
+        return {"warm": sum(len(r) for r in self._warm.values()), "leased": len(self._leased)}
+
+    async def __aenter__(self) -> SandboxPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def sweep(home: Path) -> list[str]:
+    """Remove what killed orchestrators left: cgroups and their processes, runsc
+    containers and sandbox directories — only those whose owning process is gone, never a
+    live orchestrator's. Returns what it removed."""
+    removed = [f"cgroup {name}" for name in sweep_stale(SANDBOX_PREFIX)]
+    gvisor = GvisorLauncher(home / "sandbox" / "gvisor")
+    if shutil.which(gvisor.executable) and (gvisor.state / "runsc").exists():
+        for container in gvisor.leftovers():
+            if not owner_alive(container):
+                gvisor.cleanup(container)
+                removed.append(f"runsc container {container}")
+    live = home / "sandbox" / "live"
+    for entry in _children(live):
+        if not owner_alive(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(f"directory {entry}")
+    return removed
+
+
+def _children(path: Path) -> Iterator[Path]:
+    return iter(sorted(path.iterdir())) if path.is_dir() else iter(())

@@ -1,0 +1,249 @@
+"""AgentSandbox: a sandbox process running the agent, driven over JSON lines.
+
+Every backend is the same host-side object; only the launcher differs (how the agent's
+process is wrapped: bwrap namespaces, a gVisor container, or nothing). Limits come from
+a cgroup the launcher's process joins before it executes, so they hold for everything
+the sandbox starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import secrets
+import time
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from orchestrator.sandbox.base import (
+    BackendName,
+    CommandResult,
+    Meter,
+    SandboxError,
+    SandboxLimitExceeded,
+    SandboxSpec,
+)
+from orchestrator.sandbox.limits import Cgroup, CgroupLimiter
+
+AGENT = Path(__file__).with_name("agent.py")
+SANDBOX_PREFIX = "sbx-"
+STREAM_LIMIT = 1 << 30
+GRACE_S = 5.0
+
+
+class Launcher(Protocol):
+    """How a backend wraps the agent process."""
+
+    name: BackendName
+
+    def command(
+        self, sandbox_id: str, spec: SandboxSpec, workspace: Path, agent_dir: Path
+    ) -> list[str]:
+        """The argv that starts the agent inside this backend's isolation."""
+
+    def cleanup(self, sandbox_id: str) -> None:
+        """Remove whatever the backend left for this sandbox (state dirs, containers)."""
+
+
+def owner_alive(sandbox_id: str) -> bool:
+    """Whether the orchestrator process that made ``sbx-PID-…`` still runs (unknown: yes)."""
+    parts = sandbox_id.split("-")
+    if len(parts) < 3 or parts[0] + "-" != SANDBOX_PREFIX or not parts[1].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def relative(path: str) -> str:
+    """Workspace-relative paths only: never absolute, never ``..``."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or ".." in pure.parts or "\0" in path:
+        raise ValueError(f"path {path!r} must be relative and stay inside the workspace")
+    return str(pure)
+
+
+class AgentSandbox:
+    """A started sandbox: one agent process, one cgroup, one workspace."""
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        spec: SandboxSpec,
+        workspace: Path,
+        limiter: CgroupLimiter | None,
+        sandbox_id: str | None = None,
+    ) -> None:
+        self.backend: BackendName = launcher.name
+        self.spec = spec
+        self.workspace = workspace
+        self.id = sandbox_id or f"{SANDBOX_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self._launcher = launcher
+        self._limiter = limiter
+        self._cgroup: Cgroup | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count()
+        self._started = 0.0
+        self._closed_at: float | None = None
+        self._cpu_s = 0.0
+
+    async def start(self) -> None:
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        if self._limiter is not None:
+            self._cgroup = self._limiter.create(self.id, self.spec.limits)
+        argv = self._launcher.command(self.id, self.spec, self.workspace, AGENT.parent)
+        self._started = time.monotonic()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=STREAM_LIMIT,
+                preexec_fn=self._cgroup.preexec if self._cgroup is not None else None,
+            )
+            await self._call({"op": "ping"}, timeout=30)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _call(
+        self,
+        request: dict[str, Any],
+        timeout: float | None = None,  # noqa: ASYNC109 - the command's own limit
+    ) -> dict[str, Any]:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise SandboxError(f"sandbox {self.id} is not running")
+        async with self._lock:
+            request["id"] = next(self._ids)
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            try:
+                await proc.stdin.drain()
+                line = await asyncio.wait_for(
+                    proc.stdout.readline(), None if timeout is None else timeout + GRACE_S
+                )
+            except (TimeoutError, ConnectionError):
+                line = b""
+        if not line:
+            breach = self._breach()
+            await self.close()
+            if breach is not None:
+                raise SandboxLimitExceeded(breach, self._limit_detail(breach))
+            stderr = await self._stderr_tail()
+            raise SandboxError(f"{self.backend} sandbox {self.id} stopped answering: {stderr}")
+        response: dict[str, Any] = json.loads(line)
+        if "error" in response:
+            raise SandboxError(f"{self.backend} sandbox {self.id}: {response['error']}")
+        return response
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str = ".",
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the command's own limit
+    ) -> CommandResult:
+        if timeout is None:
+            timeout = self.spec.limits.timeout_s
+        request: dict[str, Any] = {
+            "op": "exec",
+            "argv": list(argv),
+            "cwd": relative(cwd) if cwd != "." else ".",
+            "env": env or {},
+            "stdin_b64": None if stdin is None else base64.b64encode(stdin).decode(),
+            "timeout": timeout,
+        }
+        response = await self._call(request, timeout)
+        breach = self._breach()
+        if breach is not None:
+            await self.close()
+            raise SandboxLimitExceeded(breach, self._limit_detail(breach))
+        return CommandResult(
+            code=response["code"],
+            stdout=base64.b64decode(response["stdout_b64"]),
+            stderr=base64.b64decode(response["stderr_b64"]),
+            duration=response["duration"],
+            timed_out=response["timed_out"],
+        )
+
+    async def read(self, path: str) -> bytes:
+        response = await self._call({"op": "read", "path": relative(path)})
+        return base64.b64decode(response["data_b64"])
+
+    async def write(self, path: str, data: bytes) -> None:
+        await self._call(
+            {"op": "write", "path": relative(path), "data_b64": base64.b64encode(data).decode()}
+        )
+
+    def meter(self) -> Meter:
+        end = self._closed_at if self._closed_at is not None else time.monotonic()
+        cpu_s = self._cgroup.usage().cpu_s if self._cgroup is not None else self._cpu_s
+        return Meter(
+            wall_s=round(end - self._started, 6) if self._started else 0.0,
+            vcpus=self.spec.limits.cpu_share or 1.0,
+            cpu_s=cpu_s,
+        )
+
+    def _breach(self) -> str | None:
+        return self._cgroup.breach() if self._cgroup is not None else None
+
+    def _limit_detail(self, breach: str) -> str:
+        limits = self.spec.limits
+        if breach == "memory":
+            return f"the sandbox used more than {limits.memory_mb} MB; its processes were killed"
+        if breach == "pids":
+            return f"the sandbox tried to run more than {limits.pids} processes; they were killed"
+        return "the sandbox's processes were killed"
+
+    async def _stderr_tail(self) -> str:
+        proc = self._proc
+        if proc is None or proc.stderr is None:
+            return "no diagnostics"
+        try:
+            data = await asyncio.wait_for(proc.stderr.read(), 1)
+        except TimeoutError:
+            data = b""
+        text = data.decode(errors="replace").strip()
+        return text[-500:] or f"exit code {proc.returncode}"
+
+    async def close(self) -> None:
+        if self._closed_at is None and self._started:
+            self._closed_at = time.monotonic()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 2)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            self._cpu_s = cgroup.usage().cpu_s
+            cgroup.remove()
+        self._launcher.cleanup(self.id)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
