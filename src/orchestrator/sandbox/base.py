@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import NodeError, OrchestratorError, UserError
 from orchestrator.sandbox.limits import Limits
+from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
 
 BackendName = Literal["gvisor", "bwrap", "local"]
 BACKENDS: tuple[BackendName, ...] = ("gvisor", "bwrap", "local")
@@ -92,6 +93,12 @@ class Sandbox(Protocol):
     async def read(self, path: str) -> bytes: ...
 
     async def write(self, path: str, data: bytes) -> None: ...
+
+    async def snapshot(
+        self, store: ChunkStore, previous: SnapshotIndex | None = None
+    ) -> tuple[Snapshot, SnapshotIndex]: ...
+
+    async def restore(self, snapshot_id: str, store: ChunkStore) -> RestoreResult: ...
 
     def meter(self) -> Meter: ...
 

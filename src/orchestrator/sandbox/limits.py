@@ -373,9 +373,8 @@ class Cgroup:
     # -- membership
 
     def add(self, pid: int) -> None:
-        """Move a running process (and, on v1, only it, not its threads' group peers
-        started later) into this cgroup. Prefer :attr:`preexec`, which has no race with
-        the process forking first."""
+        """Move a running process (all its threads) into this cgroup. Children it has
+        already started stay where they are: prefer :attr:`preexec`, which has no race."""
         if pid == os.getpid():
             raise CgroupError("refusing to move the orchestrator itself into a sandbox cgroup")
         for path in self.paths:
@@ -390,7 +389,8 @@ class Cgroup:
         return list(found)
 
     def kill_all(self, timeout: float = KILL_TIMEOUT_S) -> None:
-        """SIGKILL every process in the cgroup until none is left (v2: ``cgroup.kill``)."""
+        """SIGKILL every process in the cgroup (and below) until none is left; on v2
+        ``cgroup.kill`` first. Raises :class:`CgroupError` if some survive ``timeout``."""
         if self.version == 2:
             kill = self._dirs[UNIFIED] / "cgroup.kill"
             if kill.exists():

@@ -28,6 +28,9 @@ from orchestrator.sandbox.base import (
     SandboxSpec,
 )
 from orchestrator.sandbox.limits import Cgroup, CgroupLimiter
+from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
+from orchestrator.sandbox.snapshot import restore as restore_snapshot
+from orchestrator.sandbox.snapshot import snapshot as take_snapshot
 
 AGENT = Path(__file__).with_name("agent.py")
 SANDBOX_PREFIX = "sbx-"
@@ -186,6 +189,18 @@ class AgentSandbox:
         await self._call(
             {"op": "write", "path": relative(path), "data_b64": base64.b64encode(data).decode()}
         )
+
+    async def snapshot(
+        self, store: ChunkStore, previous: SnapshotIndex | None = None
+    ) -> tuple[Snapshot, SnapshotIndex]:
+        """Snapshot the workspace; commands wait meanwhile, so the copy is consistent."""
+        async with self._lock:
+            return await asyncio.to_thread(take_snapshot, self.workspace, store, previous)
+
+    async def restore(self, snapshot_id: str, store: ChunkStore) -> RestoreResult:
+        """Make the workspace hold exactly the snapshot's tree (never writing outside it)."""
+        async with self._lock:
+            return await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
 
     def meter(self) -> Meter:
         end = self._closed_at if self._closed_at is not None else time.monotonic()
