@@ -19,6 +19,7 @@ from orchestrator.ledger.events import (
     RetryScheduled,
     RunCompleted,
     RunParked,
+    SandboxChosen,
 )
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.runtime.clock import parse_iso
@@ -120,6 +121,8 @@ def event_line(event: BaseEvent) -> str | None:
         return f"retry     {event.node} in {event.delay:.2f}s after {event.reason}"
     if isinstance(event, NodeResumed):
         return f"resumed   {event.node} attempt {event.attempt} at effect #{event.from_index}"
+    if isinstance(event, SandboxChosen):
+        return f"sandbox   {event.backend}: {event.reason}"
     if isinstance(event, RunParked):
         return f"parked    ({event.reason})"
     if isinstance(event, RunCompleted):

@@ -108,6 +108,14 @@ class NodeFailed(BaseEvent):
     reason: ErrorInfo
 
 
+class SandboxChosen(BaseEvent):
+    """Which sandbox backend the run's nodes use, and why (recorded on first use)."""
+
+    kind: Literal["SandboxChosen"] = "SandboxChosen"
+    backend: str
+    reason: str
+
+
 class SandboxMetered(BaseEvent):
     """Compute one attempt's sandbox used: wall-clock x vCPUs is what budgets charge."""
 
@@ -149,6 +157,7 @@ Event = Annotated[
     | RetryScheduled
     | NodeSucceeded
     | NodeFailed
+    | SandboxChosen
     | SandboxMetered
     | PauseRequested
     | RunParked

@@ -25,7 +25,14 @@ from orchestrator.errors import (
     RunStateError,
 )
 from orchestrator.ledger.codec import canonical_bytes
-from orchestrator.ledger.events import BaseEvent, Event, RunResumed, RunStarted, decode
+from orchestrator.ledger.events import (
+    BaseEvent,
+    Event,
+    RunResumed,
+    RunStarted,
+    SandboxChosen,
+    decode,
+)
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
 from orchestrator.ledger.verify import ChainReport, verify_chain
@@ -234,7 +241,10 @@ class Runtime:
         def controls() -> list[str]:
             return [f"{c.command}:{c.source}" for c in self.store.take_controls(run_id)]
 
-        broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm)
+        def chosen(backend: str, reason: str) -> None:
+            writer.stage(SandboxChosen, backend=backend, reason=reason)
+
+        broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
         scheduler = Scheduler(
             plan, writer, self.clock, self.home, config.concurrency, controls, broker
         )

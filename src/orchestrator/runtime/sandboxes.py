@@ -9,6 +9,7 @@ node wrote survives a crash of the orchestrator and is there again when it resum
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.node import NodeSpec
@@ -23,8 +24,15 @@ from orchestrator.sandbox.workspace import OverlayWorkspace
 class SandboxBroker:
     """Hands sandboxes of one run's backend to node attempts."""
 
-    def __init__(self, home: Path, backend: str = "auto", warm: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        backend: str = "auto",
+        warm: int = 2,
+        on_chosen: Callable[[BackendName, str], None] | None = None,
+    ) -> None:
         self.home = home
+        self.on_chosen = on_chosen
         self.requested = backend
         self.warm = warm
         self.chosen: tuple[BackendName, str] | None = None
@@ -36,6 +44,8 @@ class SandboxBroker:
             if self._pool is None:
                 await asyncio.to_thread(sweep, self.home)
                 self.chosen = await choose(self.requested, self.home)
+                if self.on_chosen is not None:
+                    self.on_chosen(*self.chosen)
                 self._pool = SandboxPool(self.chosen[0], self.home, self.warm)
             return self._pool
 
