@@ -15,7 +15,7 @@ the checkpoint (a file modified within ``RACY_WINDOW_NS`` of a snapshot is not t
 its index). The page cache is warm: the tree was just written. Prints figures, never
 asserts.
 
-    uv run python bench/snapshot.py
+    uv run python bench/snapshot.py [--dir DIR]   # temp tree and store under DIR
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import string
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,8 +78,11 @@ def show(label: str, seconds: float, snap: Snapshot) -> None:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    parent = args[args.index("--dir") + 1] if "--dir" in args else None
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-snapshot-", dir=parent) as tmp:
+        print(f"under {Path(tmp).parent}")
         ws, store = Path(tmp) / "ws", ChunkStore(Path(tmp) / "home/objects/chunks")
         t = time.perf_counter()
         files = build(ws, rng, line_pool(rng))

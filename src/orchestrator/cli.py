@@ -115,7 +115,11 @@ def _parse_budget(text: str | None) -> Budget | None:
 
 
 def _config(
-    allow: str | None, approvers: list[str], budget: str | None, concurrency: int
+    allow: str | None,
+    approvers: list[str],
+    budget: str | None,
+    concurrency: int,
+    sandbox: str = "auto",
 ) -> RunConfig:
     gates: dict[str, list[str]] = {}
     for item in approvers:
@@ -123,7 +127,10 @@ def _config(
         if not sep or not gate or not key:
             raise ConfigError(f"--approver {item!r}: expected GATE=PUBLIC_KEY")
         gates.setdefault(gate, []).append(key)
+    if sandbox not in ("auto", "gvisor", "bwrap", "local"):
+        raise ConfigError(f"--sandbox {sandbox!r}: choose auto, gvisor, bwrap or local")
     kwargs: dict[str, Any] = {
+        "sandbox": sandbox,
         "approvers": gates,
         "budget": _parse_budget(budget),
         "concurrency": concurrency,
@@ -138,6 +145,7 @@ ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)"
 BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")
 ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
+SandboxOpt = typer.Option("auto", "--sandbox", help="auto, gvisor, bwrap or local (no isolation)")
 
 
 # ---- driving a run with live progress ----------------------------------------------------
@@ -217,12 +225,13 @@ def run(
     approver: list[str] = ApproverOpt,
     budget: str | None = BudgetOpt,
     concurrency: int = ConcurrencyOpt,
+    sandbox: str = SandboxOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
     plan = load_plan(plan_ref)
-    config = _config(allow, approver, budget, concurrency)
+    config = _config(allow, approver, budget, concurrency, sandbox)
     values = _parse_inputs(inputs)
     rt = _runtime(ctx)
 
@@ -245,6 +254,7 @@ def run(
 def demo(
     ctx: typer.Context,
     packages: int = typer.Option(6, "--packages", min=1, max=50, help="Packages in the monorepo"),
+    sandbox: str = SandboxOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -260,6 +270,7 @@ def demo(
         lambda ls: rt.start(
             workload.plan,
             {"repo": str(repo.resolve())},
+            _config(None, [], None, 256, sandbox),
             plan_ref=workload.PLAN_REF,
             listeners=ls,
         ),
