@@ -18,7 +18,7 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
-from orchestrator.sandbox.workspace import OverlayWorkspace
+from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 
 
 class SandboxBroker:
@@ -91,6 +91,9 @@ def _overlay(lower: Path, durable: Path) -> OverlayWorkspace:
     """Mount a copy-on-write view of ``lower`` whose upper layer lives under ``durable``."""
     if not lower.is_dir():
         raise SandboxError(f"the workspace source {str(lower)!r} is not a directory")
+    # A killed orchestrator leaves its overlays mounted; this attempt is ours (the run
+    # lock says so), so unmount before mounting again over the same upper layer.
+    sweep_mounts(durable)
     return OverlayWorkspace(lower, durable).mount()
 
 
