@@ -14,6 +14,8 @@ from orchestrator.sandbox.workspace import overlay_mounts
 from tests.conftest import cli
 from tests.crashing import sigkill, wait_until
 
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
@@ -22,8 +24,7 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     home.mkdir(parents=True)
     with open(home / "child.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "--home", str(home), "demo", "-q"]
-            + ["--packages", "6", "--sandbox", backend],
+            [*CLI, "--home", str(home), "demo", "-q", "--packages", "6", "--sandbox", backend],
             stdout=log,
             stderr=log,
             env=dict(os.environ),
