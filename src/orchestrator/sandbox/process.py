@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -98,6 +99,8 @@ class AgentSandbox:
         self._started = 0.0
         self._closed_at: float | None = None
         self._cpu_s = 0.0
+        # The backend's own diagnostics go to a file: an unread pipe could fill and stall it.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
 
     async def start(self) -> None:
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,7 @@ class AgentSandbox:
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=self._stderr,
                 limit=STREAM_LIMIT,
                 preexec_fn=self._cgroup.preexec if self._cgroup is not None else None,
             )
@@ -139,10 +142,10 @@ class AgentSandbox:
                 line = b""
         if not line:
             breach = self._breach()
+            stderr = self._stderr_tail()
             await self.close()
             if breach is not None:
                 raise SandboxLimitExceeded(breach, self._limit_detail(breach))
-            stderr = await self._stderr_tail()
             raise SandboxError(f"{self.backend} sandbox {self.id} stopped answering: {stderr}")
         response: dict[str, Any] = json.loads(line)
         if "error" in response:
@@ -222,16 +225,11 @@ class AgentSandbox:
             return f"the sandbox tried to run more than {limits.pids} processes; they were killed"
         return "the sandbox's processes were killed"
 
-    async def _stderr_tail(self) -> str:
+    def _stderr_tail(self) -> str:
         proc = self._proc
-        if proc is None or proc.stderr is None:
-            return "no diagnostics"
-        try:
-            data = await asyncio.wait_for(proc.stderr.read(), 1)
-        except TimeoutError:
-            data = b""
-        text = data.decode(errors="replace").strip()
-        return text[-500:] or f"exit code {proc.returncode}"
+        self._stderr.seek(0)
+        text = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        return text[-500:] or f"exit code {proc.returncode if proc else '?'}"
 
     async def close(self) -> None:
         if self._closed_at is None and self._started:
@@ -250,6 +248,7 @@ class AgentSandbox:
             self._cpu_s = cgroup.usage().cpu_s
             cgroup.remove()
         self._launcher.cleanup(self.id)
+        self._stderr.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
