@@ -330,3 +330,21 @@ async def test_a_failed_ledger_write_stops_the_run_even_if_the_body_swallows_it(
         done = await fresh.resume(run_id, plan)
         assert done.status == "succeeded"
         assert fresh.verify(run_id).ok
+
+
+async def test_ctx_vm_is_the_sandbox_door(home: Path) -> None:
+    @node("vm-user", effects={"fs"})
+    async def vm_user(ctx: NodeContext, inputs: Nothing) -> N:
+        await ctx.vm.write("n.txt", "41")
+        got = await ctx.vm.exec(["sh", "-c", "echo $(( $(cat n.txt) + 1 ))"], check=True)
+        assert await ctx.vm.read("n.txt") == "41"
+        return N(n=int(got.stdout))
+
+    plan = Plan("vm")
+    plan.add(vm_user)
+    with Runtime(home=home, sandbox="bwrap") as rt:
+        state = await rt.start(plan)
+        assert state.status == "succeeded"
+        assert state.nodes["vm-user"].outputs == {"n": 42}
+        kinds = [e.effect for e in state.nodes["vm-user"].journal]
+        assert kinds == ["write", "exec", "read"]

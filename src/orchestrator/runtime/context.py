@@ -95,6 +95,7 @@ class NodeContext:
         self._regenerated = regenerated
         self._sandbox_handle = sandbox
         self._index = 0
+        self.vm = VM(self)
 
     @property
     def replaying(self) -> bool:
@@ -295,6 +296,15 @@ class NodeContext:
         if self._sandbox_handle is None:
             raise SandboxError(f"node {self.node} has no sandbox to run commands in")
         return await self._sandbox_handle.get()
+
+
+class VM:
+    """``ctx.vm``: the node's sandbox — ``exec``, ``read`` and ``write``, each journaled."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.exec = ctx.exec
+        self.read = ctx.read
+        self.write = ctx.write
 
 
 def _unwrap(kind: str, response: Any) -> Any:
