@@ -108,9 +108,21 @@ HANDLERS: dict[str, Callable[[Request], Request]] = {
 }
 
 
+def _reap_orphans() -> None:
+    """As PID 1 (gVisor runs the agent as the container's init) collect exited orphans,
+    which would otherwise stay zombies for the sandbox's life. Only called between
+    requests, when no command of ours is running, so it never takes a Popen's child."""
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
 def main() -> None:
     reply = sys.stdout.buffer
     for line in sys.stdin.buffer:
+        _reap_orphans()
         req: Request = {}
         try:
             req = json.loads(line)

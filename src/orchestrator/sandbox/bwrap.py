@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.limits import Limits
 
 ETC_ENTRIES = (
     "alternatives",
@@ -65,3 +66,7 @@ class BwrapLauncher:
 
     def cleanup(self, sandbox_id: str) -> None:
         """bwrap leaves nothing behind: its namespaces die with the process."""
+
+    def host_limits(self, limits: Limits) -> Limits:
+        """The sandbox's processes are host processes: the limits apply as they are."""
+        return limits

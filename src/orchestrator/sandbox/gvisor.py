@@ -17,6 +17,14 @@ from typing import Any
 
 from orchestrator.sandbox.base import BackendName, SandboxSpec
 from orchestrator.sandbox.bwrap import USR_LINKS, system_binds
+from orchestrator.sandbox.limits import Limits
+
+# The host cgroup's pids controller counts gVisor's own tasks, not the sandbox's
+# processes: ~100 threads for runsc, its gofer and the sentry before anything runs, and
+# ~17 more per process inside (ptrace platform: a stub process per address space; threads
+# inside cost next to nothing). Measured with runsc 20221219 on 2 CPUs.
+SENTRY_TASKS = 160
+TASKS_PER_PROCESS = 20
 
 
 class GvisorLauncher:
@@ -78,6 +86,14 @@ class GvisorLauncher:
         }
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         return [*self._flags(spec), "run", f"--bundle={bundle}", sandbox_id]
+
+    def host_limits(self, limits: Limits) -> Limits:
+        """``pids`` counts processes inside the sandbox; on the host that takes room for
+        the sentry's own tasks and for each process's stub (see ``TASKS_PER_PROCESS``)."""
+        if limits.pids is None:
+            return limits
+        pids = SENTRY_TASKS + TASKS_PER_PROCESS * limits.pids
+        return limits.model_copy(update={"pids": pids})
 
     def cleanup(self, sandbox_id: str) -> None:
         subprocess.run(

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.limits import Limits
 
 WARNING = (
     "the local sandbox backend isolates nothing: commands run as this user on this host, "
@@ -32,3 +33,6 @@ class LocalLauncher:
 
     def cleanup(self, sandbox_id: str) -> None:
         """Nothing to remove."""
+
+    def host_limits(self, limits: Limits) -> Limits:
+        return limits

@@ -117,6 +117,11 @@ def sweep(home: Path) -> list[str]:
             if not owner_alive(container):
                 gvisor.cleanup(container)
                 removed.append(f"runsc container {container}")
+    # Bundles of containers that already exited (runsc no longer lists them).
+    for bundle in _children(gvisor.state / "bundles"):
+        if not owner_alive(bundle.name):
+            shutil.rmtree(bundle, ignore_errors=True)
+            removed.append(f"directory {bundle}")
     live = home / "sandbox" / "live"
     for entry in _children(live):
         if not owner_alive(entry.name):

@@ -29,7 +29,7 @@ from orchestrator.sandbox.base import (
     SandboxLimitExceeded,
     SandboxSpec,
 )
-from orchestrator.sandbox.limits import Cgroup, CgroupLimiter
+from orchestrator.sandbox.limits import Cgroup, CgroupLimiter, Limits
 from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
 from orchestrator.sandbox.snapshot import restore as restore_snapshot
 from orchestrator.sandbox.snapshot import snapshot as take_snapshot
@@ -52,6 +52,9 @@ class Launcher(Protocol):
 
     def cleanup(self, sandbox_id: str) -> None:
         """Remove whatever the backend left for this sandbox (state dirs, containers)."""
+
+    def host_limits(self, limits: Limits) -> Limits:
+        """What the sandbox's host cgroup gets so that ``limits`` hold inside it."""
 
 
 def _joining(cgroup: Cgroup | None, argv: list[str]) -> list[str]:
@@ -118,14 +121,17 @@ class AgentSandbox:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
 
     async def start(self) -> None:
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        if self._limiter is not None:
-            self._cgroup = self._limiter.create(self.id, self.spec.limits)
-        argv = _joining(
-            self._cgroup, self._launcher.command(self.id, self.spec, self.workspace, AGENT.parent)
-        )
-        self._started = time.monotonic()
         try:
+            # Inside the try: a failure after the cgroup exists must not leak it (nor the
+            # diagnostics file).
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            if self._limiter is not None:
+                self._cgroup = self._limiter.create(
+                    self.id, self._launcher.host_limits(self.spec.limits)
+                )
+            command = self._launcher.command(self.id, self.spec, self.workspace, AGENT.parent)
+            argv = _joining(self._cgroup, command)
+            self._started = time.monotonic()
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,

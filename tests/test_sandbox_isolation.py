@@ -1,0 +1,317 @@
+"""Isolation of the gVisor and bubblewrap backends, probed from inside real sandboxes.
+
+Network: a TCP listener the test opens on the host's 127.0.0.1 must be unreachable
+without ``net`` (nothing accepted) and reachable with it. Files: two concurrent sandboxes
+never see each other's workspace, the orchestrator home (ledger, secrets) is not there,
+nor are host sockets under /run or host processes. The local backend is explicitly not
+isolated; its test asserts exactly that, so the difference stays documented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from orchestrator.sandbox.base import SandboxSpec
+from orchestrator.sandbox.factory import launcher_for, limiter_for
+from orchestrator.sandbox.process import AgentSandbox
+
+BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
+
+ISOLATING = [
+    pytest.param(
+        backend,
+        marks=pytest.mark.skipif(
+            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
+        ),
+        id=backend,
+    )
+    for backend, binary in BINARIES.items()
+]
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3)\n"
+    "    print('connected', s.recv(16).decode())\n"
+    "except OSError as exc:\n"
+    "    print('refused', type(exc).__name__, exc)\n"
+    "    sys.exit(3)\n"
+)
+
+# Looks, from inside, for anything it is given and reports what it found as JSON: which
+# paths can be read or even stat'ed, which files named NAME exist anywhere outside the
+# big read-only system trees, every unix socket, and every process command line.
+PROBE = """
+import json, os, socket, stat, sys
+paths, name, sock = json.loads(sys.argv[1])
+out = {"readable": [], "exists": [], "found": [], "sockets": [], "connected": [], "cmdlines": []}
+for path in paths:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        out["readable"].append(path)
+    except OSError:
+        pass
+    if os.path.lexists(path):
+        out["exists"].append(path)
+for top in os.listdir("/") if name else []:
+    if top in ("proc", "sys", "usr", "dev") or os.path.islink("/" + top):
+        continue  # the kernel's views and the read-only system (lib -> usr/lib, ...)
+    for root, dirs, files in os.walk("/" + top):
+        for entry in dirs + files:
+            full = os.path.join(root, entry)
+            if entry == name:
+                out["found"].append(full)
+            try:
+                if stat.S_ISSOCK(os.lstat(full).st_mode):
+                    out["sockets"].append(full)
+            except OSError:
+                pass
+if sock:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect(sock)
+        out["connected"].append(sock)
+    except OSError:
+        pass
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            raw = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        out["cmdlines"].append(raw.replace(b"\\0", b" ").decode(errors="replace"))
+print(json.dumps(out))
+"""
+
+
+class Listener:
+    """A real TCP listener on the host's loopback that counts what it accepts."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.05)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(peer)
+            with conn:
+                conn.sendall(b"hello")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+class UnixListener:
+    """A unix socket a host service might expose (created, then removed again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(1)
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    tcp = Listener()
+    yield tcp
+    tcp.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An orchestrator home holding what a sandbox must never see."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ledger.db").write_bytes(b"SQLite format 3\0 pretend ledger")
+    (home / "secrets").mkdir()
+    (home / "secrets" / "token").write_text("s3cr3t-" + secrets.token_hex(8))
+    return home
+
+
+@pytest_asyncio.fixture
+async def opened() -> AsyncIterator[list[AgentSandbox]]:
+    """Sandboxes a test started; all closed afterwards."""
+    started: list[AgentSandbox] = []
+    yield started
+    await asyncio.gather(*(s.close() for s in started), return_exceptions=True)
+
+
+async def _start(
+    opened: list[AgentSandbox], backend: str, home: Path, name: str, effects: set[str]
+) -> AgentSandbox:
+    sandbox = AgentSandbox(
+        launcher_for(backend, home),  # type: ignore[arg-type]
+        SandboxSpec(effects=frozenset(effects)),
+        home / "sandbox" / "live" / name / "workspace",
+        limiter_for(home),
+    )
+    opened.append(sandbox)
+    await sandbox.start()
+    return sandbox
+
+
+async def _probe(
+    sandbox: AgentSandbox, paths: list[str], name: str = "", sock: str = ""
+) -> dict[str, list[str]]:
+    result = await sandbox.exec(
+        ["python3", "-c", PROBE, json.dumps([paths, name, sock])], timeout=60
+    )
+    assert result.code == 0, result.stderr.decode()
+    probed: dict[str, list[str]] = json.loads(result.stdout)
+    return probed
+
+
+# ---- network -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_no_network_without_net_and_host_loopback_with_it(
+    backend: str, home: Path, listener: Listener, opened: list[AgentSandbox]
+) -> None:
+    closed, open_ = await asyncio.gather(
+        _start(opened, backend, home, "no-net", set()),
+        _start(opened, backend, home, "net", {"net"}),
+    )
+    refused = await closed.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
+    assert refused.code == 3, refused.stdout + refused.stderr
+    assert refused.stdout.startswith(b"refused")
+    await asyncio.sleep(0.2)  # anything in flight would have been accepted by now
+    assert listener.accepted == []
+
+    # Not just loopback: without `net` there is no route anywhere but its own lo.
+    routes = await closed.exec(
+        [
+            "python3",
+            "-c",
+            "import json, socket; print(json.dumps([n for _, n in socket.if_nameindex()]))",
+        ]
+    )
+    assert routes.code == 0, routes.stderr
+    assert set(json.loads(routes.stdout)) <= {"lo"}, routes.stdout
+
+    reached = await open_.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
+    assert reached.code == 0, reached.stdout + reached.stderr
+    assert reached.stdout == b"connected hello\n"
+    assert len(listener.accepted) == 1
+
+
+# ---- files, home, sockets, processes -----------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_concurrent_sandboxes_and_the_home_are_invisible(
+    backend: str, home: Path, opened: list[AgentSandbox]
+) -> None:
+    a, b = await asyncio.gather(
+        _start(opened, backend, home, f"sbx-a-{secrets.token_hex(3)}", {"fs"}),
+        _start(opened, backend, home, f"sbx-b-{secrets.token_hex(3)}", {"fs"}),
+    )
+    marker = f"only-in-a-{secrets.token_hex(4)}.txt"
+    await a.write(marker, b"A's private data")
+    host_copy = a.workspace / marker
+    assert host_copy.read_bytes() == b"A's private data"
+
+    run_socket = Path("/run") / f"orchestrator-test-{secrets.token_hex(4)}.sock"
+    home_socket = home / "control.sock"
+    services = [UnixListener(run_socket), UnixListener(home_socket)]
+    try:
+        secret_paths = [
+            str(host_copy),  # A's workspace file by its host path
+            str(a.workspace),  # A's workspace directory itself
+            str(home / "ledger.db"),
+            str(home / "secrets" / "token"),
+            str(home),
+            str(run_socket),
+            str(home_socket),
+        ]
+        # The probe works: A finds its own file where its workspace is mounted.
+        seen_by_a = await _probe(a, [], marker)
+        assert seen_by_a["found"] == [f"/workspace/{marker}"]
+
+        seen_by_b = await _probe(b, secret_paths, marker, str(run_socket))
+        assert seen_by_b["readable"] == []
+        assert seen_by_b["exists"] == []
+        assert seen_by_b["found"] == []
+        assert seen_by_b["sockets"] == []
+        assert seen_by_b["connected"] == []
+        listing = await b.exec(
+            ["python3", "-c", "import json, os; print(json.dumps(os.listdir('/')))"]
+        )
+        assert "run" not in json.loads(listing.stdout), listing.stdout
+        catted = await b.exec(["cat", str(home / "secrets" / "token"), str(host_copy)])
+        assert catted.code != 0 and catted.stdout == b""
+        # Nor does it see host processes (this test runner among them).
+        assert seen_by_b["cmdlines"], "the probe must at least see itself"
+        runner = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert runner not in seen_by_b["cmdlines"]
+        assert not [c for c in seen_by_b["cmdlines"] if sys.executable in c]
+        assert not [c for c in seen_by_b["cmdlines"] if a.id in c or "runsc" in c]
+        # B's own workspace holds nothing of A's.
+        assert marker not in os.listdir(b.workspace)
+        assert (await b.exec(["test", "-e", marker])).code != 0
+    finally:
+        for service in services:
+            service.close()
+
+
+async def test_local_backend_is_not_isolated(
+    home: Path, listener: Listener, opened: list[AgentSandbox]
+) -> None:
+    """local isolates nothing: no network namespace, the host's files. Documented here."""
+    sandbox = await _start(opened, "local", home, "local", set())
+    token = str(home / "secrets" / "token")
+    read = await sandbox.exec(["cat", token])
+    assert read.code == 0
+    assert read.stdout.decode() == Path(token).read_text()
+    reached = await sandbox.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
+    assert reached.stdout == b"connected hello\n"
+    assert len(listener.accepted) == 1
+    # The same probe that finds nothing inside gVisor and bwrap finds it all here.
+    sock = UnixListener(home / "control.sock")
+    try:
+        wanted = [str(home / "ledger.db"), token, str(sock.path)]
+        seen = await _probe(sandbox, wanted, "", str(sock.path))
+    finally:
+        sock.close()
+    assert seen["readable"] == wanted[:2]
+    assert seen["exists"] == wanted
+    assert seen["connected"] == [str(sock.path)]
+    runner = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert runner in seen["cmdlines"]
