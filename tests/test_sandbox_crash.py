@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
+from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
 from orchestrator.sandbox.workspace import overlay_mounts
 from tests.conftest import cli
 from tests.crashing import sigkill, wait_until
@@ -24,7 +25,7 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     home.mkdir(parents=True)
     with open(home / "child.log", "w") as log:
         proc = subprocess.Popen(
-            [*CLI, "--home", str(home), "demo", "-q", "--packages", "6", "--sandbox", backend],
+            [*CLI, "--home", str(home), "demo", "-q", "--packages", "12", "--sandbox", backend],
             stdout=log,
             stderr=log,
             env=dict(os.environ),
@@ -36,16 +37,27 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     )
     sigkill(proc)
     run_id = state.run_id
-    mounted = [m for m in overlay_mounts() if str(home) in str(m)]
-    assert mounted, "the killed run's overlay workspaces are still mounted"
+    with Runtime(home=home) as rt:
+        in_flight = {n.id for n in rt.state(run_id).nodes.values() if n.status == "running"}
+    # The kill lands while nodes work (almost always; bwrap nodes are quick): their
+    # overlays are still mounted, and resume continues them rather than restarting them.
+    if in_flight:
+        assert [m for m in overlay_mounts() if str(home) in str(m)]
     resumed = cli(home, "resume", "-q", run_id)
     assert resumed.returncode == 0, resumed.stderr
     with Runtime(home=home) as rt:
         final = rt.state(run_id)
         assert final.status == "succeeded"
-        resumed_nodes = [n for n in final.nodes.values() if n.resumed_from]
-        assert resumed_nodes, "in-flight nodes were resumed, not restarted"
-        assert all(n.attempt == 1 for n in resumed_nodes)
+        events = [decode(r.body) for r in rt.store.read(run_id)]
+        resumed_marks = {(e.node, e.attempt) for e in events if isinstance(e, NodeResumed)}
+        retried = {e.node: e.reason for e in events if isinstance(e, RetryScheduled)}
+        for node_id in in_flight:
+            # Every in-flight attempt is resumed. A command killed mid-write can leave the
+            # workspace torn (git's index.lock, say); such an attempt fails on resume and
+            # its retry, on a fresh workspace, finishes — with the reason on the record.
+            assert (node_id, 1) in resumed_marks, node_id
+            node = final.nodes[node_id]
+            assert node.attempt == 1 or node_id in retried, node_id
     replay = cli(home, "replay", run_id)
     assert replay.returncode == 0, replay.stdout
     assert [m for m in overlay_mounts() if str(home) in str(m)] == []
@@ -54,4 +66,4 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     branches = subprocess.run(
         ["git", "branch", "--list", "orchestrator/*"], cwd=repo, capture_output=True, text=True
     ).stdout.split()
-    assert len(branches) == 6
+    assert len(branches) == 12

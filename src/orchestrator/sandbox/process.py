@@ -38,6 +38,7 @@ AGENT = Path(__file__).with_name("agent.py")
 SANDBOX_PREFIX = "sbx-"
 STREAM_LIMIT = 1 << 30
 GRACE_S = 5.0
+BREACH_POLL_S = 0.25
 
 
 class Launcher(Protocol):
@@ -157,9 +158,7 @@ class AgentSandbox:
             proc.stdin.write(json.dumps(request).encode() + b"\n")
             try:
                 await proc.stdin.drain()
-                line = await asyncio.wait_for(
-                    proc.stdout.readline(), None if timeout is None else timeout + GRACE_S
-                )
+                line = await self._answer(proc.stdout, timeout)
             except (TimeoutError, ConnectionError):
                 line = b""
         if not line:
@@ -173,6 +172,28 @@ class AgentSandbox:
         if "error" in response:
             raise SandboxError(f"{self.backend} sandbox {self.id}: {response['error']}")
         return response
+
+    async def _answer(
+        self,
+        stdout: asyncio.StreamReader,
+        timeout: float | None,  # noqa: ASYNC109 - the command's own limit
+    ) -> bytes:
+        """The agent's reply line, watching the cgroup meanwhile: a breached limit kills
+        everything in the sandbox at once, instead of when the command would have ended
+        (a fork bomb's children would otherwise hold the pipes open)."""
+        reply = asyncio.ensure_future(stdout.readline())
+        deadline = None if timeout is None else time.monotonic() + timeout + GRACE_S
+        try:
+            while True:
+                done, _ = await asyncio.wait({reply}, timeout=BREACH_POLL_S)
+                if done:
+                    return reply.result()
+                if self._cgroup is not None and self._cgroup.breach() is not None:
+                    await asyncio.to_thread(self._cgroup.kill_all)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError
+        finally:
+            reply.cancel()
 
     async def exec(
         self,

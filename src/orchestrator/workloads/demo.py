@@ -118,7 +118,10 @@ async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
     await ctx.checkpoint("rewritten")
     await ctx.exec(["git", "add", "--all"], check=True)
     message = f"{pkg}: migrate from CommonJS to ES modules"
-    await ctx.exec(["git", "commit", "--quiet", "-m", message], env=GIT_ENV, check=True)
+    # Idempotent, like every step here: a commit performed just before a crash, and so
+    # performed again on resume, finds nothing staged and is skipped.
+    commit = 'git diff --cached --quiet || git commit --quiet -m "$0"'
+    await ctx.exec(["sh", "-c", commit, message], env=GIT_ENV, check=True)
     numstat = await ctx.exec(["git", "diff", "--numstat", "main..HEAD"], check=True)
     lines = sum(
         int(added) + int(removed)
