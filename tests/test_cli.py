@@ -184,3 +184,34 @@ def test_the_readme_example_runs(home: Path, tmp_path: Path) -> None:
         "a.py",
         "pkg/b.py",
     }
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "gvisor"])
+def test_ctrl_c_pauses_without_killing_the_sandboxes_that_drain(
+    home: Path, tmp_path: Path, backend: str
+) -> None:
+    import os
+    import signal
+    import sys
+
+    gate = tmp_path / "gate"
+    home.mkdir(parents=True)
+    argv = [sys.executable, "-m", "orchestrator.cli", "--home", str(home), "run", "-q"]
+    argv += [f"{BASIC}:sandboxed", "--input", f"path={gate}", "--sandbox", backend]
+    proc = subprocess.Popen(
+        argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(home, lambda s: len(s.nodes["sandboxed-wait"].journal) >= 1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does
+        wait_until(home, lambda s: s.status == "pausing")
+        gate.write_text("open")
+        assert proc.wait(timeout=60) == 3  # parked
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Runtime(home=home) as rt:
+        state = rt.state(rt.runs()[-1].run_id)
+        assert state.status == "parked"
+        assert state.nodes["sandboxed-wait"].outputs == {"text": "before|open|before"}
+        assert state.nodes["after"].status == "pending"

@@ -124,3 +124,30 @@ def broken_plan() -> Plan:
 
 broken = broken_plan
 not_a_plan = 42
+
+
+# ---- a sandboxed node that waits on a host file between two commands ---------------------
+
+
+@node("sandboxed-wait", effects={"fs"})
+async def sandboxed_wait(ctx: NodeContext, inputs: Gate) -> Text:
+    first = await ctx.exec(["sh", "-c", "echo before > state.txt; cat state.txt"], check=True)
+
+    async def gate_opened() -> str:
+        while not Path(inputs.path).exists():
+            await asyncio.sleep(0.02)
+        return Path(inputs.path).read_text()
+
+    opened = await ctx.tool("wait-gate", gate_opened)
+    second = await ctx.exec(["cat", "state.txt"], check=True)  # the same sandbox, still alive
+    return Text(text=f"{first.stdout.strip()}|{opened}|{second.stdout.strip()}")
+
+
+def sandboxed_plan() -> Plan:
+    plan = Plan("sandboxed-wait", inputs=Gate)
+    waited = plan.add(sandboxed_wait, path=plan.input("path"))
+    plan.add(after, text=waited.out.text)
+    return plan
+
+
+sandboxed = sandboxed_plan

@@ -139,6 +139,9 @@ class AgentSandbox:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=self._stderr,
                 limit=STREAM_LIMIT,
+                # A session of its own: Ctrl-C at the terminal pauses the run (drain,
+                # then park) and must not kill the sandboxes that are draining.
+                start_new_session=True,
             )
             await self._call({"op": "ping"}, timeout=30)
         except BaseException:
