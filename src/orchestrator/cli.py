@@ -59,13 +59,19 @@ def _global(
     ledger: str | None = typer.Option(
         None, "--ledger", envvar="ORCHESTRATOR_LEDGER", help="Ledger URL [default: sqlite in home]"
     ),
+    objects: str | None = typer.Option(
+        None,
+        "--objects",
+        envvar="ORCHESTRATOR_OBJECTS",
+        help="Checkpoint object store: a directory or s3://bucket/prefix [default: home/objects]",
+    ),
 ) -> None:
-    ctx.obj = {"home": home, "ledger": ledger}
+    ctx.obj = {"home": home, "ledger": ledger, "objects": objects}
 
 
 def _runtime(ctx: typer.Context) -> Runtime:
     obj = ctx.find_root().obj or {}
-    return Runtime(home=obj.get("home"), ledger=obj.get("ledger"))
+    return Runtime(home=obj.get("home"), ledger=obj.get("ledger"), objects=obj.get("objects"))
 
 
 # ---- options shared by run and plan check --------------------------------------------------
@@ -489,6 +495,59 @@ def replay(
         else:
             out.print(f"[red]replay DIVERGED[/] {escape(str(report.divergence))}", highlight=False)
     if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def checkpoints(
+    ctx: typer.Context,
+    args: list[str] = typer.Argument(..., metavar="[verify] RUN"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List a run's checkpoints, or `checkpoints verify RUN` to check every one of them:
+    signatures, the chain of manifests, ledger segments up to each head, chunk hashes."""
+    verify = len(args) == 2 and args[0] == "verify"
+    if len(args) != 1 and not verify:
+        raise ConfigError(
+            "usage: orchestrator checkpoints RUN  |  orchestrator checkpoints verify RUN"
+        )
+    rt = _runtime(ctx)
+    reports = rt.checkpoints(args[-1])
+    bad = [r for r in reports if not r.ok]
+    if as_json:
+        out.print_json(
+            data=[
+                {
+                    "key": r.key,
+                    "ok": r.ok,
+                    "problem": r.problem,
+                    "manifest": None if r.manifest is None else r.manifest.model_dump(mode="json"),
+                }
+                for r in reports
+            ]
+        )
+    else:
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("seq", "time", "label", "workspaces", "signature", "problem"):
+            table.add_column(col, overflow="fold")
+        for r in reports:
+            m = r.manifest
+            table.add_row(
+                str(m.seq) if m else "?",
+                m.ts[11:23] if m else "",
+                m.label if m else "",
+                str(len(m.workspaces)) if m else "",
+                "ok" if r.ok else "FAILED",
+                escape(r.problem or ""),
+            )
+        out.print(table)
+        if not reports:
+            out.print(f"run {args[-1]} has no checkpoints in {rt.objects.url}")
+        elif verify and not bad:
+            out.print(f"checkpoints OK: {len(reports)} verified in {rt.objects.url}")
+    if verify and (bad or not reports):
+        for r in bad:
+            err.print(f"[red]checkpoint verification FAILED[/]: {escape(r.problem or '')}")
         raise typer.Exit(EXIT_FAILED)
 
 

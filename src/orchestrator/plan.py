@@ -111,6 +111,7 @@ class RunConfig(BaseModel):
     concurrency: int = Field(default=256, ge=1)
     sandbox: Literal["auto", "gvisor", "bwrap", "local"] = "auto"
     warm: int = Field(default=2, ge=0)
+    checkpoint_interval: float = Field(default=60.0, gt=0)
 
     @field_serializer("allow_effects")
     def _sorted(self, effects: frozenset[str]) -> list[str]:

@@ -108,6 +108,19 @@ class NodeFailed(BaseEvent):
     reason: ErrorInfo
 
 
+class CheckpointTaken(BaseEvent):
+    """A signed checkpoint of the run up to ``cut`` was written to object storage."""
+
+    kind: Literal["CheckpointTaken"] = "CheckpointTaken"
+    label: str
+    reason: str
+    cut: int
+    manifest: str
+    digest: str
+    workspaces: int
+    pause_ms: float
+
+
 class SandboxChosen(BaseEvent):
     """Which sandbox backend the run's nodes use, and why (recorded on first use)."""
 
@@ -157,6 +170,7 @@ Event = Annotated[
     | RetryScheduled
     | NodeSucceeded
     | NodeFailed
+    | CheckpointTaken
     | SandboxChosen
     | SandboxMetered
     | PauseRequested

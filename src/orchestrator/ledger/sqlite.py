@@ -20,6 +20,9 @@ from typing import Self
 from orchestrator.errors import LedgerConflict, LedgerError
 from orchestrator.ledger.store import Control, RunRow, StoredEvent
 
+# The events that change a run's status; ``runs()`` reports the latest of them.
+LIFECYCLE_KINDS = ("RunStarted", "RunResumed", "PauseRequested", "RunParked", "RunCompleted")
+
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE runs (
@@ -139,18 +142,24 @@ class SqliteLedgerStore:
         return None if row is None else StoredEvent(row[0], row[1], bytes(row[2]), row[3])
 
     def runs(self) -> list[RunRow]:
+        lifecycle = ",".join(f"'{k}'" for k in LIFECYCLE_KINDS)
         rows = self._db.execute(
-            """
-            SELECT r.run_id, r.plan_name, r.created_at, e.seq, e.kind, e.body
-            FROM runs r JOIN events e ON e.run_id = r.run_id
-            AND e.seq = (SELECT max(seq) FROM events WHERE run_id = r.run_id)
+            f"""
+            SELECT r.run_id, r.plan_name, r.created_at, last.seq, last.body, life.kind, life.body
+            FROM runs r
+            JOIN events last ON last.run_id = r.run_id
+             AND last.seq = (SELECT max(seq) FROM events WHERE run_id = r.run_id)
+            JOIN events life ON life.run_id = r.run_id
+             AND life.seq = (SELECT max(seq) FROM events
+                             WHERE run_id = r.run_id AND kind IN ({lifecycle}))
             ORDER BY r.created_at, r.run_id
             """
         ).fetchall()
         out = []
-        for run_id, plan_name, created, seq, kind, body in rows:
-            last = json.loads(bytes(body))
-            out.append(RunRow(run_id, plan_name, created, seq, kind, last.get("ts", ""), last))
+        for run_id, plan_name, created, seq, last_body, kind, life_body in rows:
+            ts = json.loads(bytes(last_body)).get("ts", "")
+            life = json.loads(bytes(life_body))
+            out.append(RunRow(run_id, plan_name, created, seq, ts, kind, life))
         return out
 
     def has_run(self, run_id: str) -> bool:

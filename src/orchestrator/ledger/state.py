@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from orchestrator.ledger.events import (
     BaseEvent,
+    CheckpointTaken,
     EffectRecorded,
     ErrorInfo,
     Event,
@@ -80,6 +81,7 @@ class RunState:
     ready: set[str] = field(default_factory=set)
     doomed: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointTaken | None = None
     _deps: dict[str, set[str]] = field(default_factory=dict)
     _dependents: dict[str, set[str]] = field(default_factory=dict)
 
@@ -162,6 +164,8 @@ class RunState:
             ns.status, ns.error, ns.not_before = "retrying", event.reason, event.not_before
         elif isinstance(event, NodeResumed):
             self.nodes[event.node].resumed_from.append(event.from_index)
+        elif isinstance(event, CheckpointTaken):
+            self.checkpoint = event
         elif isinstance(event, SandboxMetered):
             self.nodes[event.node].compute_h += event.wall_s * event.vcpus / 3600
         elif isinstance(event, PauseRequested):

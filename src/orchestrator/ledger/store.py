@@ -34,9 +34,9 @@ class RunRow:
     plan_name: str
     created_at: str
     last_seq: int
-    last_kind: str
     last_ts: str
-    last_event: dict[str, Any]
+    status_kind: str
+    status_event: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

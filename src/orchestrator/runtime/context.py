@@ -9,6 +9,7 @@ node, attempt, index, expected and got.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import random as _random
@@ -83,6 +84,7 @@ class NodeContext:
         record: Recorder | None,
         regenerated: list[EffectFields] | None = None,
         sandbox: SandboxSource | None = None,
+        on_checkpoint: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         self.run_id = site.run_id
         self.node = site.node
@@ -94,7 +96,11 @@ class NodeContext:
         self._record = record
         self._regenerated = regenerated
         self._sandbox_handle = sandbox
+        self._on_checkpoint = on_checkpoint
         self._index = 0
+        # Held while an effect is performed and journaled: a checkpoint that takes it sees
+        # the workspace and the journal agree.
+        self.gate = asyncio.Lock()
         self.vm = VM(self)
 
     @property
@@ -141,13 +147,14 @@ class NodeContext:
             return _unwrap(kind, recorded.response)
         if self._record is None:
             raise JournalExhausted
-        try:
-            result, usage = await perform(fields["key"])
-            response: dict[str, Any] = {"ok": to_jsonable_python(result)}
-        except Exception as exc:
-            response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
-        fields.update(response=response, usage=usage)
-        await self._record(fields)
+        async with self.gate:
+            try:
+                result, usage = await perform(fields["key"])
+                response: dict[str, Any] = {"ok": to_jsonable_python(result)}
+            except Exception as exc:
+                response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
+            fields.update(response=response, usage=usage)
+            await self._record(fields)
         return _unwrap(kind, response)
 
     # ---- effects ------------------------------------------------------------------------
@@ -189,10 +196,12 @@ class NodeContext:
         await self._effect("log", {"message": message, "fields": fields}, perform)
 
     async def checkpoint(self, label: str) -> None:
-        """Mark a consistent point in this node's work (snapshots attach here)."""
+        """Take a checkpoint of the run now, this node's workspace included."""
 
         async def perform(_key: str) -> tuple[Any, dict[str, float]]:
-            return None, {}
+            if self._on_checkpoint is None:
+                return None, {}
+            return await self._on_checkpoint(label), {}
 
         await self._effect("checkpoint", {"label": label}, perform)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from orchestrator import signing
+from orchestrator.checkpoint import Checkpointer, CheckpointReport, PreviousRef, verify_checkpoints
 from orchestrator.errors import (
     ConfigError,
     InputError,
@@ -24,7 +26,7 @@ from orchestrator.errors import (
     RunNotFound,
     RunStateError,
 )
-from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.ledger.codec import GENESIS, canonical_bytes
 from orchestrator.ledger.events import (
     BaseEvent,
     Event,
@@ -44,6 +46,8 @@ from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
+from orchestrator.sandbox.snapshot import ChunkStore
+from orchestrator.storage.objects import ObjectStore, open_object_store
 
 Listener = Callable[[BaseEvent], None]
 
@@ -77,17 +81,34 @@ class Runtime:
         ledger: str | LedgerStore | None = None,
         clock: Clock | None = None,
         sandbox: str | None = None,
+        objects: str | None = None,
     ) -> None:
         self.home = (Path(home) if home is not None else default_home()).absolute()
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
+        self.objects_url = (
+            objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
+        )
+        self._objects: ObjectStore | None = None
         if isinstance(ledger, str) or ledger is None:
             url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
             ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
         self.store: LedgerStore = ledger
         self.clock: Clock = clock or SystemClock()
 
+    @property
+    def objects(self) -> ObjectStore:
+        """The object store checkpoints go to (opened on first use)."""
+        if self._objects is None:
+            self._objects = open_object_store(self.objects_url)
+        return self._objects
+
+    def chunks(self) -> ChunkStore:
+        return ChunkStore.on(self.objects)
+
     def close(self) -> None:
         self.store.close()
+        if self._objects is not None:
+            self._objects.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -114,9 +135,9 @@ class Runtime:
         """Every run in the ledger with its status, without folding whole histories."""
         out = []
         for row in self.store.runs():
-            if row.last_kind == "RunCompleted":
-                status = str(row.last_event.get("status"))
-            elif row.last_kind == "RunParked":
+            if row.status_kind == "RunCompleted":
+                status = str(row.status_event.get("status"))
+            elif row.status_kind == "RunParked":
                 status = "parked"
             else:
                 status = "running" if self.owner(row.run_id) else "interrupted"
@@ -237,6 +258,8 @@ class Runtime:
         self, plan: Plan, writer: LedgerWriter, config: RunConfig, *, resumed: bool
     ) -> RunState:
         run_id = writer.run_id
+        state = writer.state
+        assert state is not None
 
         def controls() -> list[str]:
             return [f"{c.command}:{c.source}" for c in self.store.take_controls(run_id)]
@@ -246,12 +269,43 @@ class Runtime:
 
         broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
         scheduler = Scheduler(
-            plan, writer, self.clock, self.home, config.concurrency, controls, broker
+            plan,
+            writer,
+            self.clock,
+            self.home,
+            config.concurrency,
+            controls,
+            broker,
+            self._checkpointer(writer, state),
+            config.checkpoint_interval,
         )
         try:
             return await scheduler.run(resumed=resumed)
         finally:
             await broker.close()
+
+    def _checkpointer(self, writer: LedgerWriter, state: RunState) -> Checkpointer:
+        run_id = writer.run_id
+        signer = signing.load_or_create(self._key_path(run_id))
+        previous, head = None, GENESIS
+        if state.checkpoint is not None:
+            cut = state.checkpoint
+            previous = PreviousRef(seq=cut.cut, digest=cut.digest)
+            row = self.store.read(run_id, cut.cut - 1)[0]
+            head = row.hash
+        return Checkpointer(
+            run_id, writer, self.store, self.objects, self.chunks(), signer, previous, head
+        )
+
+    def checkpoints(self, run_id: str) -> list[CheckpointReport]:
+        """Every checkpoint of a run, verified (signatures, chunks, ledger segments)."""
+        self.rows(run_id)
+        public = self._key_path(run_id).with_suffix(".pub")
+        signer = public.read_text().strip() if public.exists() else None
+        return verify_checkpoints(self.objects, self.chunks(), run_id, signer)
+
+    def _key_path(self, run_id: str) -> Path:
+        return self.home / "keys" / "runs" / f"{run_id}.key"
 
     def pause(self, run_id: str, source: str = "cli") -> None:
         """Ask the process driving the run to drain in-flight nodes and park."""

@@ -122,6 +122,11 @@ class SandboxHandle:
         self._overlay: OverlayWorkspace | None = None
         self._starting = asyncio.Lock()
 
+    @property
+    def started(self) -> AgentSandbox | None:
+        """The attempt's sandbox, if it has one yet."""
+        return self._sandbox
+
     async def get(self) -> AgentSandbox:
         async with self._starting:
             if self._sandbox is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.checkpoint import Checkpointer, LiveWorkspace
 from orchestrator.errors import NodeTimeout
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import (
@@ -93,6 +94,8 @@ class Scheduler:
         concurrency: int,
         poll_controls: Callable[[], list[str]] | None = None,
         sandboxes: SandboxBroker | None = None,
+        checkpointer: Checkpointer | None = None,
+        checkpoint_interval: float | None = None,
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -103,6 +106,9 @@ class Scheduler:
         self.concurrency = concurrency
         self.poll_controls = poll_controls
         self.sandboxes = sandboxes
+        self.checkpointer = checkpointer
+        self.checkpoint_interval = checkpoint_interval
+        self._live: dict[str, tuple[NodeContext, SandboxHandle]] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
         self._finished: list[Outcome] = []
         self._timers: dict[str, asyncio.Task[None]] = {}
@@ -119,13 +125,22 @@ class Scheduler:
         for ns in list(state.retrying()):
             self._arm_timer(ns)
         poller = asyncio.create_task(self._poll()) if self.poll_controls else None
+        periodic = None
+        if self.checkpointer is not None and self.checkpoint_interval:
+            periodic = asyncio.create_task(self._periodic(self.checkpoint_interval))
         restore = self._trap_signals()
         try:
-            return await self._loop()
+            final = await self._loop()
+            if periodic is not None:
+                periodic.cancel()
+            await self.checkpoint(final.status, "run " + final.status)
+            return final
         finally:
             restore()
             if poller is not None:
                 poller.cancel()
+            if periodic is not None:
+                periodic.cancel()
             for timer in self._timers.values():
                 timer.cancel()
             for task in self._tasks.values():
@@ -216,7 +231,16 @@ class Scheduler:
             if spec.workspace is not None and ns.inputs is not None:
                 lower = Path(str(ns.inputs[spec.workspace])).absolute()
             handle = SandboxHandle(self.sandboxes, spec, base, lower)
-        ctx = NodeContext(site, self.clock, self._record_effect, sandbox=handle)
+        node_id = ns.id
+
+        async def on_checkpoint(label: str) -> Any:
+            return await self.checkpoint(label, "node checkpoint", requester=node_id)
+
+        ctx = NodeContext(
+            site, self.clock, self._record_effect, sandbox=handle, on_checkpoint=on_checkpoint
+        )
+        if handle is not None:
+            self._live[node_id] = (ctx, handle)
         task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {}), handle))
         task.add_done_callback(self._on_done)
         self._tasks[ns.id] = task
@@ -231,6 +255,7 @@ class Scheduler:
         try:
             return await self._run_attempt(spec, ctx, inputs)
         finally:
+            self._live.pop(ctx.node, None)
             if handle is not None:
                 metered = await handle.release()
                 if metered is not None:
@@ -329,6 +354,33 @@ class Scheduler:
         self._due.add(node)
         self._wake.set()
 
+    # ---- checkpoints -------------------------------------------------------------------
+
+    async def checkpoint(
+        self, label: str, reason: str, requester: str | None = None
+    ) -> dict[str, Any] | None:
+        """Take a checkpoint now (no-op without a checkpointer); returns where it went."""
+        if self.checkpointer is None:
+            return None
+        live: dict[str, LiveWorkspace] = {}
+        for node_id, (ctx, handle) in self._live.items():
+            sandbox = handle.started
+            if sandbox is None:
+                continue
+            live[node_id] = LiveWorkspace(
+                attempt=ctx.attempt,
+                gate=ctx.gate,
+                snapshot=sandbox.snapshot,
+                journal_length=_journal_length(self.state, node_id),
+            )
+        event = await self.checkpointer.take(label, reason, live, requester)
+        return {"manifest": event.manifest, "digest": event.digest}
+
+    async def _periodic(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.checkpoint("periodic", f"every {interval:g}s")
+
     # ---- resume, pause, completion -----------------------------------------------------
 
     def _resume_in_flight(self) -> None:
@@ -377,6 +429,10 @@ class Scheduler:
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
             self.writer.stage(event_cls, **fields)
+
+
+def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:
+    return lambda: len(state.nodes[node_id].journal)
 
 
 def completion_events(state: RunState) -> list[tuple[Any, dict[str, Any]]]:

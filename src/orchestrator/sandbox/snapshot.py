@@ -39,8 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.storage.localdir import LocalDirStore
+from orchestrator.storage.objects import CorruptObject, ObjectMissing, ObjectStore
 
 __all__ = [
+    "CHUNK_KEY_PREFIX",
     "CHUNK_SIZE",
     "ChunkStore",
     "CorruptChunk",
@@ -70,6 +73,8 @@ ZSTD_LEVEL = 3
 MAX_SYMLINK_HOPS = 40
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+CHUNK_KEY_PREFIX = "chunks"
+"""On an ObjectStore, chunk ``abcd...`` is the object ``chunks/ab/abcd...``."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,28 +99,80 @@ class UnsafeSnapshot(SnapshotError):
 # --------------------------------------------------------------------------- chunks
 
 
-class ChunkStore:
-    """Compressed chunks in ``path/ab/abcdef...``, named by the sha256 of their raw bytes.
+def _check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise SnapshotError(f"{digest!r} is not a chunk digest")
+    return digest
 
-    Writes are atomic (temporary file in the same directory, then ``os.replace``) and
-    skipped when the chunk is already there. ``durable=True`` adds fsyncs. Safe to share
-    between threads.
+
+class ChunkStore:
+    """Compressed chunks named by the sha256 of their raw bytes, in a directory or an
+    :class:`~orchestrator.storage.objects.ObjectStore`.
+
+    ``ChunkStore(path)`` keeps them in ``path/ab/abcdef...``: writes are atomic (temporary
+    file in the same directory, then ``os.replace``) and ``durable=True`` adds fsyncs.
+    ``ChunkStore.on(objects)`` keeps them under the keys ``chunks/ab/abcdef...`` of any
+    object store (a local directory, S3), whose writes are atomic and durable. Either way
+    a chunk already there is not written again, and every read is verified against its
+    digest. Safe to share between threads.
     """
 
-    def __init__(self, path: Path, *, level: int = ZSTD_LEVEL, durable: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        objects: ObjectStore | None = None,
+        level: int = ZSTD_LEVEL,
+        durable: bool = False,
+    ) -> None:
+        if (path is None) == (objects is None):
+            raise TypeError("ChunkStore takes either a directory path or objects=ObjectStore")
         self.level = level
-        self.durable = durable
+        self.objects = objects
         self._local = threading.local()
-        self.path.mkdir(parents=True, exist_ok=True)
+        # The local directory holding the store (the whole object store's root for a
+        # LocalDirStore), or None for a remote one: it must not be inside a workspace.
+        self.local_root: Path | None
+        if objects is None:
+            assert path is not None
+            self._path: Path | None = Path(path)
+            self.local_root = self._path
+            self.durable = durable
+            self.url = self._path.absolute().as_uri()
+            self._path.mkdir(parents=True, exist_ok=True)
+        else:
+            local = objects.root if isinstance(objects, LocalDirStore) else None
+            self._path = local / CHUNK_KEY_PREFIX if local is not None else None
+            self.local_root = local
+            self.durable = True
+            self.url = f"{objects.url} ({CHUNK_KEY_PREFIX}/)"
+
+    @classmethod
+    def on(cls, objects: ObjectStore, *, level: int = ZSTD_LEVEL) -> ChunkStore:
+        """A chunk store keeping its chunks in ``objects``, under ``chunks/ab/<digest>``."""
+        return cls(objects=objects, level=level)
+
+    def __repr__(self) -> str:
+        return f"ChunkStore({self.url!r})"
+
+    @property
+    def path(self) -> Path:
+        """The directory of the chunks; ``SnapshotError`` for a store that is not local."""
+        if self._path is None:
+            raise SnapshotError(f"the chunk store {self.url} is not a local directory")
+        return self._path
 
     def file(self, digest: str) -> Path:
-        """Where the chunk ``digest`` is (or would be) stored."""
-        if not _DIGEST.fullmatch(digest):
-            raise SnapshotError(f"{digest!r} is not a chunk digest")
-        return self.path / digest[:2] / digest
+        """Where the chunk ``digest`` is (or would be) stored, for a local store."""
+        return self.path / _check_digest(digest)[:2] / digest
+
+    def key(self, digest: str) -> str:
+        """The object key of the chunk ``digest`` (for a store on an ObjectStore)."""
+        return f"{CHUNK_KEY_PREFIX}/{_check_digest(digest)[:2]}/{digest}"
 
     def has(self, digest: str) -> bool:
+        if self.objects is not None:
+            return self.objects.exists(self.key(digest))
         return os.path.exists(self.file(digest))
 
     def put(self, data: bytes) -> str:
@@ -125,19 +182,18 @@ class ChunkStore:
     def put_new(self, data: bytes) -> tuple[str, int]:
         """Store ``data``; return its digest and the bytes written (0 if already stored)."""
         digest = hashlib.sha256(data).hexdigest()
-        final = self.file(digest)
-        if os.path.exists(final):
+        if self.has(digest):
             return digest, 0
         blob = self._codec().compress(data)
-        self._write(final, blob)
+        if self.objects is not None:
+            self.objects.put(self.key(digest), blob)
+        else:
+            self._write(self.file(digest), blob)
         return digest, len(blob)
 
     def get(self, digest: str) -> bytes:
         """The raw bytes of chunk ``digest``, verified against the digest."""
-        try:
-            blob = self.file(digest).read_bytes()
-        except FileNotFoundError:
-            raise CorruptChunk(digest, "is missing from the store") from None
+        blob = self._read(digest)
         try:
             if zstandard.frame_content_size(blob) > MAX_OBJECT_SIZE:
                 raise CorruptChunk(digest, "claims an impossible size")
@@ -147,6 +203,19 @@ class ChunkStore:
         if hashlib.sha256(data).hexdigest() != digest:
             raise CorruptChunk(digest, "is corrupt: its content does not match its digest")
         return data
+
+    def _read(self, digest: str) -> bytes:
+        if self.objects is None:
+            try:
+                return self.file(digest).read_bytes()
+            except FileNotFoundError:
+                raise CorruptChunk(digest, "is missing from the store") from None
+        try:
+            return self.objects.get(self.key(digest))
+        except ObjectMissing:
+            raise CorruptChunk(digest, "is missing from the store") from None
+        except CorruptObject as exc:
+            raise CorruptChunk(digest, f"is corrupt: {exc}") from None
 
     def _codec(self) -> zstandard.ZstdCompressor:
         codec: zstandard.ZstdCompressor | None = getattr(self._local, "codec", None)
@@ -658,7 +727,9 @@ class _Scan:
 
 
 def _store_outside(store: ChunkStore, root: Path) -> None:
-    where, workspace = store.path.resolve(), Path(root).resolve()
+    if store.local_root is None:
+        return  # not on this machine's filesystem
+    where, workspace = store.local_root.resolve(), Path(root).resolve()
     if where == workspace or workspace in where.parents:
         raise SnapshotError(f"the chunk store {where} must not be inside the workspace")
 

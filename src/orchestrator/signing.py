@@ -1,0 +1,94 @@
+"""Ed25519 keys and signatures (``cryptography``) over canonical bytes.
+
+A key pair lives in two files: ``NAME.key`` (the raw 32-byte private key, hex, mode 0600)
+and ``NAME.pub`` (the public key, hex). Public keys travel as hex strings; signatures are
+hex. Nothing here ever logs or returns a private key's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from orchestrator.errors import OrchestratorError
+
+
+class SigningError(OrchestratorError):
+    """A key is missing or malformed, or a signature does not verify."""
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A private key that signs, and the public key (hex) that checks it."""
+
+    private: Ed25519PrivateKey
+    public: str
+
+    def sign(self, data: bytes) -> str:
+        return self.private.sign(data).hex()
+
+    def __repr__(self) -> str:
+        return f"Signer(public={self.public[:16]}…)"
+
+
+def generate() -> Signer:
+    key = Ed25519PrivateKey.generate()
+    return Signer(key, _public_hex(key.public_key()))
+
+
+def save(signer: Signer, path: Path) -> None:
+    """Write ``path`` (private, 0600, created exclusively) and ``path.pub``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = signer.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(raw.hex() + "\n")
+    path.with_suffix(".pub").write_text(signer.public + "\n")
+
+
+def load(path: Path) -> Signer:
+    try:
+        raw = bytes.fromhex(path.read_text().strip())
+        key = Ed25519PrivateKey.from_private_bytes(raw)
+    except FileNotFoundError:
+        raise SigningError(f"signing key {path} is missing") from None
+    except ValueError as exc:
+        raise SigningError(f"signing key {path} is not a valid Ed25519 key: {exc}") from None
+    return Signer(key, _public_hex(key.public_key()))
+
+
+def load_or_create(path: Path) -> Signer:
+    return load(path) if path.exists() else _created(path)
+
+
+def verify(public: str, data: bytes, signature: str) -> bool:
+    """Whether ``signature`` (hex) is ``public``'s (hex) signature of ``data``."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+        key.verify(bytes.fromhex(signature), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _created(path: Path) -> Signer:
+    signer = generate()
+    save(signer, path)
+    return signer
+
+
+def _public_hex(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
