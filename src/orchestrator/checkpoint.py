@@ -279,6 +279,26 @@ def read_manifest(objects: ObjectStore, key: str) -> SignedManifest:
         ) from None
 
 
+def latest_manifest(
+    objects: ObjectStore, run_id: str, max_seq: int, signer: str | None
+) -> Manifest | None:
+    """The newest checkpoint of the run at or before ``max_seq`` whose manifest is whole
+    and signed by ``signer`` (any signer when None); older ones are fallbacks."""
+    for key in reversed(list_checkpoints(objects, run_id)):
+        try:
+            signed = read_manifest(objects, key)
+        except (CheckpointError, StorageError):
+            continue
+        manifest = signed.manifest
+        if manifest.run_id != run_id or manifest.seq > max_seq:
+            continue
+        if signer is not None and manifest.signer != signer:
+            continue
+        if verify(manifest.signer, manifest.canonical(), signed.signature):
+            return manifest
+    return None
+
+
 def verify_checkpoints(
     objects: ObjectStore, chunks: ChunkStore, run_id: str, signer: str | None = None
 ) -> list[CheckpointReport]:

@@ -551,6 +551,27 @@ def checkpoints(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command("gc")
+def collect_garbage(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; delete nothing"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Delete checkpoint chunks and blobs that no checkpoint manifest refers to.
+    Refused while any run of this home is live, or if any manifest cannot be read."""
+    from orchestrator import gc
+
+    rt = _runtime(ctx)
+    gc.require_idle(rt)
+    report = gc.collect_garbage(
+        rt.objects, rt.chunks(), dry_run=dry_run, guard=lambda: gc.require_idle(rt)
+    )
+    if as_json:
+        out.print_json(data=report.as_dict())
+    else:
+        out.print(f"gc {rt.objects.url}: {report.summary()}", highlight=False, markup=False)
+
+
 @plan_app.command("check")
 def plan_check(
     plan_ref: str = typer.Argument(..., metavar="FILE.py:PLAN"),

@@ -77,10 +77,15 @@ class EffectRecorded(BaseEvent):
 
 
 class NodeResumed(BaseEvent):
+    """An in-flight attempt goes on in a new process: its journal is served up to
+    ``from_index`` and what follows is performed again live. ``snapshot`` names the
+    workspace snapshot restored first, if any."""
+
     kind: Literal["NodeResumed"] = "NodeResumed"
     node: str
     attempt: int
     from_index: int
+    snapshot: str | None = None
 
 
 class RetryScheduled(BaseEvent):

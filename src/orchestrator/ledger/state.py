@@ -163,7 +163,9 @@ class RunState:
             ns = self.nodes[event.node]
             ns.status, ns.error, ns.not_before = "retrying", event.reason, event.not_before
         elif isinstance(event, NodeResumed):
-            self.nodes[event.node].resumed_from.append(event.from_index)
+            ns = self.nodes[event.node]
+            ns.journal = ns.journal[: event.from_index]  # the rest is performed again
+            ns.resumed_from.append(event.from_index)
         elif isinstance(event, CheckpointTaken):
             self.checkpoint = event
         elif isinstance(event, SandboxMetered):

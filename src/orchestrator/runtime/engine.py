@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator import signing
-from orchestrator.checkpoint import Checkpointer, CheckpointReport, PreviousRef, verify_checkpoints
+from orchestrator.checkpoint import (
+    Checkpointer,
+    CheckpointReport,
+    PreviousRef,
+    latest_manifest,
+    verify_checkpoints,
+)
 from orchestrator.errors import (
     ConfigError,
     InputError,
@@ -279,8 +285,12 @@ class Runtime:
             self._checkpointer(writer, state),
             config.checkpoint_interval,
         )
+        points = {}
+        if resumed:
+            latest = latest_manifest(self.objects, run_id, writer.head_seq, self._signer_of(run_id))
+            points = latest.workspaces if latest is not None else {}
         try:
-            return await scheduler.run(resumed=resumed)
+            return await scheduler.run(resumed=resumed, restore_points=points)
         finally:
             await broker.close()
 
@@ -300,9 +310,12 @@ class Runtime:
     def checkpoints(self, run_id: str) -> list[CheckpointReport]:
         """Every checkpoint of a run, verified (signatures, chunks, ledger segments)."""
         self.rows(run_id)
+        return verify_checkpoints(self.objects, self.chunks(), run_id, self._signer_of(run_id))
+
+    def _signer_of(self, run_id: str) -> str | None:
+        """The run's public key as this home knows it (the trust anchor for its manifests)."""
         public = self._key_path(run_id).with_suffix(".pub")
-        signer = public.read_text().strip() if public.exists() else None
-        return verify_checkpoints(self.objects, self.chunks(), run_id, signer)
+        return public.read_text().strip() if public.exists() else None
 
     def _key_path(self, run_id: str) -> Path:
         return self.home / "keys" / "runs" / f"{run_id}.key"

@@ -94,11 +94,27 @@ class _Effect:
 
 
 @dataclass
-class _Attempt:
-    queue: deque[BaseEvent | _Effect]
-    consumed_effects: int = 0
+class _Life:
+    """One process's run of an attempt's body: the effects it recorded, regenerated."""
+
+    start: int
+    queue: deque[BaseEvent | _Effect] = field(default_factory=deque)
     halted: bool = False
     error: NonDeterminism | None = None
+
+
+@dataclass
+class _Attempt:
+    lives: list[_Life]
+    current: int = 0
+
+    @property
+    def life(self) -> _Life:
+        return self.lives[self.current]
+
+    @property
+    def halted(self) -> bool:
+        return self.lives[-1].halted
 
 
 class _Diverged(Exception):
@@ -128,10 +144,22 @@ class Replayer:
         self.plan = plan
         self.rows = rows
         self.recorded = list(decoded) if decoded is not None else [decode(r.body) for r in rows]
+        # An attempt resumed in a new process has one "life" per process: each life's body
+        # saw the journal as it stood then (truncated at NodeResumed.from_index).
         self.journals: dict[tuple[str, int], list[EffectRecorded]] = defaultdict(list)
+        self.lives: dict[tuple[str, int], list[tuple[int, list[EffectRecorded]]]] = {}
+        starts: dict[tuple[str, int], int] = defaultdict(int)
         for event in self.recorded:
             if isinstance(event, EffectRecorded):
                 self.journals[(event.node, event.attempt)].append(event)
+            elif isinstance(event, NodeResumed):
+                key = (event.node, event.attempt)
+                effective = self.journals[key]
+                self.lives.setdefault(key, []).append((starts[key], list(effective)))
+                self.journals[key] = effective[: event.from_index]
+                starts[key] = event.from_index
+        for key, effective in self.journals.items():
+            self.lives.setdefault(key, []).append((starts[key], list(effective)))
         self.superseded = {
             (e.node, e.attempt)
             for e in self.recorded
@@ -206,9 +234,7 @@ class Replayer:
         if isinstance(rec, NodeFailed):
             return self._derived_failure(rec, state)
         if isinstance(rec, NodeResumed):
-            attempt = self.attempts.get((rec.node, rec.attempt))
-            seen = attempt.consumed_effects if attempt else -1
-            return rec.model_copy(update={"from_index": seen})
+            return self._resumed(rec)
         if isinstance(rec, RunCompleted):
             *_, (_, fields) = completion_events(state)
             return RunCompleted(**stamp, **fields)
@@ -237,28 +263,44 @@ class Replayer:
         if (rec.node, rec.attempt) in self.superseded:
             # Cut short by a code change on resume: the old code is gone, so its effects
             # stand as recorded and the new attempt is what replay re-executes.
-            journal = self.journals[(rec.node, rec.attempt)]
-            self.attempts[(rec.node, rec.attempt)] = _Attempt(deque(journal), halted=True)
+            recorded = [
+                e
+                for e in self.recorded
+                if isinstance(e, EffectRecorded) and (e.node, e.attempt) == (rec.node, rec.attempt)
+            ]
+            life = _Life(0, deque(recorded), halted=True)
+            self.attempts[(rec.node, rec.attempt)] = _Attempt([life])
         else:
             await self._run_body(rec, inputs)
         return regenerated
 
     async def _run_body(self, rec: NodeDispatched, inputs: dict[str, Any]) -> None:
         key = (rec.node, rec.attempt)
+        lives = []
+        outcome: dict[str, Any] = {}
+        for start, journal in self.lives.get(key, [(0, [])]):
+            life, outcome = await self._live_once(rec, inputs, start, journal)
+            lives.append(life)
+        self.attempts[key] = _Attempt(lives)
+        self.outcomes[key] = outcome
+
+    async def _live_once(
+        self,
+        rec: NodeDispatched,
+        inputs: dict[str, Any],
+        start: int,
+        journal: list[EffectRecorded],
+    ) -> tuple[_Life, dict[str, Any]]:
+        """Run the body once against one life's journal; queue what that life recorded."""
         spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
         produced: list[EffectFields] = []
         assert self.state is not None
         # Every effect is served from the journal, so the workspace is never touched.
         site = EffectSite(
-            self.state.run_id,
-            rec.node,
-            rec.attempt,
-            Path("/nonexistent"),
-            self.journals[key],
-            spec.effects,
+            self.state.run_id, rec.node, rec.attempt, Path("/nonexistent"), journal, spec.effects
         )
         ctx = NodeContext(site, SystemClock(), record=None, regenerated=produced)
-        attempt = _Attempt(deque())
+        life = _Life(start)
         outcome: dict[str, Any]
         try:
             # Effects return at once here; the declared timeout still bounds whatever
@@ -267,44 +309,54 @@ class Replayer:
                 result = await run_body(spec, ctx, inputs)
             outcome = {"outputs": outputs_of(spec, result)}
         except JournalExhausted:
-            attempt.halted = True
+            life.halted = True
             outcome = {}
         except TimeoutError as exc:
-            attempt.halted = scope.expired()
-            outcome = {} if attempt.halted else {"error": ErrorInfo.of(exc)}
+            life.halted = scope.expired()
+            outcome = {} if life.halted else {"error": ErrorInfo.of(exc)}
         except NonDeterminism as exc:
-            attempt.error = exc
+            life.error = exc
             outcome = {"error": ErrorInfo.of(exc)}
         except Exception as exc:
             outcome = {"error": ErrorInfo.of(exc)}
-        journal = self.journals[key]
         for fields in produced:
+            if fields["index"] < start:
+                continue  # served in this life, recorded by an earlier one
             source = journal[fields["index"]]
             stamp = {"kind": "EffectRecorded", "seq": source.seq, "ts": source.ts}
-            attempt.queue.append(_Effect({**fields, **stamp}))
-        self.attempts[key] = attempt
-        self.outcomes[key] = outcome
+            life.queue.append(_Effect({**fields, **stamp}))
+        return life, outcome
+
+    def _resumed(self, rec: NodeResumed) -> BaseEvent:
+        """A new life starts: the previous one must have produced all it recorded."""
+        attempt = self.attempts.get((rec.node, rec.attempt))
+        if attempt is None or attempt.current + 1 >= len(attempt.lives):
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        if attempt.life.queue:
+            raise _Diverged(self._mismatch(rec, attempt.life.queue[0]))
+        attempt.current += 1
+        return rec.model_copy(update={"from_index": attempt.life.start})
 
     def _next_of(self, rec: EffectRecorded) -> BaseEvent | _Effect:
         attempt = self.attempts.get((rec.node, rec.attempt))
         if attempt is None:
             return _Nothing(seq=rec.seq, ts=rec.ts)
-        if not attempt.queue:
-            if attempt.error is not None and attempt.error.index == rec.index:
-                err = attempt.error
+        life = attempt.life
+        if not life.queue:
+            if life.error is not None and life.error.index == rec.index:
+                err = life.error
                 raise _Diverged(
                     Divergence(rec.seq, rec.node, rec.attempt, rec.index, err.expected, err.got)
                 )
             return _Nothing(seq=rec.seq, ts=rec.ts)
-        attempt.consumed_effects += 1
-        return attempt.queue.popleft()
+        return life.queue.popleft()
 
     def _terminal(self, rec: NodeSucceeded | NodeFailed | RetryScheduled) -> BaseEvent:
         key = (rec.node, rec.attempt)
         attempt = self.attempts.get(key)
         outcome = self.outcomes.get(key, {})
-        if attempt is not None and attempt.queue:
-            extra = attempt.queue[0]
+        if attempt is not None and attempt.life.queue:
+            extra = attempt.life.queue[0]
             raise _Diverged(self._mismatch(rec, extra))
         if attempt is not None and attempt.halted:
             # The body was stopped mid-way (timeout, crash before a code-changed retry):

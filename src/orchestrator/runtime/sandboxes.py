@@ -9,6 +9,7 @@ node wrote survives a crash of the orchestrator and is there again when it resum
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
+from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 
 
@@ -50,7 +52,7 @@ class SandboxBroker:
             return self._pool
 
     async def lease(
-        self, spec: NodeSpec, durable: Path, lower: Path | None
+        self, spec: NodeSpec, durable: Path, lower: Path | None, *, fresh: bool = False
     ) -> tuple[AgentSandbox, OverlayWorkspace | None]:
         """A sandbox for one attempt whose workspace lives at ``durable``.
 
@@ -65,9 +67,9 @@ class SandboxBroker:
         pool = await self.pool()
         if lower is None:
             sandbox = await pool.acquire(sandbox_spec)
-            _adopt(sandbox, durable)
+            _adopt(sandbox, durable, fresh)
             return sandbox, None
-        overlay = _overlay(lower, durable)
+        overlay = _overlay(lower, durable, fresh)
         try:
             return await pool.acquire(sandbox_spec, workspace=overlay.merged), overlay
         except BaseException:
@@ -87,20 +89,27 @@ class SandboxBroker:
             await self._pool.close()
 
 
-def _overlay(lower: Path, durable: Path) -> OverlayWorkspace:
-    """Mount a copy-on-write view of ``lower`` whose upper layer lives under ``durable``."""
+def _overlay(lower: Path, durable: Path, fresh: bool) -> OverlayWorkspace:
+    """Mount a copy-on-write view of ``lower`` whose upper layer lives under ``durable``
+    (emptied first when ``fresh``)."""
     if not lower.is_dir():
         raise SandboxError(f"the workspace source {str(lower)!r} is not a directory")
     # A killed orchestrator leaves its overlays mounted; this attempt is ours (the run
     # lock says so), so unmount before mounting again over the same upper layer.
     sweep_mounts(durable)
+    if fresh:
+        shutil.rmtree(durable, ignore_errors=True)
     return OverlayWorkspace(lower, durable).mount()
 
 
-def _adopt(sandbox: AgentSandbox, durable: Path) -> None:
-    """Make ``durable`` the sandbox's workspace: renames only, the sandbox keeps its bind."""
+def _adopt(sandbox: AgentSandbox, durable: Path, fresh: bool = False) -> None:
+    """Make ``durable`` the sandbox's workspace: renames only, the sandbox keeps its bind.
+
+    A resumed attempt carries on with what it already wrote, unless ``fresh``."""
     durable.parent.mkdir(parents=True, exist_ok=True)
-    if durable.exists():  # a resumed attempt: carry on with what it already wrote
+    if fresh:
+        shutil.rmtree(durable, ignore_errors=True)
+    if durable.exists():
         for entry in durable.iterdir():
             entry.rename(sandbox.workspace / entry.name)
         durable.rmdir()
@@ -112,8 +121,18 @@ class SandboxHandle:
     """One attempt's sandbox, started on first need and released when the attempt ends."""
 
     def __init__(
-        self, broker: SandboxBroker, spec: NodeSpec, durable: Path, lower: Path | None = None
+        self,
+        broker: SandboxBroker,
+        spec: NodeSpec,
+        durable: Path,
+        lower: Path | None = None,
+        restore: str | None = None,
+        chunks: ChunkStore | None = None,
+        fresh: bool = False,
     ) -> None:
+        self._fresh = fresh
+        self._restore = restore
+        self._chunks = chunks
         self._broker = broker
         self._spec = spec
         self._durable = durable
@@ -130,9 +149,14 @@ class SandboxHandle:
     async def get(self) -> AgentSandbox:
         async with self._starting:
             if self._sandbox is None:
-                self._sandbox, self._overlay = await self._broker.lease(
-                    self._spec, self._durable, self._lower
+                sandbox, self._overlay = await self._broker.lease(
+                    self._spec, self._durable, self._lower, fresh=self._fresh
                 )
+                if self._restore is not None and self._chunks is not None:
+                    # Resumed from a checkpoint: the workspace goes back to its snapshot
+                    # before the first command performed again.
+                    await sandbox.restore(self._restore, self._chunks)
+                self._sandbox = sandbox
             return self._sandbox
 
     async def release(self) -> tuple[BackendName, Meter] | None:

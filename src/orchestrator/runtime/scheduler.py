@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.checkpoint import Checkpointer, LiveWorkspace
+from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef
 from orchestrator.errors import NodeTimeout
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import (
@@ -45,6 +45,7 @@ from orchestrator.runtime.context import EffectFields, EffectSite, NodeContext
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
 
 CONTROL_POLL_S = 0.1
+SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +119,12 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------
 
-    async def run(self, resumed: bool = False) -> RunState:
+    async def run(
+        self, resumed: bool = False, restore_points: Mapping[str, WorkspaceRef] | None = None
+    ) -> RunState:
         state = self.state
         if resumed:
-            self._resume_in_flight()
+            self._resume_in_flight(restore_points or {})
         for ns in list(state.retrying()):
             self._arm_timer(ns)
         poller = asyncio.create_task(self._poll()) if self.poll_controls else None
@@ -218,7 +221,13 @@ class Scheduler:
 
     # ---- attempts ---------------------------------------------------------------------
 
-    def _start(self, ns: NodeState, journal: list[EffectRecorded]) -> None:
+    def _start(
+        self,
+        ns: NodeState,
+        journal: list[EffectRecorded],
+        restore: str | None = None,
+        fresh: bool = False,
+    ) -> None:
         spec = self.plan.nodes[ns.base].spec
         base = workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt)
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
@@ -230,7 +239,10 @@ class Scheduler:
             lower = None
             if spec.workspace is not None and ns.inputs is not None:
                 lower = Path(str(ns.inputs[spec.workspace])).absolute()
-            handle = SandboxHandle(self.sandboxes, spec, base, lower)
+            chunks = self.checkpointer.chunks if self.checkpointer is not None else None
+            handle = SandboxHandle(
+                self.sandboxes, spec, base, lower, restore if chunks else None, chunks, fresh
+            )
         node_id = ns.id
 
         async def on_checkpoint(label: str) -> Any:
@@ -383,8 +395,13 @@ class Scheduler:
 
     # ---- resume, pause, completion -----------------------------------------------------
 
-    def _resume_in_flight(self) -> None:
-        """Re-enter every attempt that was in flight when the previous process stopped."""
+    def _resume_in_flight(self, restore_points: Mapping[str, WorkspaceRef]) -> None:
+        """Re-enter every attempt that was in flight when the previous process stopped.
+
+        When the last checkpoint holds a snapshot of the attempt's workspace, the
+        workspace is restored from it and the journal is served only up to the point the
+        snapshot matches; what the attempt did after it is performed again, live.
+        """
         for ns in self.state.in_flight():
             spec = self.plan.nodes[ns.base].spec
             if ns.code_digest != spec.code_digest:
@@ -394,9 +411,25 @@ class Scheduler:
                 )
                 self._schedule_retry(ns.id, ns.attempt, reason, 0.0)
                 continue
-            journal = list(ns.journal)
-            self.writer.stage(NodeResumed, node=ns.id, attempt=ns.attempt, from_index=len(journal))
-            self._start(ns, journal)
+            point = restore_points.get(ns.id)
+            fresh = False
+            if point is not None and point.attempt == ns.attempt:
+                from_index, snapshot = min(point.journal_index, len(ns.journal)), point.snapshot
+            elif not ns.journal or any(e.effect in SANDBOX_EFFECTS for e in ns.journal):
+                # Its workspace was never snapshotted and may be torn (a command killed
+                # mid-write, before or after its first journaled effect): the only state
+                # known to match a journal is the empty one.
+                from_index, snapshot, fresh = 0, None, True
+            else:
+                from_index, snapshot = len(ns.journal), None
+            self.writer.stage(
+                NodeResumed,
+                node=ns.id,
+                attempt=ns.attempt,
+                from_index=from_index,
+                snapshot=snapshot,
+            )
+            self._start(ns, list(ns.journal), restore=snapshot, fresh=fresh)
 
     def request_pause(self, source: str) -> None:
         if self.state.status == "running":
