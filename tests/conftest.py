@@ -39,3 +39,6 @@ def cli(
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         cwd=home.parent,
     )
+
+
+from tests.s3server import aws_env, moto  # noqa: E402,F401 - shared session fixtures

@@ -69,9 +69,11 @@ def _global(
     ctx.obj = {"home": home, "ledger": ledger, "objects": objects}
 
 
-def _runtime(ctx: typer.Context) -> Runtime:
+def _runtime(ctx: typer.Context, objects: str | None = None) -> Runtime:
     obj = ctx.find_root().obj or {}
-    return Runtime(home=obj.get("home"), ledger=obj.get("ledger"), objects=obj.get("objects"))
+    return Runtime(
+        home=obj.get("home"), ledger=obj.get("ledger"), objects=objects or obj.get("objects")
+    )
 
 
 # ---- options shared by run and plan check --------------------------------------------------
@@ -232,12 +234,16 @@ def run(
     budget: str | None = BudgetOpt,
     concurrency: int = ConcurrencyOpt,
     sandbox: str = SandboxOpt,
+    checkpoint_every: float = typer.Option(
+        60.0, "--checkpoint-every", min=0.01, help="Seconds between periodic checkpoints"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
     plan = load_plan(plan_ref)
     config = _config(allow, approver, budget, concurrency, sandbox)
+    config = config.model_copy(update={"checkpoint_interval": checkpoint_every})
     values = _parse_inputs(inputs)
     rt = _runtime(ctx)
 
@@ -459,11 +465,19 @@ def pause(
 def resume(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., metavar="RUN"),
+    source: str | None = typer.Option(
+        None, "--from", help="Object store holding the run's checkpoints (directory or s3://…)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Continue a parked or interrupted run in this process, from its ledger."""
-    rt = _runtime(ctx)
+    """Continue a parked or interrupted run in this process, from its ledger — or, with
+    --from, from its checkpoints in object storage when the local ledger has lost it."""
+    rt = _runtime(ctx, objects=source)
+    if source is not None:
+        restored = rt.restore_ledger(run_id)
+        if restored and not as_json:
+            err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
     initial = rt.state(run_id)
     state = _drive(rt, lambda ls: rt.resume(run_id, listeners=ls), initial, quiet or as_json)
     _finish(rt, state, as_json)

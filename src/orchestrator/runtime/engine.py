@@ -19,9 +19,12 @@ from pydantic import ValidationError
 from orchestrator import signing
 from orchestrator.checkpoint import (
     Checkpointer,
+    CheckpointError,
     CheckpointReport,
+    Manifest,
     PreviousRef,
     latest_manifest,
+    parse_segment,
     verify_checkpoints,
 )
 from orchestrator.errors import (
@@ -53,7 +56,7 @@ from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.sandbox.snapshot import ChunkStore
-from orchestrator.storage.objects import ObjectStore, open_object_store
+from orchestrator.storage.objects import ObjectStore, get_blob, open_object_store
 
 Listener = Callable[[BaseEvent], None]
 
@@ -297,15 +300,49 @@ class Runtime:
     def _checkpointer(self, writer: LedgerWriter, state: RunState) -> Checkpointer:
         run_id = writer.run_id
         signer = signing.load_or_create(self._key_path(run_id))
-        previous, head = None, GENESIS
-        if state.checkpoint is not None:
-            cut = state.checkpoint
-            previous = PreviousRef(seq=cut.cut, digest=cut.digest)
-            row = self.store.read(run_id, cut.cut - 1)[0]
-            head = row.hash
+        latest = latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+        previous = None if latest is None else PreviousRef(seq=latest.seq, digest=latest.digest)
+        head = GENESIS if latest is None else latest.head_hash
         return Checkpointer(
             run_id, writer, self.store, self.objects, self.chunks(), signer, previous, head
         )
+
+    def restore_ledger(self, run_id: str) -> int:
+        """Rebuild a run's ledger from its checkpoints in this Runtime's object store, when
+        the local ledger has lost it; returns the number of events restored (0 if the
+        local ledger already has the run). Every checkpoint up to the one used must verify,
+        since together their segments are the ledger."""
+        if self.store.has_run(run_id):
+            return 0
+        reports = verify_checkpoints(self.objects, self.chunks(), run_id, self._signer_of(run_id))
+        if not reports:
+            raise RunNotFound(
+                f"there is no run {run_id!r} and no checkpoint of it in {self.objects.url}"
+            )
+        usable: list[Manifest] = []
+        for report in reports:
+            if not report.ok or report.manifest is None:
+                if not usable:
+                    raise CheckpointError(
+                        f"cannot restore run {run_id} from {self.objects.url}: {report.problem}"
+                    )
+                break  # a later checkpoint is damaged or half-written: use the ones before
+            usable.append(report.manifest)
+        rows = [
+            row
+            for manifest in usable
+            for row in parse_segment(get_blob(self.objects, manifest.segment.digest))
+        ]
+        whole = verify_chain(rows)
+        if not whole.ok:
+            raise CheckpointError(
+                f"run {run_id}'s ledger in {self.objects.url} breaks at seq {whole.bad_seq}: "
+                f"{whole.problem}"
+            )
+        first = whole.decoded[0]
+        assert isinstance(first, RunStarted)
+        self.store.create_run(run_id, str(first.plan["name"]), first.ts, rows)
+        return len(rows)
 
     def checkpoints(self, run_id: str) -> list[CheckpointReport]:
         """Every checkpoint of a run, verified (signatures, chunks, ledger segments)."""
