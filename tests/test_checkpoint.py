@@ -144,3 +144,13 @@ def test_cli_lists_and_verifies(finished: tuple[Runtime, str], home: Path) -> No
     failed = cli(home, "checkpoints", "verify", run_id)
     assert failed.returncode == 1
     assert listed[-1]["key"] in " ".join(failed.stderr.split())
+
+
+def test_a_manifest_from_another_run_is_refused(finished: tuple[Runtime, str], home: Path) -> None:
+    rt, run_id = finished
+    other = asyncio.run(rt.start(busy_plan(), config=RunConfig(checkpoint_interval=60)))
+    stranger = rt.checkpoints(other.run_id)[0].key
+    planted = f"runs/{run_id}/checkpoints/{999_999:012d}.json"
+    rt.objects.put(planted, rt.objects.get(stranger))
+    problem = {r.key: r.problem for r in rt.checkpoints(run_id)}[planted]
+    assert problem is not None and planted in problem and other.run_id in problem
