@@ -205,26 +205,34 @@ class Checkpointer:
             signed = SignedManifest(
                 manifest=manifest, signature=self.signer.sign(manifest.canonical())
             )
-            key = manifest_key(self.run_id, cut)
-            body = canonical_bytes(signed.model_dump(mode="json"))
-            try:
-                await asyncio.to_thread(self.objects.put, key, body)
-            except StorageError as exc:
-                raise CheckpointError(f"checkpoint {key} could not be written: {exc}") from exc
-            self.previous = PreviousRef(seq=cut, digest=manifest.digest)
-            self.previous_head = manifest.head_hash
-            event = self.writer.stage(
-                CheckpointTaken,
-                label=label,
-                reason=reason,
-                cut=cut,
-                manifest=key,
-                digest=manifest.digest,
-                workspaces=len(manifest.workspaces),
-                pause_ms=round(pause_ms, 3),
-            )
-            self.writer.flush()
-            return event
+            # Once the manifest is being written it is also recorded, whatever cancels the
+            # caller: a manifest with no CheckpointTaken would break the chain for the next.
+            return await asyncio.shield(self._publish(signed, label, reason, pause_ms))
+
+    async def _publish(
+        self, signed: SignedManifest, label: str, reason: str, pause_ms: float
+    ) -> CheckpointTaken:
+        manifest = signed.manifest
+        key = manifest_key(self.run_id, manifest.seq)
+        body = canonical_bytes(signed.model_dump(mode="json"))
+        try:
+            await asyncio.to_thread(self.objects.put, key, body)
+        except StorageError as exc:
+            raise CheckpointError(f"checkpoint {key} could not be written: {exc}") from exc
+        self.previous = PreviousRef(seq=manifest.seq, digest=manifest.digest)
+        self.previous_head = manifest.head_hash
+        event = self.writer.stage(
+            CheckpointTaken,
+            label=label,
+            reason=reason,
+            cut=manifest.seq,
+            manifest=key,
+            digest=manifest.digest,
+            workspaces=len(manifest.workspaces),
+            pause_ms=round(pause_ms, 3),
+        )
+        self.writer.flush()
+        return event
 
     async def _put(self, data: bytes) -> str:
         return await asyncio.to_thread(put_blob, self.objects, data)

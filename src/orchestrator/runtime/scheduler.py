@@ -129,13 +129,15 @@ class Scheduler:
             self._arm_timer(ns)
         poller = asyncio.create_task(self._poll()) if self.poll_controls else None
         periodic = None
+        stop_periodic = asyncio.Event()
         if self.checkpointer is not None and self.checkpoint_interval:
-            periodic = asyncio.create_task(self._periodic(self.checkpoint_interval))
+            periodic = asyncio.create_task(self._periodic(self.checkpoint_interval, stop_periodic))
         restore = self._trap_signals()
         try:
             final = await self._loop()
             if periodic is not None:
-                periodic.cancel()
+                stop_periodic.set()
+                await periodic  # a checkpoint under way finishes; it is never cut short
             await self.checkpoint(final.status, "run " + final.status)
             return final
         finally:
@@ -388,10 +390,12 @@ class Scheduler:
         event = await self.checkpointer.take(label, reason, live, requester)
         return {"manifest": event.manifest, "digest": event.digest}
 
-    async def _periodic(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await self.checkpoint("periodic", f"every {interval:g}s")
+    async def _periodic(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                await self.checkpoint("periodic", f"every {interval:g}s")
 
     # ---- resume, pause, completion -----------------------------------------------------
 
