@@ -51,3 +51,22 @@ def sigkill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+
+
+def host_cmdlines() -> dict[int, str]:
+    """Every host process's command line (kernel threads and vanished ones left out)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                found[int(entry)] = raw.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def processes_with(needle: str) -> list[str]:
+    """Command lines of host processes (not this one) that mention ``needle``."""
+    return [c for pid, c in host_cmdlines().items() if needle in c and pid != os.getpid()]

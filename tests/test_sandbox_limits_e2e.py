@@ -25,6 +25,7 @@ from orchestrator.sandbox.base import SandboxError, SandboxLimitExceeded, Sandbo
 from orchestrator.sandbox.factory import launcher_for
 from orchestrator.sandbox.limits import CgroupLimiter, Limits, cgroups_available
 from orchestrator.sandbox.process import AgentSandbox
+from tests.crashing import processes_with
 
 AVAILABLE, REASON = cgroups_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"cgroups unusable here: {REASON}")
@@ -51,27 +52,9 @@ def limiter() -> Iterator[CgroupLimiter]:
     made.close()
 
 
-def host_cmdlines() -> dict[int, str]:
-    """Every host process's command line (kernel threads and vanished ones left out)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw:
-                found[int(entry)] = raw.replace(b"\0", b" ").decode(errors="replace")
-    return found
-
-
-def leftovers(needle: str) -> list[str]:
-    return [c for pid, c in host_cmdlines().items() if needle in c and pid != os.getpid()]
-
-
 def wait_until_gone(needle: str, timeout: float = 5.0) -> list[str]:
     deadline = time.monotonic() + timeout
-    while (left := leftovers(needle)) and time.monotonic() < deadline:
+    while (left := processes_with(needle)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 

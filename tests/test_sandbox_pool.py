@@ -26,6 +26,7 @@ from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.limits import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
+from tests.crashing import processes_with
 
 BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
 CGROUPS, CGROUPS_WHY = cgroups_available()
@@ -44,23 +45,6 @@ BOTH = pytest.mark.skipif(
     reason="needs both `runsc` and `bwrap` installed",
 )
 SPEC = SandboxSpec(effects=frozenset({"fs"}))
-
-
-def host_cmdlines() -> dict[int, str]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw:
-                found[int(entry)] = raw.replace(b"\0", b" ").decode(errors="replace")
-    return found
-
-
-def processes_with(needle: str) -> list[str]:
-    return [c for pid, c in host_cmdlines().items() if needle in c and pid != os.getpid()]
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> bool:
