@@ -301,8 +301,11 @@ def demo(
         out.print(f"replay: {'OK' if report.ok else 'DIVERGED'} head {report.head_hash}")
         rid = state.run_id
         out.print(
-            f"\nTry: orchestrator status {rid} | orchestrator ledger {rid} | "
-            f"orchestrator ledger verify {rid} | orchestrator replay {rid}",
+            "\nLook closer (prefix `uv run` in a checkout):\n"
+            + "\n".join(
+                f"  orchestrator {cmd} {rid}"
+                for cmd in ("status", "ledger", "ledger verify", "replay", "checkpoints verify")
+            ),
             highlight=False,
         )
     if state.status != "succeeded" or not report.ok:
