@@ -13,9 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from orchestrator.ledger.codec import canonical_bytes
 
-FailureCause = Literal[
-    "error", "timeout", "upstream", "retries_exhausted", "code_changed", "map_too_large"
-]
+FailureCause = Literal["error", "timeout", "upstream", "retries_exhausted", "map_too_large"]
 
 
 class ErrorInfo(BaseModel):
