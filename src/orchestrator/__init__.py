@@ -16,10 +16,12 @@ from orchestrator.node import Budget, NodeSpec, Retry, define_node, node
 from orchestrator.plan import Const, Input, Plan, PlanProblem, Ref, RunConfig
 from orchestrator.runtime.context import ExecFailed, ExecResult, NodeContext
 from orchestrator.runtime.engine import Runtime
+from orchestrator.sandbox.limits import Limits
 
 __all__ = [
     # defining work
     "Budget",
+    "Limits",
     "NodeSpec",
     "Retry",
     "define_node",
