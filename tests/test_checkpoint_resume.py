@@ -109,3 +109,22 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one_valid(
     resumed = cli(home, "resume", "--json", run_id, "--from", objects, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["status"] == "succeeded"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_on_a_new_machine_the_signer_can_be_pinned(home: Path, tmp_path: Path) -> None:
+    from orchestrator import signing
+
+    objects = str(tmp_path / "objects")
+    run_id = crashed_run(home, objects)
+    key_dir = home / "keys" / "runs"
+    public = (key_dir / f"{run_id}.pub").read_text().strip()
+    new_home = tmp_path / "elsewhere"  # no ledger, no keys: only the object store
+    stranger = signing.generate().public
+    refused = cli(new_home, "resume", run_id, "--from", objects, "--signer", stranger)
+    assert refused.returncode == 1
+    assert "unknown key" in " ".join(refused.stderr.split())
+    pinned = cli(new_home, "resume", "--json", run_id, "--from", objects, "--signer", public)
+    assert pinned.returncode == 0, pinned.stderr
+    assert json.loads(pinned.stdout)["status"] == "succeeded"

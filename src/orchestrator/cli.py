@@ -471,6 +471,9 @@ def resume(
     source: str | None = typer.Option(
         None, "--from", help="Object store holding the run's checkpoints (directory or s3://…)"
     ),
+    signer: str | None = typer.Option(
+        None, "--signer", help="With --from: the run's public key (hex) its checkpoints must carry"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -478,7 +481,7 @@ def resume(
     --from, from its checkpoints in object storage when the local ledger has lost it."""
     rt = _runtime(ctx, objects=source)
     if source is not None:
-        restored = rt.restore_ledger(run_id)
+        restored = rt.restore_ledger(run_id, signer)
         if restored and not as_json:
             err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
     initial = rt.state(run_id)

@@ -307,14 +307,17 @@ class Runtime:
             run_id, writer, self.store, self.objects, self.chunks(), signer, previous, head
         )
 
-    def restore_ledger(self, run_id: str) -> int:
+    def restore_ledger(self, run_id: str, signer: str | None = None) -> int:
         """Rebuild a run's ledger from its checkpoints in this Runtime's object store, when
         the local ledger has lost it; returns the number of events restored (0 if the
         local ledger already has the run). Every checkpoint up to the one used must verify,
-        since together their segments are the ledger."""
+        since together their segments are the ledger. Manifests must be signed by
+        ``signer`` (hex public key) or else by the run's key this home knows; with neither,
+        the key that signed the first checkpoint is trusted."""
         if self.store.has_run(run_id):
             return 0
-        reports = verify_checkpoints(self.objects, self.chunks(), run_id, self._signer_of(run_id))
+        expected = signer or self._signer_of(run_id)
+        reports = verify_checkpoints(self.objects, self.chunks(), run_id, expected)
         if not reports:
             raise RunNotFound(
                 f"there is no run {run_id!r} and no checkpoint of it in {self.objects.url}"
