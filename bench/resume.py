@@ -44,13 +44,11 @@ T_PROCESS = time.time()  # as early as possible: before the heavy imports below
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import select  # noqa: E402
 import signal  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import textwrap  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -390,19 +388,6 @@ def mode_checkpoint(me: str, root: Path, name: str, objects: str, label: str) ->
     )
 
 
-MOTO_SERVER = textwrap.dedent(
-    """
-    import sys
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    print(server.get_host_and_port()[1], flush=True)
-    sys.stdin.read()  # until the benchmark closes our stdin (or dies)
-    """
-)
-
-
 def aws_env() -> None:
     """Fake credentials, and nothing from the machine's AWS configuration (inherited by
     every child)."""
@@ -420,42 +405,14 @@ def aws_env() -> None:
 
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
-    """moto's S3 server in a child process on loopback, with BUCKET; yields the endpoint."""
-    import boto3
+    """The tests' moto S3 server (tests/s3server.py) with BUCKET; yields the endpoint."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.s3server import moto_server as serve
 
     started = time.perf_counter()
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", MOTO_SERVER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        if not line.strip().isdigit():
-            raise SystemExit(f"moto server did not start: {line!r}\n{log.read_text()[-2000:]}")
-        endpoint = f"http://127.0.0.1:{int(line)}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        client.close()
-        print(
-            f"  moto S3 server at {endpoint} (pid {proc.pid}), up in "
-            f"{time.perf_counter() - started:.2f} s"
-        )
+    with serve(log, BUCKET) as (endpoint, _client):
+        print(f"  moto S3 server at {endpoint}, up in {time.perf_counter() - started:.2f} s")
         yield endpoint
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def main() -> None:

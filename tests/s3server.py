@@ -12,7 +12,9 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -58,10 +60,14 @@ def aws_env() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    started = time.monotonic()
+class MotoNotStarted(RuntimeError):
+    """moto's server did not come up."""
+
+
+@contextmanager
+def moto_server(log: Path, bucket: str) -> Iterator[tuple[str, Any]]:
+    """moto's S3 server in a child process on loopback with ``bucket`` created; yields its
+    endpoint and a plain boto3 client. It stops when we close its stdin (or die)."""
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", MOTO_SERVER],
@@ -75,12 +81,14 @@ def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else ""
         if not line.strip().isdigit():
-            pytest.fail(f"moto server did not start: {line!r}\n{log.read_text()[-2000:]}")
+            raise MotoNotStarted(f"moto server did not start: {line!r}\n{log.read_text()[-2000:]}")
         endpoint = f"http://127.0.0.1:{int(line)}"
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield Moto(endpoint, client, time.monotonic() - started)
-        client.close()
+        client.create_bucket(Bucket=bucket)
+        try:
+            yield endpoint, client
+        finally:
+            client.close()
     finally:
         proc.stdin.close()
         try:
@@ -89,3 +97,14 @@ def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    started = time.monotonic()
+    try:
+        with moto_server(log, BUCKET) as (endpoint, client):
+            yield Moto(endpoint, client, time.monotonic() - started)
+    except MotoNotStarted as exc:
+        pytest.fail(str(exc))
