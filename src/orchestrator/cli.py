@@ -1,13 +1,15 @@
 """The ``orchestrator`` command line (Typer + Rich).
 
 Exit codes: 0 success, 1 run failed or error, 2 invalid plan (``plan check``, ``run``),
-3 run parked (paused; resume it later).
+3 run parked (paused, or waiting at a gate; resume or approve it later), 4 run aborted at
+its budget ceiling (resume it with ``--budget``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator import gates, receipts, signing
+from orchestrator.budget import Prices
 from orchestrator.errors import ConfigError, LedgerError, OrchestratorError, UserError
 from orchestrator.ledger.events import BaseEvent, RunStarted
 from orchestrator.ledger.state import RunState
@@ -27,6 +32,7 @@ from orchestrator.node import Budget
 from orchestrator.plan import RunConfig
 from orchestrator.runtime.engine import Runtime
 from orchestrator.runtime.loader import load_plan, normalize_ref
+from orchestrator.sinks import SinkConfig
 from orchestrator.views import event_line, node_table, run_view, state_json
 
 app = typer.Typer(
@@ -40,11 +46,13 @@ plan_app = typer.Typer(help="Check plans before running them.", no_args_is_help=
 app.add_typer(plan_app, name="plan")
 sandbox_app = typer.Typer(help="Try the sandboxes by hand.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+keys_app = typer.Typer(help="Approvers' signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
 
-EXIT_FAILED, EXIT_INVALID, EXIT_PARKED = 1, 2, 3
+EXIT_FAILED, EXIT_INVALID, EXIT_PARKED, EXIT_ABORTED = 1, 2, 3, 4
 
 
 @app.callback()
@@ -100,6 +108,7 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _parse_budget(text: str | None) -> Budget | None:
+    """``tokens=N,compute_h=H,spend=USD``: all three, so no dimension is zero by accident."""
     if not text:
         return None
     names = {
@@ -119,7 +128,21 @@ def _parse_budget(text: str | None) -> Budget | None:
             fields[names[key.strip()]] = float(value)
         except ValueError:
             raise ConfigError(f"--budget {text!r}: {value!r} is not a number") from None
-    return Budget.model_validate(fields)
+    missing = {"tokens", "compute_h", "spend_usd"} - fields.keys()
+    if missing:
+        raise ConfigError(
+            f"--budget {text!r}: name every dimension of the ceiling (tokens, compute_h, "
+            f"spend); missing {', '.join(sorted(missing))}. A dimension you do not want to "
+            "limit can be given a large number."
+        )
+    try:
+        return Budget(
+            tokens=int(fields["tokens"]),
+            compute_h=fields["compute_h"],
+            spend_usd=fields["spend_usd"],
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"--budget {text!r}: {exc.errors()[0]['msg']}") from None
 
 
 def _config(
@@ -128,6 +151,7 @@ def _config(
     budget: str | None,
     concurrency: int,
     sandbox: str = "auto",
+    **extra: Any,
 ) -> RunConfig:
     gates: dict[str, list[str]] = {}
     for item in approvers:
@@ -142,10 +166,35 @@ def _config(
         "approvers": gates,
         "budget": _parse_budget(budget),
         "concurrency": concurrency,
+        **{k: v for k, v in extra.items() if v is not None},
     }
     if allow is not None:
         kwargs["allow_effects"] = frozenset(e.strip() for e in allow.split(",") if e.strip())
-    return RunConfig(**kwargs)
+    try:
+        return RunConfig(**kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"bad run configuration: {problems}") from None
+
+
+def _prices(path: Path | None) -> Prices | None:
+    if path is None:
+        return None
+    try:
+        return Prices.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"--prices {path}: cannot read it ({exc.strerror})") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"--prices {path}: not a price table ({problems}); expected JSON like "
+            '{"models": {"claude-sonnet-4*": {"input_per_mtok": 3, "output_per_mtok": 15}}, '
+            '"compute_h_usd": 0.1}'
+        ) from None
 
 
 AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
@@ -153,6 +202,20 @@ ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)"
 BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")
 ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
+NotifyOpt = typer.Option(
+    [], "--notify", help="Gate notices: slack=URL|env:VAR, webhook=URL|env:VAR (repeatable)"
+)
+ReceiptsOpt = typer.Option(
+    [],
+    "--receipts",
+    help="Receipt sinks: file=PATH, webhook=…, slack=…, s3=URL [default: file in home]",
+)
+ReceiptEveryOpt = typer.Option(3600.0, "--receipt-every", min=0.01, help="Seconds between receipts")
+LlmOpt = typer.Option(
+    None, "--llm", help="Model provider: anthropic[@URL], openai[@URL] or scripted:FILE"
+)
+ModelOpt = typer.Option(None, "--model", help="Default model for ctx.llm calls")
+PricesOpt = typer.Option(None, "--prices", help="JSON price table overriding the defaults")
 SandboxOpt = typer.Option("auto", "--sandbox", help="auto, gvisor, bwrap or local (no isolation)")
 
 
@@ -205,6 +268,8 @@ def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
     if status == "parked":
         raise typer.Exit(EXIT_PARKED)
+    if status == "aborted":
+        raise typer.Exit(EXIT_ABORTED)
 
 
 def _summary(state: RunState) -> None:
@@ -217,8 +282,22 @@ def _summary(state: RunState) -> None:
         )
         for node, why in state.summary.get("failed", {}).items():
             out.print(f"  [red]{escape(node)}[/]: {escape(why)}", highlight=False)
+    elif state.status == "parked" and state.awaiting():
+        out.print(f"[magenta]run {rid} parked[/], waiting for a decision:")
+        for ns in state.awaiting():
+            if ns.held is not None:
+                out.print(f"  {escape(ns.id)} at gate {escape(ns.held.gate)}", highlight=False)
+                out.print(f"    approve: {escape(gates.approve_command(rid, ns.held))}")
+                out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
     elif state.status == "parked":
         out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+    elif state.status == "aborted":
+        refused = state.refused
+        why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
+        out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
+        out.print(
+            f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
+        )
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -237,13 +316,31 @@ def run(
     checkpoint_every: float = typer.Option(
         60.0, "--checkpoint-every", min=0.01, help="Seconds between periodic checkpoints"
     ),
+    notify: list[str] = NotifyOpt,
+    receipts: list[str] = ReceiptsOpt,
+    receipt_every: float = ReceiptEveryOpt,
+    llm: str | None = LlmOpt,
+    model: str | None = ModelOpt,
+    prices: Path | None = PricesOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
     plan = load_plan(plan_ref)
-    config = _config(allow, approver, budget, concurrency, sandbox)
-    config = config.model_copy(update={"checkpoint_interval": checkpoint_every})
+    config = _config(
+        allow,
+        approver,
+        budget,
+        concurrency,
+        sandbox,
+        checkpoint_interval=checkpoint_every,
+        notify=[SinkConfig.parse(n) for n in notify],
+        receipts=[SinkConfig.parse(r) for r in receipts],
+        receipt_interval=receipt_every,
+        llm=llm,
+        model=model,
+        prices=_prices(prices),
+    )
     values = _parse_inputs(inputs)
     rt = _runtime(ctx)
 
@@ -421,6 +518,17 @@ def _detail(data: dict[str, Any]) -> str:
         return f"{data['status']}"
     if kind == "RunStarted":
         return f"plan {data['plan']['name']} {data['plan_digest'][:16]}"
+    if kind == "GateParked":
+        return f"gate {data['gate']} digest {data['digest'][:16]}"
+    if kind == "GateDecided":
+        return f"{data['decision']} by {data['approver'][:16]} {data['comment'][:60]}"
+    if kind in ("BudgetReserved", "BudgetRefused"):
+        amount = data.get("amount") or data.get("needed")
+        return f"{amount}" + (f" over: {'; '.join(data['over'])}" if "over" in data else "")
+    if kind == "ReceiptIssued":
+        return f"#{data['number']} totals {data['body']['totals']}"
+    if kind == "NoticeDelivered":
+        return f"{data['notice']} -> {data['sink']}: {'ok' if data['ok'] else data['error']}"
     return str(data.get("reason", data.get("source", "")))
 
 
@@ -474,19 +582,165 @@ def resume(
     signer: str | None = typer.Option(
         None, "--signer", help="With --from: the run's public key (hex) its checkpoints must carry"
     ),
+    budget: str | None = typer.Option(
+        None, "--budget", help="A fresh envelope: tokens=N,compute_h=H,spend=USD"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Continue a parked or interrupted run in this process, from its ledger — or, with
-    --from, from its checkpoints in object storage when the local ledger has lost it."""
+    """Continue a parked, aborted or interrupted run in this process, from its ledger — or,
+    with --from, from its checkpoints in object storage when the local ledger has lost it.
+    After a budget abort, --budget gives it a fresh envelope."""
+    envelope = _parse_budget(budget)
     rt = _runtime(ctx, objects=source)
     if source is not None:
         restored = rt.restore_ledger(run_id, signer)
         if restored and not as_json:
             err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
     initial = rt.state(run_id)
-    state = _drive(rt, lambda ls: rt.resume(run_id, listeners=ls), initial, quiet or as_json)
+    state = _drive(
+        rt,
+        lambda ls: rt.resume(run_id, listeners=ls, budget=envelope),
+        initial,
+        quiet or as_json,
+    )
     _finish(rt, state, as_json)
+
+
+# ---- gates, keys and receipts ---------------------------------------------------------------
+
+
+def default_key() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "orchestrator" / "keys" / "approver.key"
+
+
+KeyOpt = typer.Option(
+    None, "--key", envvar="ORCHESTRATOR_KEY", help="Your private key [default: ~/.config/…]"
+)
+
+
+@keys_app.command("init")
+def keys_init(
+    path: Path | None = typer.Option(None, "--key", help="Where to write the key pair"),
+) -> None:
+    """Make your Ed25519 key pair for approving gates; prints the public key to share."""
+    target = path or default_key()
+    if target.exists():
+        raise ConfigError(
+            f"{target} already exists (public key {signing.load(target).public}); "
+            "remove it first or choose another path with --key"
+        )
+    signer = signing.generate()
+    signing.save(signer, target)
+    err.print(f"wrote {target} (private, mode 0600) and {target.with_suffix('.pub')}")
+    err.print("give the public key to whoever configures runs (--approver GATE=KEY):")
+    out.print(signer.public, highlight=False)
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    gate: str = typer.Argument(..., metavar="GATE"),
+    node: str | None = typer.Option(None, "--node", help="Only this node (default: all at GATE)"),
+    reject: bool = typer.Option(False, "--reject", help="Reject instead of approving"),
+    comment: str = typer.Option("", "--comment", "-m", help="Why (a rejection's reason)"),
+    key: Path | None = KeyOpt,
+    show: bool = typer.Option(False, "--show", help="Print what is held, decide nothing"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign a decision on a parked gate and hand it to the run; a run no process drives
+    continues here."""
+    rt = _runtime(ctx)
+    state = rt.state(run_id, verify=True)
+    if show:
+        for ns in gates.awaiting_at(state, gate):
+            if ns.held is not None and (node is None or ns.id == node):
+                out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
+                out.print(ns.held.review, markup=False, highlight=False)
+        return
+    signer = signing.load(key or default_key())
+    decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
+    verb = "rejected" if reject else "approved"
+    if rt.owner(run_id) is not None:
+        asyncio.run(rt.decide(run_id, decisions))
+        err.print(f"{verb} {', '.join(d.node for d in decisions)}; the live run continues")
+        return
+    err.print(f"{verb} {', '.join(d.node for d in decisions)}; continuing run {run_id} here")
+    final = _drive(
+        rt,
+        lambda ls: rt.resume(run_id, listeners=ls, decisions=decisions, reason="gate decision"),
+        state,
+        quiet or as_json,
+    )
+    _finish(rt, final, as_json)
+
+
+@app.command("receipts")
+def show_receipts(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    verify: bool = typer.Option(False, "--verify", help="Check every receipt's signature"),
+    source: Path | None = typer.Option(
+        None, "--from", help="Read receipts from a JSONL file sink instead of the ledger"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a run's signed budget receipts (from the ledger, or a file sink's copy)."""
+    rt = _runtime(ctx)
+    key = rt.signer_public(run_id)
+    if source is None:
+        found = [r.model_dump(mode="json") for r in rt.state(run_id).receipts]
+    else:
+        found = _read_receipts(source, run_id)
+    problems = {r.get("number"): receipts.problem(r, key) for r in found} if verify else {}
+    if as_json:
+        out.print_json(data=[{**r, "problem": problems.get(r.get("number"))} for r in found])
+    else:
+        table = Table("#", "period", "tokens", "compute h", "spend $", "remaining", "signature")
+        for r in found:
+            body = r.get("body", {})
+            totals, left = body.get("totals", {}), body.get("remaining")
+            period = body.get("period", {})
+            verdict = problems.get(r.get("number"), "") if verify else "not checked"
+            table.add_row(
+                str(r.get("number")),
+                f"{period.get('from', '?')[:19]} → {period.get('to', '?')[:19]}",
+                str(totals.get("tokens")),
+                f"{totals.get('compute_h', 0):.4f}",
+                f"{totals.get('spend_usd', 0):.4f}",
+                "unlimited" if left is None else f"{left.get('spend_usd', 0):.4f} $",
+                "[red]" + escape(verdict) + "[/]"
+                if verdict and verify
+                else "ok"
+                if verify
+                else "-",
+            )
+        out.print(table)
+    if not found:
+        err.print(f"run {run_id} has no receipts yet")
+    if any(problems.values()):
+        bad = ", ".join(f"#{n}: {p}" for n, p in problems.items() if p)
+        err.print(f"[red]receipts fail verification[/]: {escape(bad)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _read_receipts(path: Path, run_id: str) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--from {path}: cannot read it ({exc.strerror})") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            data = {"number": f"line {number}", "body": None}
+        if isinstance(data, dict) and data.get("run_id") in (run_id, None):
+            found.append(data)
+    return found
 
 
 @app.command()

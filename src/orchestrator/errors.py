@@ -8,14 +8,17 @@ OrchestratorError
 │   ├── InputError          run inputs that do not fit the plan's declared inputs
 │   ├── RunNotFound         no such run in the ledger
 │   ├── RunBusy             another live process owns the run
-│   └── RunStateError       the run is not in a state that allows the request
+│   ├── RunStateError       the run is not in a state that allows the request
+│   └── DecisionRefused     a gate decision that is forged, stale or for something else
 ├── LedgerError
 │   ├── LedgerConflict      two writers raced on one run's chain
 │   └── LedgerCorrupt       a stored event does not hash to its recorded chain
 └── NodeError               raised inside node bodies, recorded in the ledger
     ├── EffectFailed        an effect raised; re-raised identically on resume/replay
     ├── NodeTimeout         a node exceeded its declared timeout
-    └── NonDeterminism      a re-run body asked for a different effect than its journal
+    ├── NonDeterminism      a re-run body asked for a different effect than its journal
+    ├── GateRejected        a person rejected the node's outputs (their comment)
+    └── BudgetExceeded      a model call refused before sending (orchestrator.budget)
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class RunStateError(UserError):
     pass
 
 
+class DecisionRefused(UserError):
+    """A gate decision was refused; nothing was recorded."""
+
+
 class LedgerError(OrchestratorError):
     pass
 
@@ -112,3 +119,7 @@ class NonDeterminism(NodeError):
         super().__init__(
             f"node {node} attempt {attempt} effect #{index}: expected {expected}, got {got}"
         )
+
+
+class GateRejected(NodeError):
+    """A person rejected a gated node's outputs; the message is their comment."""

@@ -15,8 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_serializer
 from pydantic_core import to_jsonable_python
 
+from orchestrator.budget import Prices
 from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.node import KNOWN_EFFECTS, Budget, NodeSpec
+from orchestrator.sinks.base import SinkConfig
 from orchestrator.typecheck import assignable, list_item, type_name
 
 ProblemKind = Literal[
@@ -101,17 +103,28 @@ class PlanProblem(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """What a run allows: effects, approvers per gate, a budget ceiling, concurrency."""
+    """What a run allows and where it reports: effects, approvers (Ed25519 public keys,
+    hex) per gate, a budget ceiling and prices, concurrency, sandbox, checkpoint and
+    receipt intervals, the sinks for gate notices and receipts, the model provider.
+
+    The config is recorded in the ledger: nothing secret belongs here (sink URLs may
+    name an environment variable as ``env:NAME``; API keys come from the environment)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     allow_effects: frozenset[str] = KNOWN_EFFECTS
     approvers: dict[str, list[str]] = Field(default_factory=dict)
     budget: Budget | None = None
+    prices: Prices = Field(default_factory=Prices)
     concurrency: int = Field(default=256, ge=1)
     sandbox: Literal["auto", "gvisor", "bwrap", "local"] = "auto"
     warm: int = Field(default=2, ge=0)
     checkpoint_interval: float = Field(default=60.0, gt=0)
+    receipt_interval: float = Field(default=3600.0, gt=0)
+    notify: list[SinkConfig] = Field(default_factory=list)
+    receipts: list[SinkConfig] = Field(default_factory=list)
+    llm: str | None = None
+    model: str | None = None
 
     @field_serializer("allow_effects")
     def _sorted(self, effects: frozenset[str]) -> list[str]:

@@ -12,11 +12,16 @@ from rich.text import Text
 
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetRefused,
+    GateDecided,
+    GateParked,
     NodeDispatched,
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
+    NoticeDelivered,
     RetryScheduled,
+    RunAborted,
     RunCompleted,
     RunParked,
     SandboxChosen,
@@ -125,6 +130,16 @@ def event_line(event: BaseEvent) -> str | None:
         return f"sandbox   {event.backend}: {event.reason}"
     if isinstance(event, RunParked):
         return f"parked    ({event.reason})"
+    if isinstance(event, GateParked):
+        return f"gate      {event.node} waits at {event.gate} (digest {event.digest[:12]})"
+    if isinstance(event, GateDecided):
+        return f"decided   {event.node}: {event.decision} by {event.approver[:12]}"
+    if isinstance(event, NoticeDelivered) and not event.ok:
+        return f"notice    {event.notice} to {event.sink} failed: {event.error}"
+    if isinstance(event, BudgetRefused):
+        return f"refused   {event.node}: {'; '.join(event.over)}"
+    if isinstance(event, RunAborted):
+        return f"aborted   {event.reason}"
     if isinstance(event, RunCompleted):
         return f"run {event.status}"
     return None

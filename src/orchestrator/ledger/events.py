@@ -12,8 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.node import Budget
 
-FailureCause = Literal["error", "timeout", "upstream", "retries_exhausted", "map_too_large"]
+FailureCause = Literal[
+    "error", "timeout", "upstream", "retries_exhausted", "map_too_large", "rejected"
+]
+Decision = Literal["approve", "reject"]
 
 
 class ErrorInfo(BaseModel):
@@ -144,6 +148,97 @@ class SandboxMetered(BaseEvent):
     cpu_s: float
 
 
+class GateParked(BaseEvent):
+    """A gated node finished: its outputs are held until a person decides on them.
+
+    ``review`` is what the person sees (the node's diff or declared review payload);
+    ``digest`` binds outputs and review, and every decision must name it."""
+
+    kind: Literal["GateParked"] = "GateParked"
+    node: str
+    attempt: int
+    gate: str
+    outputs: dict[str, Any]
+    review: str
+    digest: str
+
+
+class GateDecided(BaseEvent):
+    """A signed decision on a parked gate, as verified and accepted by the runtime."""
+
+    kind: Literal["GateDecided"] = "GateDecided"
+    node: str
+    attempt: int
+    gate: str
+    digest: str
+    decision: Decision
+    comment: str
+    approver: str
+    decided_at: str
+    signature: str
+
+
+class BudgetReserved(BaseEvent):
+    """The node's declared worst case was set aside from the run's envelope at dispatch."""
+
+    kind: Literal["BudgetReserved"] = "BudgetReserved"
+    node: str
+    attempt: int
+    amount: Budget
+
+
+class BudgetRefused(BaseEvent):
+    """A ready node's worst case does not fit what remains: it is not started, and the
+    run drains and aborts."""
+
+    kind: Literal["BudgetRefused"] = "BudgetRefused"
+    node: str
+    attempt: int
+    needed: Budget
+    remaining: Budget
+    over: list[str]
+
+
+class BudgetReplaced(BaseEvent):
+    """A fresh envelope: usage counts against ``ceiling`` from here on."""
+
+    kind: Literal["BudgetReplaced"] = "BudgetReplaced"
+    ceiling: Budget | None
+    source: str
+
+
+class ReceiptIssued(BaseEvent):
+    """A signed budget receipt (``body``) for the period since the previous one."""
+
+    kind: Literal["ReceiptIssued"] = "ReceiptIssued"
+    number: int
+    body: dict[str, Any]
+    signature: str
+    key: str
+
+
+class NoticeDelivered(BaseEvent):
+    """The outcome of delivering a gate notice or receipt to one sink."""
+
+    kind: Literal["NoticeDelivered"] = "NoticeDelivered"
+    notice: str
+    sink: str
+    ok: bool
+    attempts: int
+    error: str | None = None
+
+
+class RunAborted(BaseEvent):
+    """The run stopped at its budget ceiling after draining; resumable with a fresh
+    envelope. ``signature`` is the run key's over :func:`abort_payload`."""
+
+    kind: Literal["RunAborted"] = "RunAborted"
+    reason: str
+    last_gate: dict[str, Any] | None
+    signature: str
+    key: str
+
+
 class PauseRequested(BaseEvent):
     kind: Literal["PauseRequested"] = "PauseRequested"
     source: str
@@ -176,6 +271,14 @@ Event = Annotated[
     | CheckpointTaken
     | SandboxChosen
     | SandboxMetered
+    | GateParked
+    | GateDecided
+    | BudgetReserved
+    | BudgetRefused
+    | BudgetReplaced
+    | ReceiptIssued
+    | NoticeDelivered
+    | RunAborted
     | PauseRequested
     | RunParked
     | RunResumed
@@ -192,6 +295,9 @@ NODE_EVENTS = (
     RetryScheduled,
     NodeSucceeded,
     NodeFailed,
+    GateParked,
+    GateDecided,
+    BudgetReserved,
 )
 
 
@@ -203,3 +309,8 @@ def encode(event: BaseEvent) -> bytes:
 def decode(body: bytes) -> Event:
     """Parse stored canonical bytes back into a typed event."""
     return EVENT_ADAPTER.validate_json(body)
+
+
+def abort_payload(run_id: str, ts: str, reason: str, last_gate: dict[str, Any] | None) -> bytes:
+    """The bytes a RunAborted's signature covers."""
+    return canonical_bytes({"run_id": run_id, "at": ts, "reason": reason, "last_gate": last_gate})

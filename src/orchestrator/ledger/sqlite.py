@@ -21,7 +21,14 @@ from orchestrator.errors import LedgerConflict, LedgerError
 from orchestrator.ledger.store import Control, RunRow, StoredEvent
 
 # The events that change a run's status; ``runs()`` reports the latest of them.
-LIFECYCLE_KINDS = ("RunStarted", "RunResumed", "PauseRequested", "RunParked", "RunCompleted")
+LIFECYCLE_KINDS = (
+    "RunStarted",
+    "RunResumed",
+    "PauseRequested",
+    "RunParked",
+    "RunAborted",
+    "RunCompleted",
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """

@@ -11,19 +11,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.budget import BudgetBook
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetRefused,
+    BudgetReplaced,
+    BudgetReserved,
     CheckpointTaken,
     EffectRecorded,
     ErrorInfo,
     Event,
     FailureCause,
+    GateDecided,
+    GateParked,
     NodeDispatched,
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
+    NoticeDelivered,
     PauseRequested,
+    ReceiptIssued,
     RetryScheduled,
+    RunAborted,
     RunCompleted,
     RunParked,
     RunResumed,
@@ -32,8 +41,8 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.plan import Ref
 
-NodeStatus = Literal["pending", "running", "retrying", "succeeded", "failed"]
-RunStatus = Literal["running", "pausing", "parked", "succeeded", "failed"]
+NodeStatus = Literal["pending", "running", "retrying", "awaiting", "succeeded", "failed"]
+RunStatus = Literal["running", "pausing", "parked", "aborting", "aborted", "succeeded", "failed"]
 TERMINAL_RUN: frozenset[str] = frozenset({"succeeded", "failed"})
 
 
@@ -59,6 +68,8 @@ class NodeState:
     placeholder: bool = False
     defect: str | None = None
     compute_h: float = 0.0
+    held: GateParked | None = None
+    feedback: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +93,12 @@ class RunState:
     doomed: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointTaken | None = None
+    book: BudgetBook = field(default_factory=lambda: BudgetBook.from_config({}))
+    last_gate: dict[str, Any] | None = None
+    decisions_seen: set[str] = field(default_factory=set)
+    refused: BudgetRefused | None = None
+    receipts: list[ReceiptIssued] = field(default_factory=list)
+    notices_ok: set[str] = field(default_factory=set)
     _deps: dict[str, set[str]] = field(default_factory=dict)
     _dependents: dict[str, set[str]] = field(default_factory=dict)
 
@@ -100,6 +117,7 @@ class RunState:
             started_at=event.ts,
             updated_at=event.ts,
             head_seq=event.seq,
+            book=BudgetBook.from_config(event.config),
         )
         nodes: dict[str, Any] = event.plan["nodes"]
         for base, desc in nodes.items():
@@ -138,17 +156,42 @@ class RunState:
         self.updated_at = event.ts
         if isinstance(event, EffectRecorded):
             self.nodes[event.node].journal.append(event)
+            if event.effect == "llm" and event.usage:
+                self.book.charge_llm(event.node, _model_of(event), event.usage)
         elif isinstance(event, NodeDispatched):
             ns = self.nodes[event.node]
             ns.status, ns.attempt, ns.inputs = "running", event.attempt, event.inputs
             ns.code_digest, ns.journal, ns.resumed_from = event.code_digest, [], []
             ns.dispatched_at, ns.not_before = event.ts, None
             self.ready.discard(event.node)
+            self.book.dispatched(event.node)
+        elif isinstance(event, BudgetReserved):
+            self.book.reserve(event.node, event.amount)
         elif isinstance(event, NodeSucceeded):
             ns = self.nodes[event.node]
             ns.status, ns.outputs, ns.finished_at = "succeeded", event.outputs, event.ts
+            ns.held = None
+            self.book.release(event.node)
             self._settled(ns.base)
+        elif isinstance(event, GateParked):
+            ns = self.nodes[event.node]
+            ns.status, ns.held = "awaiting", event
+            self.book.release(event.node)
+        elif isinstance(event, GateDecided):
+            self.decisions_seen.add(event.signature)
+            if event.decision == "approve":
+                self.last_gate = {
+                    "node": event.node,
+                    "attempt": event.attempt,
+                    "gate": event.gate,
+                    "digest": event.digest,
+                    "approver": event.approver,
+                    "at": event.ts,
+                }
+            else:
+                self.nodes[event.node].feedback.append(event.comment)
         elif isinstance(event, NodeFailed):
+            self.book.release(event.node)
             ns = self.nodes[event.node]
             ns.status, ns.error, ns.cause, ns.finished_at = (
                 "failed",
@@ -160,6 +203,7 @@ class RunState:
             self.doomed.pop(event.node, None)
             self._settled(ns.base)
         elif isinstance(event, RetryScheduled):
+            self.book.release(event.node)
             ns = self.nodes[event.node]
             ns.status, ns.error, ns.not_before = "retrying", event.reason, event.not_before
         elif isinstance(event, NodeResumed):
@@ -170,6 +214,20 @@ class RunState:
             self.checkpoint = event
         elif isinstance(event, SandboxMetered):
             self.nodes[event.node].compute_h += event.wall_s * event.vcpus / 3600
+            sandbox = f"{event.node}#{event.attempt}@{event.backend}"
+            self.book.charge_compute(event.node, sandbox, event.wall_s, event.vcpus)
+        elif isinstance(event, BudgetRefused):
+            self.status, self.refused = "aborting", event
+        elif isinstance(event, BudgetReplaced):
+            self.book.replace(event.ceiling)
+            self.refused = None
+        elif isinstance(event, RunAborted):
+            self.status = "aborted"
+        elif isinstance(event, ReceiptIssued):
+            self.receipts.append(event)
+        elif isinstance(event, NoticeDelivered):
+            if event.ok:
+                self.notices_ok.add(event.notice)
         elif isinstance(event, PauseRequested):
             self.status = "pausing"
         elif isinstance(event, RunParked):
@@ -270,13 +328,29 @@ class RunState:
         return [ns for ns in self.nodes.values() if ns.status == "retrying"]
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("pending", "running", "retrying", "succeeded", "failed"), 0)
+        out = dict.fromkeys(
+            ("pending", "running", "retrying", "awaiting", "succeeded", "failed"), 0
+        )
         for ns in self.nodes.values():
             out[ns.status] += 1
         return out
+
+    def awaiting(self) -> list[NodeState]:
+        """Nodes whose outputs are held at a gate, waiting for a decision."""
+        return [ns for ns in self.nodes.values() if ns.status == "awaiting"]
 
     def unfinished(self) -> bool:
         return any(ns.status not in ("succeeded", "failed") for ns in self.nodes.values())
 
     def outputs(self) -> dict[str, dict[str, Any] | None]:
         return {k: ns.outputs for k, ns in self.nodes.items()}
+
+
+def _model_of(event: EffectRecorded) -> str:
+    """The model a journaled call was answered by (as the provider reported it)."""
+    response = event.response
+    if isinstance(response, dict) and isinstance(response.get("ok"), dict):
+        model = response["ok"].get("model")
+        if isinstance(model, str):
+            return model
+    return str(event.request.get("model", "unknown")) if isinstance(event.request, dict) else "?"

@@ -14,7 +14,7 @@ import inspect
 import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +22,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from orchestrator.errors import EffectFailed, EffectNotDeclared, NonDeterminism
+from orchestrator.budget import Prices, Spent, check_call
+from orchestrator.errors import EffectFailed, EffectNotDeclared, NodeError, NonDeterminism
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
+from orchestrator.models.base import Completion, CompletionRequest, Message, Provider
+from orchestrator.node import Budget
 from orchestrator.runtime.clock import Clock, iso, parse_iso
 from orchestrator.sandbox.base import Sandbox, SandboxError
 
@@ -38,6 +41,24 @@ class SandboxSource(Protocol):
     """Where an attempt gets its sandbox from (started lazily, on first live use)."""
 
     async def get(self) -> Sandbox: ...
+
+
+class ModelSource(Protocol):
+    """The run's model provider (opened lazily, on the first live call)."""
+
+    name: str
+    model: str | None
+
+    async def get(self) -> Provider: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What one attempt may spend on model calls, and the prices that turn tokens into
+    spend. ``limit`` None: no limit (the run has no ceiling and the node declares none)."""
+
+    limit: Budget | None = None
+    prices: Prices = field(default_factory=Prices)
 
 
 class JournalExhausted(BaseException):
@@ -72,6 +93,7 @@ class EffectSite:
     workspace: Path
     journal: Sequence[EffectRecorded]
     effects: frozenset[str] = frozenset({"fs", "net", "llm"})
+    feedback: tuple[str, ...] = ()
 
 
 class NodeContext:
@@ -85,12 +107,16 @@ class NodeContext:
         regenerated: list[EffectFields] | None = None,
         sandbox: SandboxSource | None = None,
         on_checkpoint: Callable[[str], Awaitable[Any]] | None = None,
+        models: ModelSource | None = None,
+        allowance: Allowance | None = None,
     ) -> None:
         self.run_id = site.run_id
         self.node = site.node
         self.attempt = site.attempt
         self.workspace = site.workspace
         self.effects = site.effects
+        self.feedback = site.feedback
+        """Comments of people who rejected earlier attempts at this node's gate."""
         self._journal = site.journal
         self._clock = clock
         self._record = record
@@ -102,6 +128,7 @@ class NodeContext:
         # the workspace and the journal agree.
         self.gate = asyncio.Lock()
         self.vm = VM(self)
+        self.llm = LLM(self, models, allowance or Allowance())
 
     @property
     def replaying(self) -> bool:
@@ -119,6 +146,16 @@ class NodeContext:
         request: Any,
         perform: Callable[[str], Awaitable[tuple[Any, dict[str, float]]]],
     ) -> Any:
+        value, _usage = await self._effect_with_usage(kind, request, perform)
+        return value
+
+    async def _effect_with_usage(
+        self,
+        kind: str,
+        request: Any,
+        perform: Callable[[str], Awaitable[tuple[Any, dict[str, float]]]],
+    ) -> tuple[Any, dict[str, float]]:
+        """Perform (or serve from the journal) one effect; its value and recorded usage."""
         index = self._index
         self._index += 1
         request = to_jsonable_python(request)
@@ -144,7 +181,7 @@ class NodeContext:
             if self._regenerated is not None:
                 fields.update(response=recorded.response, usage=recorded.usage)
                 self._regenerated.append(fields)
-            return _unwrap(kind, recorded.response)
+            return _unwrap(kind, recorded.response), recorded.usage
         if self._record is None:
             raise JournalExhausted
         async with self.gate:
@@ -155,7 +192,7 @@ class NodeContext:
                 response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
             fields.update(response=response, usage=usage)
             await self._record(fields)
-        return _unwrap(kind, response)
+        return _unwrap(kind, response), usage
 
     # ---- effects ------------------------------------------------------------------------
 
@@ -305,6 +342,97 @@ class NodeContext:
         if self._sandbox_handle is None:
             raise SandboxError(f"node {self.node} has no sandbox to run commands in")
         return await self._sandbox_handle.get()
+
+
+class LLM:
+    """``ctx.llm``: model calls, each a journaled effect with its usage.
+
+    A call whose maximum cost (an upper bound on the prompt's tokens plus ``max_tokens``)
+    would pass the attempt's allowance is refused before it is sent. Resume and replay
+    serve recorded answers: no model is ever called twice for one journaled call.
+    """
+
+    def __init__(self, ctx: NodeContext, models: ModelSource | None, allowance: Allowance):
+        self._ctx = ctx
+        self._models = models
+        self._allowance = allowance
+        self._spent = Spent()
+
+    @property
+    def available(self) -> bool:
+        """Whether the run has a model provider (agents park for a person when not)."""
+        return self._models is not None
+
+    async def complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Message | Mapping[str, str]] | None = None,
+        system: str | None = None,
+        model: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float | None = None,
+    ) -> Completion:
+        """Ask the run's model provider; ``prompt`` is shorthand for one user message."""
+        ctx = self._ctx
+        if "llm" not in ctx.effects:
+            raise EffectNotDeclared(f"node {ctx.node} calls a model but does not declare 'llm'")
+        if self._models is None:
+            raise NodeError(
+                f"node {ctx.node} calls a model, but the run has no model provider "
+                "(configure one with --llm, e.g. anthropic or openai@URL or scripted:FILE)"
+            )
+        chosen = model or self._models.model
+        if chosen is None:
+            raise NodeError(f"node {ctx.node} calls a model without naming one (--model)")
+        listed = [Message(role="user", content=prompt)] if prompt is not None else []
+        for m in messages or ():
+            listed.append(m if isinstance(m, Message) else Message.model_validate(dict(m)))
+        request = CompletionRequest(
+            model=chosen,
+            messages=listed,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        allowance = self._allowance
+        limit = allowance.limit
+        if limit is not None and limit.compute_h:
+            # the attempt's compute is charged when its sandbox is released; keep room for it
+            room = max(0.0, limit.spend_usd - allowance.prices.compute_spend(limit.compute_h))
+            limit = limit.model_copy(update={"spend_usd": room})
+        check_call(
+            ctx.node,
+            limit,
+            self._spent,
+            allowance.prices,
+            chosen,
+            request.max_input_tokens(),
+            max_tokens,
+        )
+        models = self._models
+
+        async def perform(_key: str) -> tuple[Any, dict[str, float]]:
+            provider = await models.get()
+            done = await provider.complete(request)
+            spend = allowance.prices.llm_spend(
+                done.model, done.usage.input_tokens, done.usage.output_tokens
+            )
+            usage = {
+                "input_tokens": float(done.usage.input_tokens),
+                "output_tokens": float(done.usage.output_tokens),
+                "spend_usd": spend,
+            }
+            return done.model_dump(mode="json"), usage
+
+        wire = {"provider": models.name, **request.model_dump(mode="json")}
+        data, usage = await ctx._effect_with_usage("llm", wire, perform)
+        self._spent.add(
+            int(usage.get("input_tokens", 0) + usage.get("output_tokens", 0)),
+            0.0,
+            float(usage.get("spend_usd", 0.0)),
+        )
+        return Completion.model_validate(data)
 
 
 class VM:

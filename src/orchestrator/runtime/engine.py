@@ -6,8 +6,10 @@ Runtime over a home directory and a ledger URL, and passes it around.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator import signing
+from orchestrator import gates, signing
 from orchestrator.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -28,16 +30,17 @@ from orchestrator.checkpoint import (
     verify_checkpoints,
 )
 from orchestrator.errors import (
-    ConfigError,
     InputError,
     LedgerCorrupt,
     PlanInvalid,
     RunNotFound,
     RunStateError,
 )
+from orchestrator.gates import Decision
 from orchestrator.ledger.codec import GENESIS, canonical_bytes
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetReplaced,
     Event,
     RunResumed,
     RunStarted,
@@ -48,14 +51,17 @@ from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
 from orchestrator.ledger.verify import ChainReport, verify_chain
 from orchestrator.ledger.writer import LedgerWriter
+from orchestrator.node import Budget
 from orchestrator.plan import Plan, RunConfig
 from orchestrator.runtime.clock import Clock, SystemClock, iso
+from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.loader import load_plan
 from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.sandbox.snapshot import ChunkStore
+from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, get_blob, open_object_store
 
 Listener = Callable[[BaseEvent], None]
@@ -148,6 +154,8 @@ class Runtime:
                 status = str(row.status_event.get("status"))
             elif row.status_kind == "RunParked":
                 status = "parked"
+            elif row.status_kind == "RunAborted":
+                status = "aborted"
             else:
                 status = "running" if self.owner(row.run_id) else "interrupted"
             out.append(
@@ -159,7 +167,7 @@ class Runtime:
 
     def live_status(self, state: RunState) -> str:
         """The fold's status, refined: a non-terminal run with no live owner is interrupted."""
-        if state.status in ("running", "pausing") and self.owner(state.run_id) is None:
+        if state.status in ("running", "pausing", "aborting") and self.owner(state.run_id) is None:
             return "interrupted"
         return state.status
 
@@ -197,12 +205,6 @@ class Runtime:
         problems = plan.validate(config)
         if problems:
             raise PlanInvalid(problems)
-        gated = sorted(pn.name for pn in plan.nodes.values() if pn.spec.gate)
-        if gated:
-            raise ConfigError(
-                f"nodes {', '.join(gated)} declare approval gates, which this release cannot "
-                "park on yet; remove the gate to run the plan"
-            )
         values = self._check_inputs(plan, inputs or {})
         now = self.clock.now()
         run_id = new_run_id(now)
@@ -236,8 +238,14 @@ class Runtime:
         *,
         listeners: tuple[Listener, ...] = (),
         reason: str = "resume",
+        budget: Budget | None = None,
+        decisions: list[Decision] | None = None,
     ) -> RunState:
-        """Continue a parked or interrupted run from its ledger, in this process."""
+        """Continue a parked, aborted or interrupted run from its ledger, in this process.
+
+        ``budget`` gives the run a fresh envelope (required after a budget abort);
+        ``decisions`` are gate decisions to record first (each verified: a refused one
+        raises DecisionRefused before anything is written)."""
         lock = RunLock(self.home, run_id)
         rows = self.rows(run_id)
         lock.acquire()
@@ -248,6 +256,14 @@ class Runtime:
                 raise RunStateError(
                     f"run {run_id} already ended ({state.status}); nothing to resume"
                 )
+            if state.status in ("aborted", "aborting") and budget is None:
+                raise RunStateError(
+                    f"run {run_id} stopped at its budget ceiling; resume it with a fresh "
+                    f"envelope: orchestrator resume {run_id} --budget "
+                    "tokens=N,compute_h=H,spend=USD"
+                )
+            for decision in decisions or ():
+                gates.check(state, decision)
             plan = plan or load_plan(state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
@@ -258,48 +274,94 @@ class Runtime:
             writer.listeners.extend(listeners)
             writer.state = state
             writer.stage(RunResumed, reason=reason)
+            if budget is not None:
+                writer.stage(BudgetReplaced, ceiling=budget, source=reason)
             config = RunConfig.model_validate(state.config)
-            return await self._drive(plan, writer, config, resumed=True)
+            return await self._drive(plan, writer, config, resumed=True, decisions=decisions)
         finally:
             lock.release()
 
     async def _drive(
-        self, plan: Plan, writer: LedgerWriter, config: RunConfig, *, resumed: bool
+        self,
+        plan: Plan,
+        writer: LedgerWriter,
+        config: RunConfig,
+        *,
+        resumed: bool,
+        decisions: list[Decision] | None = None,
     ) -> RunState:
         run_id = writer.run_id
         state = writer.state
         assert state is not None
 
-        def controls() -> list[str]:
-            return [f"{c.command}:{c.source}" for c in self.store.take_controls(run_id)]
+        def controls() -> list[tuple[str, str]]:
+            return [(c.command, c.source) for c in self.store.take_controls(run_id)]
 
         def chosen(backend: str, reason: str) -> None:
             writer.stage(SandboxChosen, backend=backend, reason=reason)
 
         broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
+        signer = signing.load_or_create(self._key_path(run_id))
+        models = RunModels(config.llm, config.model) if config.llm else None
         scheduler = Scheduler(
             plan,
             writer,
             self.clock,
             self.home,
-            config.concurrency,
-            controls,
-            broker,
-            self._checkpointer(writer, state),
-            config.checkpoint_interval,
+            config,
+            poll_controls=controls,
+            sandboxes=broker,
+            checkpointer=self._checkpointer(writer, signer),
+            signer=signer,
+            models=models,
+            receipt_sinks=config.receipts or [self.receipt_file(run_id)],
         )
         points = {}
         if resumed:
             latest = latest_manifest(self.objects, run_id, writer.head_seq, self._signer_of(run_id))
             points = latest.workspaces if latest is not None else {}
         try:
-            return await scheduler.run(resumed=resumed, restore_points=points)
+            return await scheduler.run(resumed=resumed, restore_points=points, decisions=decisions)
         finally:
             await broker.close()
+            if models is not None:
+                await models.aclose()
 
-    def _checkpointer(self, writer: LedgerWriter, state: RunState) -> Checkpointer:
+    def receipt_file(self, run_id: str) -> SinkConfig:
+        """The default receipt sink: a JSONL file per run under the home."""
+        return SinkConfig(kind="file", url=str(self.home / "receipts" / f"{run_id}.jsonl"))
+
+    async def decide(self, run_id: str, decisions: list[Decision], wait: float = 30.0) -> str:
+        """Hand signed gate decisions to the run: to its live process if it has one (and
+        wait until they are on the record), else record them here and continue the run in
+        this process. Every decision is checked first; a refused one changes nothing."""
+        state = self.state(run_id, verify=True)
+        for decision in decisions:
+            gates.check(state, decision)
+        if self.owner(run_id) is None:
+            await self.resume(run_id, decisions=decisions, reason="gate decision")
+            return "resumed"
+        for decision in decisions:
+            self.store.send_control(run_id, "decide", decision.model_dump_json())
+        wanted = {d.signature for d in decisions}
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if wanted <= self.state(run_id).decisions_seen:
+                return "delivered"
+            await asyncio.sleep(0.1)
+        raise RunStateError(
+            f"run {run_id}'s process (pid {self.owner(run_id)}) did not record the decision "
+            f"within {wait:g}s; it stays queued and is applied when the run reads its controls"
+        )
+
+    def signer_public(self, run_id: str) -> str | None:
+        """The run's public key as this home knows it (receipts and aborts are signed
+        with the run's key)."""
+        self.rows(run_id)
+        return self._signer_of(run_id)
+
+    def _checkpointer(self, writer: LedgerWriter, signer: signing.Signer) -> Checkpointer:
         run_id = writer.run_id
-        signer = signing.load_or_create(self._key_path(run_id))
         latest = latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
         previous = None if latest is None else PreviousRef(seq=latest.seq, digest=latest.digest)
         head = GENESIS if latest is None else latest.head_hash

@@ -24,20 +24,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from orchestrator import gates, receipts, signing
 from orchestrator.errors import NonDeterminism
 from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetRefused,
+    BudgetReserved,
     EffectRecorded,
     ErrorInfo,
     Event,
+    GateDecided,
+    GateParked,
     NodeDispatched,
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
+    ReceiptIssued,
     RetryScheduled,
+    RunAborted,
     RunCompleted,
     RunStarted,
+    abort_payload,
     decode,
     encode,
 )
@@ -45,8 +53,16 @@ from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
 from orchestrator.runtime.clock import SystemClock, iso, parse_iso
-from orchestrator.runtime.context import EffectFields, EffectSite, JournalExhausted, NodeContext
-from orchestrator.runtime.scheduler import completion_events, outputs_of, run_body, unit_random
+from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
+from orchestrator.runtime.llm import RunModels
+from orchestrator.runtime.scheduler import (
+    allowance_for,
+    completion_events,
+    outputs_of,
+    run_body,
+    site_for,
+    unit_random,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +183,7 @@ class Replayer:
         }
         self.attempts: dict[tuple[str, int], _Attempt] = {}
         self.outcomes: dict[tuple[str, int], dict[str, Any]] = {}
+        self.rejected: dict[tuple[str, int], str] = {}
         self.state: RunState | None = None
 
     def code_changes(self) -> list[str]:
@@ -235,6 +252,25 @@ class Replayer:
             return self._derived_failure(rec, state)
         if isinstance(rec, NodeResumed):
             return self._resumed(rec)
+        if isinstance(rec, BudgetReserved):
+            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+            return rec.model_copy(update={"amount": spec.budget})
+        if isinstance(rec, BudgetRefused):
+            return self._refused(rec, state)
+        if isinstance(rec, GateParked):
+            return self._parked(rec)
+        if isinstance(rec, GateDecided):
+            return self._decided(rec, state)
+        if isinstance(rec, ReceiptIssued):
+            body = receipts.build(state, rec.number, rec.body["period"]["to"])
+            return rec.model_copy(update={"body": body})
+        if isinstance(rec, RunAborted):
+            payload = abort_payload(state.run_id, rec.ts, rec.reason, rec.last_gate)
+            if rec.last_gate != state.last_gate or not signing.verify(
+                rec.key, payload, rec.signature
+            ):
+                return rec.model_copy(update={"last_gate": state.last_gate, "signature": "?"})
+            return rec
         if isinstance(rec, RunCompleted):
             *_, (_, fields) = completion_events(state)
             return RunCompleted(**stamp, **fields)
@@ -246,8 +282,12 @@ class Replayer:
             (rec.attempt == 1 and rec.node in state.ready)
             or (rec.attempt == ns.attempt + 1 and ns.status == "retrying")
         )
-        if ns is None or not legal:
+        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        over = state.book.admits(spec.budget)
+        if ns is None or not legal or over:
             status = "absent" if ns is None else f"{ns.status} after attempt {ns.attempt}"
+            if over:
+                status += ", over budget (" + "; ".join(over) + ")"
             raise _Diverged(
                 Divergence(
                     rec.seq,
@@ -296,10 +336,17 @@ class Replayer:
         produced: list[EffectFields] = []
         assert self.state is not None
         # Every effect is served from the journal, so the workspace is never touched.
-        site = EffectSite(
-            self.state.run_id, rec.node, rec.attempt, Path("/nonexistent"), journal, spec.effects
+        state = self.state
+        site = site_for(state, spec, rec.node, rec.attempt, Path("/nonexistent"), journal)
+        llm = state.config.get("llm")
+        ctx = NodeContext(
+            site,
+            SystemClock(),
+            record=None,
+            regenerated=produced,
+            models=RunModels(llm, state.config.get("model")) if llm else None,
+            allowance=allowance_for(state, spec),
         )
-        ctx = NodeContext(site, SystemClock(), record=None, regenerated=produced)
         life = _Life(start)
         outcome: dict[str, Any]
         try:
@@ -351,10 +398,50 @@ class Replayer:
             return _Nothing(seq=rec.seq, ts=rec.ts)
         return life.queue.popleft()
 
+    def _parked(self, rec: GateParked) -> BaseEvent:
+        """A gated attempt's outputs, held: regenerated from the body's outcome."""
+        key = (rec.node, rec.attempt)
+        attempt = self.attempts.get(key)
+        if attempt is not None and attempt.life.queue:
+            raise _Diverged(self._mismatch(rec, attempt.life.queue[0]))
+        outputs = self.outcomes.get(key, {}).get("outputs")
+        if outputs is None:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        review = gates.review_of(outputs)
+        digest = gates.held_digest(outputs, review)
+        return rec.model_copy(update={"outputs": outputs, "review": review, "digest": digest})
+
+    def _decided(self, rec: GateDecided, state: RunState) -> BaseEvent:
+        """A recorded decision stands only if its signature holds and it was legal."""
+        ns = state.nodes.get(rec.node)
+        approvers = state.config.get("approvers", {}).get(rec.gate, [])
+        held = ns.held if ns is not None else None
+        if (
+            held is None
+            or held.digest != rec.digest
+            or held.attempt != rec.attempt
+            or rec.approver not in approvers
+            or not gates.verify_recorded(state, rec)
+        ):
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        if rec.decision == "reject":
+            self.rejected[(rec.node, rec.attempt)] = rec.comment
+        return rec
+
+    def _refused(self, rec: BudgetRefused, state: RunState) -> BaseEvent:
+        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        remaining = state.book.remaining()
+        over = state.book.admits(spec.budget)
+        if remaining is None or not over:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        return rec.model_copy(update={"needed": spec.budget, "remaining": remaining, "over": over})
+
     def _terminal(self, rec: NodeSucceeded | NodeFailed | RetryScheduled) -> BaseEvent:
         key = (rec.node, rec.attempt)
         attempt = self.attempts.get(key)
         outcome = self.outcomes.get(key, {})
+        if key in self.rejected:
+            outcome = {"error": gates.rejection(self.rejected[key])}
         if attempt is not None and attempt.life.queue:
             extra = attempt.life.queue[0]
             raise _Diverged(self._mismatch(rec, extra))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 from collections.abc import Callable, Mapping
@@ -20,29 +21,49 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator import gates, receipts
+from orchestrator.budget import attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef
-from orchestrator.errors import NodeTimeout
+from orchestrator.errors import DecisionRefused, NodeTimeout
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import (
+    BudgetRefused,
+    BudgetReserved,
     EffectRecorded,
     ErrorInfo,
+    GateDecided,
+    GateParked,
     NodeDispatched,
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
+    NoticeDelivered,
     PauseRequested,
+    ReceiptIssued,
     RetryScheduled,
+    RunAborted,
     RunCompleted,
     RunParked,
     SandboxMetered,
+    abort_payload,
 )
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.node import NodeSpec
-from orchestrator.plan import Plan
+from orchestrator.plan import Plan, RunConfig
 from orchestrator.runtime.clock import Clock, iso, parse_iso
-from orchestrator.runtime.context import EffectFields, EffectSite, NodeContext
+from orchestrator.runtime.context import (
+    Allowance,
+    EffectFields,
+    EffectSite,
+    ModelSource,
+    NodeContext,
+)
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
+from orchestrator.signing import Signer
+from orchestrator.sinks import GateNotice, Notice, ReceiptNotice, SinkConfig, deliver
+
+log = logging.getLogger("orchestrator.scheduler")
 
 CONTROL_POLL_S = 0.1
 SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
@@ -74,6 +95,25 @@ def run_body(spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Any:
     return spec.fn(ctx, spec.inputs.model_validate(inputs, by_name=True))
 
 
+def site_for(
+    state: RunState,
+    spec: NodeSpec,
+    node: str,
+    attempt: int,
+    workspace: Path,
+    journal: list[EffectRecorded],
+) -> EffectSite:
+    """Where an attempt runs, with its journal and earlier reviewers' comments."""
+    feedback = tuple(state.nodes[node].feedback)
+    return EffectSite(state.run_id, node, attempt, workspace, journal, spec.effects, feedback)
+
+
+def allowance_for(state: RunState, spec: NodeSpec) -> Allowance:
+    """What an attempt may spend on model calls: its reservation when the run has a
+    ceiling (every dispatch then reserves), else what the node declares."""
+    return Allowance(attempt_limit(spec.budget, state.book.ceiling is not None), state.book.prices)
+
+
 def outputs_of(spec: NodeSpec, result: Any) -> dict[str, Any]:
     """Check a body's return value against the node's output model; JSON-ready data."""
     if isinstance(result, spec.outputs):
@@ -92,11 +132,14 @@ class Scheduler:
         writer: LedgerWriter,
         clock: Clock,
         home: Path,
-        concurrency: int,
-        poll_controls: Callable[[], list[str]] | None = None,
+        config: RunConfig,
+        *,
+        poll_controls: Callable[[], list[tuple[str, str]]] | None = None,
         sandboxes: SandboxBroker | None = None,
         checkpointer: Checkpointer | None = None,
-        checkpoint_interval: float | None = None,
+        signer: Signer | None = None,
+        models: ModelSource | None = None,
+        receipt_sinks: list[SinkConfig] | None = None,
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -104,11 +147,16 @@ class Scheduler:
         self.state: RunState = writer.state
         self.clock = clock
         self.home = home
-        self.concurrency = concurrency
+        self.config = config
+        self.concurrency = config.concurrency
         self.poll_controls = poll_controls
         self.sandboxes = sandboxes
         self.checkpointer = checkpointer
-        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_interval = config.checkpoint_interval if checkpointer else None
+        self.signer = signer
+        self.models = models
+        self.receipt_sinks = receipt_sinks if receipt_sinks is not None else config.receipts
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._live: dict[str, tuple[NodeContext, SandboxHandle]] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
         self._finished: list[Outcome] = []
@@ -120,11 +168,19 @@ class Scheduler:
     # ---- the loop ---------------------------------------------------------------------
 
     async def run(
-        self, resumed: bool = False, restore_points: Mapping[str, WorkspaceRef] | None = None
+        self,
+        resumed: bool = False,
+        restore_points: Mapping[str, WorkspaceRef] | None = None,
+        decisions: list[gates.Decision] | None = None,
     ) -> RunState:
         state = self.state
         if resumed:
             self._resume_in_flight(restore_points or {})
+            for ns in state.awaiting():
+                if ns.held is not None and _notice_id(ns.held) not in state.notices_ok:
+                    self._notify_gate(ns.held)
+        for decision in decisions or ():
+            self.apply_decision(decision)
         for ns in list(state.retrying()):
             self._arm_timer(ns)
         poller = asyncio.create_task(self._poll()) if self.poll_controls else None
@@ -169,12 +225,9 @@ class Scheduler:
                     )
                 starting = self._dispatch_ready()
             if not self._tasks and not starting and not self._timers:
-                if state.status == "pausing" and state.unfinished():
-                    writer.stage(RunParked, reason="paused")
-                else:
-                    self._complete()
-                writer.flush()
-                return state
+                if await self._finish():
+                    return state
+                continue
             writer.flush()
             for ns in starting:
                 self._start(ns, journal=[])
@@ -188,13 +241,14 @@ class Scheduler:
         room = self.concurrency - len(self._tasks)
         starting: list[NodeState] = []
         for node_id in sorted(self._due):
-            if room <= 0:
+            if room <= 0 or state.status != "running":
                 break
             self._due.discard(node_id)
             ns = state.nodes[node_id]
-            starting.append(self._stage_dispatch(ns, ns.attempt + 1, ns.inputs or {}))
-            room -= 1
-        while room > 0 and state.ready:
+            if self._stage_dispatch(ns, ns.attempt + 1, ns.inputs or {}):
+                starting.append(ns)
+                room -= 1
+        while room > 0 and state.ready and state.status == "running":
             node_id = min(state.ready) if len(state.ready) > 1 else next(iter(state.ready))
             ns = state.nodes[node_id]
             if ns.placeholder:
@@ -206,12 +260,31 @@ class Scheduler:
                     reason=ErrorInfo(type="MapError", message=ns.defect or "bad map"),
                 )
                 continue
-            starting.append(self._stage_dispatch(ns, 1, state.inputs_for(node_id)))
-            room -= 1
+            if self._stage_dispatch(ns, 1, state.inputs_for(node_id)):
+                starting.append(ns)
+                room -= 1
         return starting
 
-    def _stage_dispatch(self, ns: NodeState, attempt: int, inputs: dict[str, Any]) -> NodeState:
+    def _stage_dispatch(self, ns: NodeState, attempt: int, inputs: dict[str, Any]) -> bool:
+        """Reserve the node's worst case and record its dispatch; or, when the worst case
+        does not fit what the envelope has left, record the refusal (the run then drains
+        and aborts) and return False."""
         spec = self.plan.nodes[ns.base].spec
+        book = self.state.book
+        if book.ceiling is not None:
+            over = book.admits(spec.budget)
+            if over:
+                remaining = book.remaining()
+                assert remaining is not None
+                self.writer.stage(
+                    BudgetRefused,
+                    node=ns.id,
+                    attempt=attempt,
+                    needed=spec.budget,
+                    remaining=remaining,
+                    over=over,
+                )
+                return False
         self.writer.stage(
             NodeDispatched,
             node=ns.id,
@@ -219,7 +292,9 @@ class Scheduler:
             code_digest=spec.code_digest,
             inputs=inputs,
         )
-        return ns
+        if book.ceiling is not None:
+            self.writer.stage(BudgetReserved, node=ns.id, attempt=attempt, amount=spec.budget)
+        return True
 
     # ---- attempts ---------------------------------------------------------------------
 
@@ -235,7 +310,7 @@ class Scheduler:
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
         # the node's repository, or the attempt's own directory.
         seen = base / "merged" if spec.workspace is not None else base
-        site = EffectSite(self.state.run_id, ns.id, ns.attempt, seen, journal, spec.effects)
+        site = site_for(self.state, spec, ns.id, ns.attempt, seen, journal)
         handle = None
         if self.sandboxes is not None:
             lower = None
@@ -251,7 +326,13 @@ class Scheduler:
             return await self.checkpoint(label, "node checkpoint", requester=node_id)
 
         ctx = NodeContext(
-            site, self.clock, self._record_effect, sandbox=handle, on_checkpoint=on_checkpoint
+            site,
+            self.clock,
+            self._record_effect,
+            sandbox=handle,
+            on_checkpoint=on_checkpoint,
+            models=self.models,
+            allowance=allowance_for(self.state, spec),
         )
         if handle is not None:
             self._live[node_id] = (ctx, handle)
@@ -329,18 +410,166 @@ class Scheduler:
         writer, node, attempt = self.writer, outcome.node, outcome.attempt
         if outcome.error is None:
             assert outcome.outputs is not None
-            writer.stage(NodeSucceeded, node=node, attempt=attempt, outputs=outcome.outputs)
+            spec = self.plan.nodes[self.state.nodes[node].base].spec
+            if spec.gate is None:
+                writer.stage(NodeSucceeded, node=node, attempt=attempt, outputs=outcome.outputs)
+                return
+            review = gates.review_of(outcome.outputs)
+            held = writer.stage(
+                GateParked,
+                node=node,
+                attempt=attempt,
+                gate=spec.gate,
+                outputs=outcome.outputs,
+                review=review,
+                digest=gates.held_digest(outcome.outputs, review),
+            )
+            self._notify_gate(held)
             return
+        self._fail_or_retry(
+            node, attempt, outcome.error, "timeout" if outcome.timed_out else "error"
+        )
+
+    def _fail_or_retry(self, node: str, attempt: int, error: ErrorInfo, cause: Any) -> None:
+        """Retry the node if its policy allows this error, else record its failure."""
         retry = self.plan.nodes[self.state.nodes[node].base].spec.retry
-        retryable = retry.retries(outcome.error.classes)
+        retryable = retry.retries(error.classes)
         if retryable and attempt < retry.max_attempts:
             delay = retry.delay(attempt, unit_random(self.state.seed, node, attempt))
-            self._schedule_retry(node, attempt, outcome.error, delay)
+            self._schedule_retry(node, attempt, error, delay)
             return
-        cause = "timeout" if outcome.timed_out else "error"
         if retryable and retry.max_attempts > 1:
             cause = "retries_exhausted"
-        writer.stage(NodeFailed, node=node, attempt=attempt, cause=cause, reason=outcome.error)
+        self.writer.stage(NodeFailed, node=node, attempt=attempt, cause=cause, reason=error)
+
+    # ---- gates -------------------------------------------------------------------------
+
+    def apply_decision(self, decision: gates.Decision) -> None:
+        """Record a verified decision: approval releases the held outputs, rejection fails
+        the attempt with the comment (retried, comment in hand, if the policy allows)."""
+        gates.check(self.state, decision)
+        held = self.state.nodes[decision.node].held
+        assert held is not None
+        self.writer.stage(GateDecided, **decision.event_fields())
+        if decision.decision == "approve":
+            self.writer.stage(
+                NodeSucceeded, node=held.node, attempt=held.attempt, outputs=held.outputs
+            )
+        else:
+            self._fail_or_retry(
+                held.node, held.attempt, gates.rejection(decision.comment), "rejected"
+            )
+        self._wake.set()
+
+    def _notify_gate(self, held: GateParked) -> None:
+        if not self.config.notify:
+            return
+        run_id = self.state.run_id
+        notice = GateNotice(
+            run_id=run_id,
+            node=held.node,
+            attempt=held.attempt,
+            gate=held.gate,
+            digest=held.digest,
+            review=held.review,
+            approve=gates.approve_command(run_id, held),
+            reject=gates.approve_command(run_id, held, reject=True),
+            parked_at=held.ts,
+        )
+        self._send(_notice_id(held), notice, self.config.notify)
+
+    def _send(self, notice_id: str, notice: Notice, sinks: list[SinkConfig]) -> None:
+        """Deliver in the background; each outcome is recorded, none can stop the run."""
+        for sink in sinks:
+            task = asyncio.create_task(self._deliver(notice_id, notice, sink))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, notice_id: str, notice: Notice, sink: SinkConfig) -> None:
+        done = await deliver(sink, notice)
+        if not done.ok:
+            log.warning("could not deliver %s to %s: %s", notice_id, done.sink, done.error)
+        self.writer.stage(
+            NoticeDelivered,
+            notice=notice_id,
+            sink=done.sink,
+            ok=done.ok,
+            attempts=done.attempts,
+            error=done.error,
+        )
+        await self.writer.commit()
+
+    # ---- receipts and the end of a run -------------------------------------------------
+
+    def receipt_due(self) -> bool:
+        last = self.state.receipts[-1].body["period"]["to"] if self.state.receipts else None
+        since = parse_iso(last or self.state.started_at)
+        return (self.clock.now() - since).total_seconds() >= self.config.receipt_interval
+
+    def issue_receipt(self) -> ReceiptIssued | None:
+        """Sign and record a receipt for the period up to now, and send it to the sinks."""
+        if self.signer is None:
+            return None
+        number = len(self.state.receipts) + 1
+        body = receipts.build(self.state, number, iso(self.clock.now()))
+        event = self.writer.stage(
+            ReceiptIssued,
+            number=number,
+            body=body,
+            signature=receipts.sign(body, self.signer),
+            key=self.signer.public,
+        )
+        notice = ReceiptNotice(
+            run_id=self.state.run_id,
+            number=number,
+            body=body,
+            signature=event.signature,
+            key=event.key,
+        )
+        self._send(f"receipt {number}", notice, self.receipt_sinks)
+        return event
+
+    async def _finish(self) -> bool:
+        """Nothing runs and nothing can start: issue a receipt, then abort, park or
+        complete. Returns False if a decision arrived meanwhile and work can go on."""
+        state, writer = self.state, self.writer
+        self.issue_receipt()
+        while self._deliveries:
+            writer.flush()
+            await asyncio.gather(*list(self._deliveries))
+        if state.status == "running" and (state.ready or self._due or state.doomed):
+            return False
+        if state.status == "aborting":
+            self._abort()
+        elif state.status == "pausing" and state.unfinished():
+            writer.stage(RunParked, reason="paused")
+        elif state.awaiting():
+            waiting = ", ".join(
+                f"{ns.id} at gate {ns.held.gate}" for ns in state.awaiting() if ns.held
+            )
+            writer.stage(RunParked, reason=f"awaiting approval: {waiting}")
+        else:
+            self._complete()
+        writer.flush()
+        return True
+
+    def _abort(self) -> None:
+        refused = self.state.refused
+        assert refused is not None
+        reason = (
+            f"budget ceiling reached: node {refused.node} needs "
+            f"{_amount(refused.needed.model_dump())} but only "
+            f"{_amount(refused.remaining.model_dump())} remains ({'; '.join(refused.over)})"
+        )
+        ts = iso(self.clock.now())
+        last_gate = self.state.last_gate
+        signature, key = "", ""
+        if self.signer is not None:
+            payload = abort_payload(self.state.run_id, ts, reason, last_gate)
+            signature, key = self.signer.sign(payload), self.signer.public
+        self.writer.stage(
+            RunAborted, ts=ts, reason=reason, last_gate=last_gate, signature=signature, key=key
+        )
 
     def _schedule_retry(self, node: str, attempt: int, reason: ErrorInfo, delay: float) -> None:
         now = self.clock.now()
@@ -441,12 +670,26 @@ class Scheduler:
             self._wake.set()
 
     async def _poll(self) -> None:
+        """Every tick: pause requests and gate decisions from other processes; receipts
+        when one is due (by the run's clock, so tests can skip hours)."""
         assert self.poll_controls is not None
         while True:
             await asyncio.sleep(CONTROL_POLL_S)
-            for command in self.poll_controls():
-                if command.startswith("pause"):
-                    self.request_pause(command.partition(":")[2] or "cli")
+            for command, source in self.poll_controls():
+                if command == "pause":
+                    self.request_pause(source or "cli")
+                elif command == "decide":
+                    self._decide_from(source)
+            if self.state.status == "running" and self.receipt_due():
+                self.issue_receipt()
+                await self.writer.commit()
+
+    def _decide_from(self, source: str) -> None:
+        try:
+            self.apply_decision(gates.Decision.model_validate_json(source))
+        except (DecisionRefused, ValidationError) as exc:
+            # `approve` checked it before sending; a race (two people at once) lands here
+            log.warning("gate decision refused: %s", exc)
 
     def _trap_signals(self) -> Callable[[], None]:
         """SIGINT/SIGTERM pause the run (drain in-flight nodes, then park)."""
@@ -466,6 +709,16 @@ class Scheduler:
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
             self.writer.stage(event_cls, **fields)
+
+
+def _notice_id(held: GateParked) -> str:
+    return f"gate {held.gate} {held.node}#{held.attempt}"
+
+
+def _amount(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    )
 
 
 def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:

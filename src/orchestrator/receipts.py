@@ -1,0 +1,72 @@
+"""Budget receipts: signed summaries of what a run used, built from the ledger fold.
+
+A receipt covers the period since the previous one: tokens by model, wall-clock per
+sandbox, a line item per node, the period's usage, totals and what the envelope has
+left. Its body is canonical JSON signed with the run's Ed25519 key; the ReceiptIssued
+event records body and signature, and sinks get copies. Because the body is a function
+of the fold, replay rebuilds it and compares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import signing
+from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.ledger.state import RunState
+
+
+def build(state: RunState, number: int, period_end: str) -> dict[str, Any]:
+    """The body of receipt ``number``, for the period ending at ``period_end``."""
+    book = state.book
+    previous = state.receipts[-1].body if state.receipts else None
+    start = previous["period"]["to"] if previous else state.started_at
+    totals = book.total.to_json()
+    before = previous["totals"] if previous else {"tokens": 0, "compute_h": 0.0, "spend_usd": 0.0}
+    remaining = book.remaining()
+    sandboxes = {
+        name: round(wall, 6) for meter in book.nodes.values() for name, wall in meter.wall_s.items()
+    }
+    return {
+        "run_id": state.run_id,
+        "number": number,
+        "period": {"from": start, "to": period_end},
+        "tokens_by_model": dict(sorted(book.tokens_by_model.items())),
+        "sandbox_wall_s": dict(sorted(sandboxes.items())),
+        "nodes": [
+            {"node": node, **meter.total.to_json()}
+            for node, meter in sorted(book.nodes.items())
+            if meter.total.tokens or meter.total.compute_h or meter.total.spend_usd
+        ],
+        "period_usage": {
+            "tokens": totals["tokens"] - before["tokens"],
+            "compute_h": round(totals["compute_h"] - before["compute_h"], 9),
+            "spend_usd": round(totals["spend_usd"] - before["spend_usd"], 9),
+        },
+        "totals": totals,
+        "ceiling": None if book.ceiling is None else book.ceiling.model_dump(),
+        "remaining": None if remaining is None else _rounded(remaining.model_dump()),
+    }
+
+
+def sign(body: dict[str, Any], signer: signing.Signer) -> str:
+    return signer.sign(canonical_bytes(body))
+
+
+def problem(receipt: dict[str, Any], key: str | None) -> str | None:
+    """Why a receipt (as recorded or as a sink received it) fails to verify, if it does.
+
+    ``key`` is the run's public key as this home knows it; without one, the key the
+    receipt names is used (which proves integrity, not origin)."""
+    body, signature, named = receipt.get("body"), receipt.get("signature"), receipt.get("key")
+    if not isinstance(body, dict) or not isinstance(signature, str) or not isinstance(named, str):
+        return "not a receipt (body, signature and key are required)"
+    if key is not None and named != key:
+        return f"signed by {named[:16]}…, not by the run's key {key[:16]}…"
+    if not signing.verify(named, canonical_bytes(body), signature):
+        return "the signature does not match the body (altered or forged)"
+    return None
+
+
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 9) if isinstance(v, float) else v for k, v in values.items()}
