@@ -215,3 +215,27 @@ def test_ctrl_c_pauses_without_killing_the_sandboxes_that_drain(
         assert state.status == "parked"
         assert state.nodes["sandboxed-wait"].outputs == {"text": "before|open|before"}
         assert state.nodes["after"].status == "pending"
+
+
+def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(home: Path) -> None:
+    parked = cli(home, "demo", "--packages", "2", "--wait-at-gate", timeout=300)
+    assert parked.returncode == 3, parked.stderr
+    with Runtime(home=home) as rt:
+        (summary,) = rt.runs()
+        state = rt.state(summary.run_id)
+    run_id = state.run_id
+    assert state.status == "parked"
+    assert [ns.id for ns in state.awaiting()] == ["diff-summarizer"]
+    assert f"orchestrator approve {run_id} merge" in parked.stdout
+    notice = json.loads((home / "notices" / "demo.jsonl").read_text().splitlines()[-1])
+    assert notice["kind"] == "gate" and notice["run_id"] == run_id
+    assert '"type": "module"' in notice["review"]  # the diff a person reviews
+    key = str(home / "keys" / "demo-approver.key")
+    approved = cli(home, "approve", run_id, "merge", "--key", key)
+    assert approved.returncode == 0, approved.stderr
+    receipts = cli(home, "receipts", run_id, "--verify", "--json")
+    assert receipts.returncode == 0, receipts.stderr
+    listed = json.loads(receipts.stdout)
+    assert len(listed) >= 2 and all(r["problem"] is None for r in listed)
+    assert listed[-1]["body"]["totals"]["compute_h"] > 0
+    assert cli(home, "replay", run_id).returncode == 0

@@ -44,7 +44,10 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     if in_flight:
         assert [m for m in overlay_mounts() if str(home) in str(m)]
     resumed = cli(home, "resume", "-q", run_id)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 3, resumed.stderr  # parked at the demo's merge gate
+    key = str(home / "keys" / "demo-approver.key")
+    approved = cli(home, "approve", "-q", run_id, "merge", "--key", key)
+    assert approved.returncode == 0, approved.stderr
     with Runtime(home=home) as rt:
         final = rt.state(run_id)
         assert final.status == "succeeded"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from orchestrator.node import Retry, node
+from orchestrator.node import Budget, Retry, node
 from orchestrator.plan import Plan
 from orchestrator.runtime.context import NodeContext
 
@@ -69,16 +69,25 @@ class SummaryInputs(BaseModel):
     branches: list[str]
     lines_changed: list[int]
     files: list[list[str]]
+    diffs: list[str]
 
 
 class Summary(BaseModel):
     summary: str
     total_lines_changed: int
+    diff: str
+
+
+# Each node's worst case: ~36 s of one vCPU and its price; the demo's run ceiling holds 50
+# packages' worth with room to spare, so receipts show real meters against a real envelope.
+NODE_BUDGET = Budget(compute_h=0.01, spend_usd=0.001)
+RUN_CEILING = Budget(tokens=0, compute_h=1.0, spend_usd=0.1)
 
 
 @node(
     "workspace-detect",
     workspace="repo",
+    budget=NODE_BUDGET,
     retry=Retry(max_attempts=2, base_delay=0.2),
     timeout=60,
 )
@@ -97,6 +106,7 @@ async def workspace_detect(ctx: NodeContext, inputs: RepoInputs) -> Detected:
 @node(
     "codemod-runner",
     workspace="repo",
+    budget=NODE_BUDGET,
     effects={"fs"},
     retry=Retry(max_attempts=3, base_delay=0.2),
     timeout=120,
@@ -149,9 +159,11 @@ def publish_branch(repo: str, branch: str, workspace: str) -> str:
     return head.stdout.strip()
 
 
-@node("diff-summarizer", effects={"fs"}, timeout=60)
+@node("diff-summarizer", effects={"fs"}, timeout=60, gate="merge", budget=NODE_BUDGET)
 async def diff_summarizer(ctx: NodeContext, inputs: SummaryInputs) -> Summary:
-    """Summarize the per-package branches into one report (also written as SUMMARY.md)."""
+    """Summarize the per-package branches into one report (also written as SUMMARY.md).
+
+    Gated: a person reviews the combined diff and approves (or rejects) the migration."""
     rows = [
         f"  {pkg:<10} {branch:<28} {len(files)} file(s), {lines} line(s) changed"
         for pkg, branch, lines, files in zip(
@@ -163,7 +175,9 @@ async def diff_summarizer(ctx: NodeContext, inputs: SummaryInputs) -> Summary:
         [f"Migrated {len(rows)} package(s) to ES modules, {total} line(s) changed:", *rows]
     )
     await ctx.write("SUMMARY.md", summary + "\n")
-    return Summary(summary=summary, total_lines_changed=total)
+    return Summary(
+        summary=summary, total_lines_changed=total, diff="\n".join(inputs.diffs) or "(no changes)"
+    )
 
 
 def build_plan() -> Plan:
@@ -182,6 +196,7 @@ def build_plan() -> Plan:
         branches=migrate.out.branch,
         lines_changed=migrate.out.lines_changed,
         files=migrate.out.files,
+        diffs=migrate.out.diff,
     )
     return plan
 
