@@ -449,7 +449,11 @@ class Replayer:
             # The body was stopped mid-way (timeout, crash before a code-changed retry):
             # what it would have done next is not on the record, so the record stands.
             reason = getattr(rec, "reason", None)
-            if reason is not None and reason.type in ("NodeTimeout", "CodeChanged"):
+            if reason is not None and reason.type in (
+                "NodeTimeout",
+                "CodeChanged",
+                "BudgetExceeded",
+            ):
                 return rec
         stamp = {"seq": rec.seq, "ts": rec.ts, "node": rec.node, "attempt": rec.attempt}
         if "outputs" in outcome:

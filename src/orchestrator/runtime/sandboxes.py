@@ -130,6 +130,8 @@ class SandboxHandle:
         chunks: ChunkStore | None = None,
         fresh: bool = False,
     ) -> None:
+        self.on_start: Callable[[], None] | None = None
+        """Called once the sandbox runs (its compute is metered from then on)."""
         self._fresh = fresh
         self._restore = restore
         self._chunks = chunks
@@ -157,6 +159,8 @@ class SandboxHandle:
                     # before the first command performed again.
                     await sandbox.restore(self._restore, self._chunks)
                 self._sandbox = sandbox
+                if self.on_start is not None:
+                    self.on_start()
             return self._sandbox
 
     async def release(self) -> tuple[BackendName, Meter] | None:

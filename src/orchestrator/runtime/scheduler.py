@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import gates, receipts
-from orchestrator.budget import attempt_limit
+from orchestrator.budget import BudgetExceeded, attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef
 from orchestrator.errors import DecisionRefused, NodeTimeout
 from orchestrator.ledger.codec import digest
@@ -336,9 +336,20 @@ class Scheduler:
         )
         if handle is not None:
             self._live[node_id] = (ctx, handle)
-        task = asyncio.create_task(self._attempt(spec, ctx, dict(ns.inputs or {}), handle))
+        task = asyncio.create_task(
+            self._attempt(spec, ctx, dict(ns.inputs or {}), handle, self._compute_limit(spec))
+        )
         task.add_done_callback(self._on_done)
         self._tasks[ns.id] = task
+
+    def _compute_limit(self, spec: NodeSpec) -> float | None:
+        """Seconds of sandbox wall-clock the attempt's compute reservation pays for."""
+        if self.state.book.ceiling is None:
+            return None
+        vcpus = (spec.limits.cpu_share if spec.limits is not None else None) or 1.0
+        seconds = spec.budget.compute_h * 3600 / vcpus
+        # stop early enough that tearing the sandbox down stays inside the reservation
+        return max(0.0, seconds - min(0.05 * seconds + 0.05, 5.0))
 
     async def _attempt(
         self,
@@ -346,9 +357,10 @@ class Scheduler:
         ctx: NodeContext,
         inputs: dict[str, Any],
         handle: SandboxHandle | None,
+        compute_limit: float | None,
     ) -> Outcome:
         try:
-            return await self._run_attempt(spec, ctx, inputs)
+            return await self._run_attempt(spec, ctx, inputs, handle, compute_limit)
         finally:
             self._live.pop(ctx.node, None)
             if handle is not None:
@@ -366,14 +378,37 @@ class Scheduler:
                     )
 
     async def _run_attempt(
-        self, spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]
+        self,
+        spec: NodeSpec,
+        ctx: NodeContext,
+        inputs: dict[str, Any],
+        handle: SandboxHandle | None = None,
+        compute_limit: float | None = None,
     ) -> Outcome:
         node, attempt = ctx.node, ctx.attempt
+        metered = {"cut": False}
         try:
             async with asyncio.timeout(spec.timeout) as scope:
+                if handle is not None and compute_limit is not None:
+                    # Compute is metered from the sandbox's start: stop the attempt when
+                    # its reservation is used up rather than run past the envelope.
+                    def arm() -> None:
+                        deadline = asyncio.get_running_loop().time() + compute_limit
+                        current = scope.when()
+                        if current is None or deadline < current:
+                            metered["cut"] = True
+                            scope.reschedule(deadline)
+
+                    handle.on_start = arm
                 result = await run_body(spec, ctx, inputs)
             return Outcome(node, attempt, outputs=outputs_of(spec, result))
         except TimeoutError as exc:
+            if scope.expired() and metered["cut"]:
+                message = (
+                    f"node {node} used the {spec.budget.compute_h:g} compute-hours it reserved "
+                    "and was stopped before passing them"
+                )
+                return Outcome(node, attempt, error=ErrorInfo.of(BudgetExceeded(message)))
             if scope.expired():
                 message = f"exceeded its timeout of {spec.timeout:g}s"
                 return Outcome(
