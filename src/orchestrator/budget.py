@@ -213,7 +213,10 @@ def attempt_limit(declared: Budget, reserved: bool) -> Budget | None:
         return None
     return Budget(
         tokens=declared.tokens or 2**62,
-        compute_h=declared.compute_h or 1e18,
+        # kept as declared, not widened: model calls keep room in the spend limit for a
+        # declared compute_h's charge, and undeclared compute needs none (a widened one
+        # would leave no room at all, refusing every priced call)
+        compute_h=declared.compute_h,
         spend_usd=declared.spend_usd or 1e18,
     )
 

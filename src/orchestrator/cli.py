@@ -744,10 +744,16 @@ def approve(
         return
     signer = signing.load(key or default_key())
     decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
+    for decision in decisions:  # refuse (e.g. a key that is no approver) before saying "approved"
+        gates.check(state, decision)
     verb = "rejected" if reject else "approved"
     if rt.owner(run_id) is not None:
-        asyncio.run(rt.decide(run_id, decisions))
-        err.print(f"{verb} {', '.join(d.node for d in decisions)}; the live run continues")
+        if asyncio.run(rt.decide(run_id, decisions)) == "delivered":
+            err.print(f"{verb} {', '.join(d.node for d in decisions)}; the live run continues")
+            return
+        # its process exited before reading the decision, which then continued the run here
+        err.print(f"{verb} {', '.join(d.node for d in decisions)}; run {run_id} continued here")
+        _finish(rt, rt.state(run_id), as_json)
         return
     err.print(f"{verb} {', '.join(d.node for d in decisions)}; continuing run {run_id} here")
     final = _drive(

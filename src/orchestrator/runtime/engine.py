@@ -348,6 +348,14 @@ class Runtime:
         while time.monotonic() < deadline:
             if wanted <= self.state(run_id).decisions_seen:
                 return "delivered"
+            if self.owner(run_id) is None:
+                # it parked and exited before reading them; a run that parks never polls
+                # its controls again, so record them here (the queued copies are refused
+                # as already recorded if anything reads them later)
+                if wanted <= self.state(run_id).decisions_seen:
+                    return "delivered"
+                await self.resume(run_id, decisions=decisions, reason="gate decision")
+                return "resumed"
             await asyncio.sleep(0.1)
         raise RunStateError(
             f"run {run_id}'s process (pid {self.owner(run_id)}) did not record the decision "

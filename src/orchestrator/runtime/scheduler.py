@@ -176,13 +176,15 @@ class Scheduler:
         state = self.state
         if resumed:
             self._resume_in_flight(restore_points or {})
+        for decision in decisions or ():
+            self.apply_decision(decision)
+        if resumed:  # after the decisions: no "approval needed" for a gate just decided
             for ns in state.awaiting():
                 if ns.held is not None and _notice_id(ns.held) not in state.notices_ok:
                     self._notify_gate(ns.held)
-        for decision in decisions or ():
-            self.apply_decision(decision)
         for ns in list(state.retrying()):
-            self._arm_timer(ns)
+            if ns.id not in self._timers:  # a decision or a code change above armed it
+                self._arm_timer(ns)
         poller = asyncio.create_task(self._poll()) if self.poll_controls else None
         periodic = None
         stop_periodic = asyncio.Event()
