@@ -49,6 +49,10 @@ class ModelSource(Protocol):
     name: str
     model: str | None
 
+    def billed_as(self, model: str) -> str:
+        """The model name answers will carry (and spend is priced under)."""
+        ...
+
     async def get(self) -> Provider: ...
 
 
@@ -401,9 +405,7 @@ class LLM:
             # the attempt's compute is charged when its sandbox is released; keep room for it
             room = max(0.0, limit.spend_usd - allowance.prices.compute_spend(limit.compute_h))
             limit = limit.model_copy(update={"spend_usd": room})
-        # Spend is charged under the model the answer names; the scripted provider names
-        # its answers "scripted/<model>", so its calls are priced under that label here too.
-        priced = f"scripted/{chosen}" if self._models.name == "scripted" else chosen
+        priced = self._models.billed_as(chosen)
         check_call(
             ctx.node,
             limit,

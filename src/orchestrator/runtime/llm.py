@@ -19,6 +19,11 @@ class RunModels:
         self.model = model
         self._provider: Provider | None = None
 
+    def billed_as(self, model: str) -> str:
+        """Answers name the model that gave them; the scripted provider labels its own
+        ``scripted/<model>``, so a call is checked at the price it will be charged."""
+        return f"scripted/{model}" if self.name == "scripted" else model
+
     async def get(self) -> Provider:
         if self._provider is None:
             self._provider = open_provider(self.spec)

@@ -1,0 +1,260 @@
+"""Budget receipts: issued on the run's clock and at its end, signed, chained period to
+period, verifiable from the ledger or a sink's copy, and delivered to sinks with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator import Budget, NodeContext, Plan, RunConfig, Runtime, node, receipts, signing
+from orchestrator.budget import ModelPrice, Prices
+from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.ledger.events import NoticeDelivered, ReceiptIssued, decode
+from orchestrator.runtime.clock import ManualClock, iso
+from orchestrator.sinks import SinkConfig
+from tests.conftest import cli
+from tests.http_peer import HttpPeer
+from tests.s3server import BUCKET, Moto
+
+PRICES = Prices(models={"scripted/*": ModelPrice(input_per_mtok=1000, output_per_mtok=2000)})
+CEILING = Budget(tokens=10_000, compute_h=1, spend_usd=5)
+
+
+class Nothing(BaseModel):
+    pass
+
+
+class Said(BaseModel):
+    texts: list[str]
+
+
+def script(where: Path) -> str:
+    path = where / "script.jsonl"
+    lines = [
+        {"text": "one", "match": "first", "input_tokens": 12, "output_tokens": 30},
+        {"text": "two", "match": "second", "input_tokens": 20, "output_tokens": 50},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return f"scripted:{path}"
+
+
+def talker(*gates: asyncio.Event) -> Plan:
+    """One node: a model call, then for each gate: wait for it, and call again."""
+
+    @node("talk", effects={"llm"}, budget=Budget(tokens=500, spend_usd=1))
+    async def talk(ctx: NodeContext, inputs: Nothing) -> Said:
+        texts = [(await ctx.llm.complete("first", max_tokens=30)).text]
+        for gate in gates:
+            await gate.wait()  # held open by the test, outside any effect
+            texts.append((await ctx.llm.complete("second", max_tokens=50)).text)
+        return Said(texts=texts)
+
+    plan = Plan("talker")
+    plan.add(talk)
+    return plan
+
+
+def events_of(rt: Runtime, run_id: str) -> list[Any]:
+    return [decode(r.body) for r in rt.store.read(run_id)]
+
+
+async def until(predicate: Any, within: float = 5.0) -> float:
+    """Wait (in real time) until ``predicate()``; returns how long it took."""
+    began = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - began < within, "timed out"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - began
+
+
+# ---- 6. interval emission on the run's clock ------------------------------------------------
+
+
+async def test_receipts_every_interval_of_the_runs_clock_and_at_the_end(
+    home: Path, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    t0 = clock.now()
+    issued: list[ReceiptIssued] = []
+    calls = 0
+
+    def listen(event: Any) -> None:
+        nonlocal calls
+        if isinstance(event, ReceiptIssued):
+            issued.append(event)
+        elif event.kind == "EffectRecorded":
+            calls += 1
+
+    go = asyncio.Event()
+    config = RunConfig(
+        budget=CEILING, prices=PRICES, llm=script(tmp_path), model="m", receipt_interval=3600
+    )
+    plan = talker(go)
+    with Runtime(home=home, clock=clock) as rt:
+        run = asyncio.create_task(rt.start(plan, config=config, listeners=(listen,)))
+        await until(lambda: calls == 1)
+        await asyncio.sleep(0.3)  # several control polls: no receipt is due yet
+        assert issued == []
+        clock.advance(3599)
+        await asyncio.sleep(0.3)
+        assert issued == []
+        clock.advance(1)
+        assert await until(lambda: len(issued) == 1) < 1.0
+        clock.advance(1800)
+        await asyncio.sleep(0.3)
+        assert len(issued) == 1  # the next one is due an interval after the first
+        clock.advance(1800)
+        assert await until(lambda: len(issued) == 2) < 1.0
+        go.set()
+        state = await run
+        events = events_of(rt, state.run_id)
+        replayed = await rt.replay(state.run_id, plan)
+        key = rt.signer_public(state.run_id)
+    assert state.status == "succeeded"
+    assert replayed.ok, replayed.divergence
+    assert [r.number for r in issued] == [1, 2, 3]
+    assert [e for e in events if isinstance(e, ReceiptIssued)] == issued
+    first, second, last = (r.body for r in issued)
+    hour, two_hours = iso(t0 + timedelta(hours=1)), iso(t0 + timedelta(hours=2))
+    assert first["period"] == {"from": iso(t0), "to": hour}
+    assert second["period"] == {"from": hour, "to": two_hours}
+    assert last["period"] == {"from": two_hours, "to": two_hours}  # the run's end, no later
+    for before, after in itertools.pairwise(issued):
+        assert after.body["period"]["from"] == before.body["period"]["to"]
+    # the first call (42 tokens, $0.072) fell in the first period; the second (70 tokens,
+    # $0.12) was made after it, and shows up in the last
+    assert first["tokens_by_model"] == {"scripted/m": 42}
+    assert first["period_usage"] == {"tokens": 42, "compute_h": 0.0, "spend_usd": 0.072}
+    assert second["period_usage"] == {"tokens": 0, "compute_h": 0.0, "spend_usd": 0.0}
+    assert last["period_usage"] == {"tokens": 70, "compute_h": 0.0, "spend_usd": 0.12}
+    assert last["totals"] == {"tokens": 112, "compute_h": 0.0, "spend_usd": 0.192}
+    assert last["tokens_by_model"] == {"scripted/m": 112}
+    assert last["nodes"] == [{"node": "talk", "tokens": 112, "compute_h": 0.0, "spend_usd": 0.192}]
+    assert last["ceiling"] == CEILING.model_dump()
+    assert last["remaining"] == {"tokens": 9888, "compute_h": 1.0, "spend_usd": 4.808}
+    # while talk ran, its reservation counted against what remained
+    assert first["remaining"] == {"tokens": 9500, "compute_h": 1.0, "spend_usd": 4.0}
+    for receipt in issued:
+        assert receipt.key == key
+        assert receipts.problem(receipt.model_dump(mode="json"), key) is None
+    # every receipt reached the default sink, a JSONL file in the home
+    lines = (home / "receipts" / f"{state.run_id}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["body"] for line in lines] == [r.body for r in issued]
+    delivered = [e for e in events if isinstance(e, NoticeDelivered)]
+    assert sorted(e.notice for e in delivered) == ["receipt 1", "receipt 2", "receipt 3"]
+    assert all(e.ok and e.attempts == 1 for e in delivered)
+
+
+# ---- 7. signatures ------------------------------------------------------------------------
+
+
+def finished_run(home: Path, tmp_path: Path, **config: Any) -> str:
+    async def go() -> str:
+        with Runtime(home=home) as rt:
+            settings = {"budget": CEILING, "prices": PRICES, "llm": script(tmp_path), "model": "m"}
+            state = await rt.start(talker(), config=RunConfig(**{**settings, **config}))
+            assert state.status == "succeeded", state.summary
+            return state.run_id
+
+    return asyncio.run(go())
+
+
+def test_receipts_verify_and_a_changed_or_foreign_one_is_refused(
+    home: Path, tmp_path: Path
+) -> None:
+    run_id = finished_run(home, tmp_path)
+    ok = cli(home, "receipts", run_id, "--verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert " ok " in ok.stdout or "│ ok" in ok.stdout
+    shown = cli(home, "receipts", run_id, "--verify", "--json")
+    assert shown.returncode == 0
+    (only,) = json.loads(shown.stdout)
+    assert only["number"] == 1 and only["problem"] is None
+    assert only["body"]["totals"] == {"tokens": 42, "compute_h": 0.0, "spend_usd": 0.072}
+
+    sink = home / "receipts" / f"{run_id}.jsonl"
+    copy = cli(home, "receipts", run_id, "--verify", "--from", str(sink))
+    assert copy.returncode == 0, copy.stdout + copy.stderr
+
+    # one byte changed in the body (a digit of the totals): still JSON, no longer signed
+    raw = sink.read_bytes()
+    totals = re.search(rb'"totals":\{[^}]*"tokens":(\d+)\}', raw)
+    assert totals is not None and totals.group(1) == b"42"
+    at = totals.start(1)
+    altered = tmp_path / "altered.jsonl"
+    altered.write_bytes(raw[:at] + b"5" + raw[at + 1 :])
+    assert json.loads(altered.read_text())["body"]["totals"]["tokens"] == 52
+    bad = cli(home, "receipts", run_id, "--verify", "--from", str(altered))
+    assert bad.returncode == 1
+    assert "#1: the signature does not match the body" in bad.stderr
+    unchecked = cli(home, "receipts", run_id, "--from", str(altered))
+    assert unchecked.returncode == 0  # shown, but only --verify judges it
+
+    # the same body, signed by someone else's key
+    receipt = json.loads(raw)
+    other = signing.generate()
+    forged = {
+        **receipt,
+        "signature": other.sign(canonical_bytes(receipt["body"])),
+        "key": other.public,
+    }
+    assert receipts.problem(forged, None) is None  # intact, but not the run's
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps(forged) + "\n")
+    refused = cli(home, "receipts", run_id, "--verify", "--from", str(foreign))
+    assert refused.returncode == 1
+    assert f"#1: signed by {other.public[:16]}" in refused.stderr
+    assert "not by the run's key" in refused.stderr
+
+
+# ---- 8. sinks: retries, S3 -----------------------------------------------------------------
+
+
+def test_receipt_sinks_retry_and_reach_s3(
+    home: Path, tmp_path: Path, http_peer: HttpPeer, moto: Moto
+) -> None:
+    http_peer.fail_next(2, 503)
+    prefix = f"receipts-{tmp_path.name}"
+    sinks = [
+        SinkConfig(kind="webhook", url=f"{http_peer.url}/hooks/receipts"),
+        SinkConfig(kind="s3", url=moto.url(prefix)),
+    ]
+    run_id = finished_run(home, tmp_path, receipts=sinks)
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+        key = rt.signer_public(run_id)
+    delivered = {e.sink.split()[0]: e for e in events if isinstance(e, NoticeDelivered)}
+    assert set(delivered) == {"webhook", "s3"}
+    webhook = delivered["webhook"]
+    assert (webhook.notice, webhook.ok, webhook.attempts, webhook.error) == (
+        "receipt 1",
+        True,
+        3,
+        None,
+    )
+    assert webhook.sink == f"webhook {http_peer.url}"  # never the path
+    assert delivered["s3"].ok and delivered["s3"].attempts == 1
+    # no default file sink when sinks are configured
+    assert not (home / "receipts" / f"{run_id}.jsonl").exists()
+
+    seen = http_peer.requests
+    assert len(seen) == 3
+    assert {r.path for r in seen} == {"/hooks/receipts"}
+    assert len({r.body for r in seen}) == 1  # the same notice each time
+    notice = seen[-1].json
+    assert seen[-1].headers["x-orchestrator-event"] == "receipt"
+    assert notice["run_id"] == run_id and notice["number"] == 1
+    assert receipts.problem(notice, key) is None
+
+    stored = moto.client.get_object(Bucket=BUCKET, Key=f"{prefix}/notices/{run_id}/receipt-1.json")
+    copy = json.loads(stored["Body"].read())
+    assert copy == notice
+    assert receipts.problem(copy, key) is None
