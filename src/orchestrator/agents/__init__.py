@@ -1,0 +1,1 @@
+"""The catalog of specialized agent nodes."""

@@ -1,0 +1,69 @@
+"""Host-side steps the flaky hunt records as ``ctx.tool`` effects: cloning the repository,
+reading its marker files, publishing a prepared tree and a branch. Each is idempotent,
+so one performed again after a crash (same idempotency key) does no harm."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from orchestrator.errors import ConfigError
+
+
+def git(*args: str, cwd: str | Path | None = None) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"git {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def clone_checkout(repo: str, rev: str, dest: str, markers: list[str]) -> dict[str, object]:
+    """Clone ``repo`` (a path or URL) into ``dest`` (reused if already there) and check out
+    ``rev`` detached; returns the resolved commit, the remote and the marker files' text."""
+    target = Path(dest)
+    if not (target / ".git").is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = str(Path(repo).resolve()) if Path(repo).exists() else repo
+        git("clone", "--quiet", "--no-hardlinks", source, str(target))
+    sha = git("rev-parse", "--verify", f"{rev}^{{commit}}", cwd=target)
+    git("checkout", "--quiet", "--force", "--detach", sha, cwd=target)
+    git("clean", "--quiet", "-fdx", cwd=target)
+    files = {}
+    for name in markers:
+        path = target / name
+        if path.is_file() and not path.is_symlink():
+            files[name] = path.read_text(errors="replace")[:200_000]
+    return {"checkout": str(target), "sha": sha, "files": files}
+
+
+def publish_tree(dest: str, workspace: str) -> str:
+    """Copy what a node's sandbox sees (its copy-on-write view) to ``dest``, whole."""
+    target = Path(dest)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(workspace, staging, symlinks=True)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return str(target)
+
+
+def publish_branch(repo: str, branch: str, workspace: str) -> str:
+    """Fetch ``branch`` from the sandbox's view into the local repository ``repo``."""
+    git("-C", repo, "fetch", "--quiet", workspace, f"+{branch}:{branch}")
+    return git("-C", repo, "rev-parse", branch)
+
+
+def push_branch(remote: str, branch: str, workspace: str) -> str:
+    """Push ``branch`` from the sandbox's view to a remote URL (credentials from git's own
+    configuration, never from the ledger)."""
+    git("-C", workspace, "push", "--quiet", "--force", remote, f"{branch}:{branch}")
+    return git("-C", workspace, "rev-parse", branch)
+
+
+def write_text(path: str, text: str) -> str:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return str(target)

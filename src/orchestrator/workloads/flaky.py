@@ -1,0 +1,79 @@
+"""The flaky-test hunt: rerun a suite many times in parallel sandboxes, bisect to the
+first failing commit, build the repro, propose a fix, and prepare the pull request.
+
+    repo-fetch -> repo-intake -> flake-rerunner[batch ...] -> flake-report -> bisector
+      -> repro-builder -> fix-proposer -> pr-author (review gate) -> pr-open -> notifier
+
+``plan`` has no gate; ``reviewed`` holds the pull request at the ``review`` gate until a
+person approves it (the CLI uses it when approvers are configured).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.agents import flaky
+from orchestrator.node import NodeSpec
+from orchestrator.plan import Plan
+
+PLAN_REF = "orchestrator.workloads.flaky:plan"
+REVIEWED_REF = "orchestrator.workloads.flaky:reviewed"
+MAX_BATCHES = 1000
+
+
+def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
+    plan = Plan("flaky-hunt", inputs=flaky.HuntInputs)
+    i = plan.input
+    hunt: dict[str, Any] = {k: i(k) for k in flaky.HuntInputs.model_fields}
+    fetched = plan.add(flaky.repo_fetch, **hunt)
+    intake = plan.add(
+        flaky.repo_intake,
+        checkout=fetched.out.checkout,
+        sha=fetched.out.sha,
+        files=fetched.out.files,
+        test=i("test"),
+        workdir=i("workdir"),
+    )
+    planned = plan.add(flaky.rerun_planner, runs=i("runs"), batch=i("batch"), seed=i("seed"))
+    reruns = plan.map(
+        flaky.flake_rerunner,
+        over=planned.out.batches,
+        item="batch",
+        max_items=MAX_BATCHES,
+        intake=intake.out.intake,
+        prepared_dir=intake.out.prepared,
+    )
+    report = plan.add(flaky.flake_report, results=reruns.out.result)
+    shared: dict[str, Any] = {"intake": intake.out.intake, "prepared_dir": intake.out.prepared}
+    bisected = plan.add(flaky.bisector, report=report.out.report, good=i("good"), **shared)
+    repro = plan.add(
+        flaky.repro_builder, report=report.out.report, bisected=bisected.out.bisected, **shared
+    )
+    fix = plan.add(
+        flaky.fix_proposer,
+        report=report.out.report,
+        bisected=bisected.out.bisected,
+        repro=repro.out.repro,
+        **shared,
+    )
+    authored = plan.add(
+        author,
+        repo=i("repo"),
+        report=report.out.report,
+        bisected=bisected.out.bisected,
+        repro=repro.out.repro,
+        fix=fix.out.fix,
+        **shared,
+    )
+    opened = plan.add(
+        flaky.pr_open,
+        **{k: hunt[k] for k in ("repo", "workdir", "base", "github", "github_api")},
+        authored=authored.out.authored,
+        prepared_dir=intake.out.prepared,
+    )
+    plan.add(flaky.notifier, authored=authored.out.authored, opened=opened.out.opened)
+    return plan
+
+
+plan = build_plan()
+reviewed = build_plan(flaky.reviewed_pr_author)
