@@ -41,6 +41,7 @@ def cli(
     )
 
 
+from tests.github_peer import github_peer  # noqa: E402,F401 - loopback GitHub REST API
 from tests.http_peer import http_peer  # noqa: E402,F401 - loopback HTTP sink
 from tests.llm_peers import anthropic_peer_fixture, openai_peer_fixture  # noqa: E402,F401
 from tests.s3server import aws_env, moto  # noqa: E402,F401 - shared session fixtures
