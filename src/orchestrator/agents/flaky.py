@@ -636,12 +636,14 @@ async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
     await ctx.exec(["chmod", "+x", script_path], check=True)
     if facts.fix_diff:
         await ctx.exec(
-            ["git", "apply", "--whitespace=nowarn", "-"], stdin=facts.fix_diff, check=True
+            ["git", "apply", "--index", "--whitespace=nowarn", "-"],
+            stdin=facts.fix_diff,
+            check=True,
         )
-    await ctx.exec(["git", "add", "--all", "--", "."], check=True)
-    await ctx.exec(
-        ["git", "reset", "--quiet", "--", ".orchestrator-venv", "node_modules"], check=False
-    )
+    # Only the repro script and the fix: not what the install left in the tree (a venv,
+    # node_modules, a package-lock.json written by `npm install`), which would also make
+    # pr-open's `git am` collide with the same untracked file in its checkout.
+    await ctx.exec(["git", "add", "--", script_path], check=True)
     title = pr.title(facts)
     commit = 'git diff --cached --quiet || git commit --quiet --no-verify -m "$0" -m "$1"'
     await ctx.exec(
