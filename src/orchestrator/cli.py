@@ -534,6 +534,11 @@ def flaky_hunt(
         model=model,
     )
     workdir = rt.home / "hunts" / f"{rt.clock.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    from orchestrator.agents.flaky import MAX_BATCHES
+
+    if -(-runs // batch) > MAX_BATCHES:
+        batch = -(-runs // MAX_BATCHES)
+        err.print(f"{runs} runs make more than {MAX_BATCHES} batches: {batch} runs per batch")
     values = {
         "repo": str(Path(repo).resolve()) if Path(repo).exists() else repo,
         "test": test,

@@ -507,9 +507,10 @@ class _Validator:
         worst = self.plan.worst_case_budget()
         over = worst.over(ceiling)
         if over:
+            dim = over[0].split()[0]  # the first dimension over, e.g. "compute_h"
             biggest = sorted(
                 self.plan.nodes.values(),
-                key=lambda pn: pn.spec.budget.tokens * (pn.map.max_items if pn.map else 1),
+                key=lambda pn: getattr(pn.spec.budget, dim) * (pn.map.max_items if pn.map else 1),
                 reverse=True,
             )[:3]
             self.add(

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from orchestrator.agents import host, pr, rerun, runners, stats
 from orchestrator.agents.bisect import Verdict, bisect, find_good
-from orchestrator.node import Retry, node
+from orchestrator.budget import Prices
+from orchestrator.node import Budget, Retry, node
 from orchestrator.runtime.context import NodeContext
 
 GIT_ENV = {
@@ -33,6 +34,18 @@ GIT_ENV = {
     "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
 }
 MISS = 0.01  # the chance bisection may call a bad commit good
+MAX_BATCHES = 200
+
+
+def worst_case(seconds: float, tokens: int = 0, llm_usd: float = 0.0) -> Budget:
+    """A node's declared worst case: its whole timeout of one vCPU (priced at the default
+    compute price) plus what its model calls may cost. Reserved only under a ceiling."""
+    compute_h = seconds / 3600
+    return Budget(
+        tokens=tokens, compute_h=compute_h, spend_usd=Prices().compute_spend(compute_h) + llm_usd
+    )
+
+
 RUN_TIMEOUT = 120.0
 KNOWN_SEEDS_FIRST = 3
 
@@ -252,6 +265,7 @@ class IntakeInputs(BaseModel):
     workspace="checkout",
     effects={"fs", "net"},
     timeout=1800,
+    budget=worst_case(1800),
     retry=Retry(max_attempts=2, base_delay=5),
 )
 async def repo_intake(ctx: NodeContext, inputs: IntakeInputs) -> IntakeOut:
@@ -296,7 +310,13 @@ class RerunnerPorts(BaseModel):
     prepared_dir: str
 
 
-@node("flake-rerunner", workspace="prepared_dir", effects={"fs"}, timeout=3600)
+@node(
+    "flake-rerunner",
+    workspace="prepared_dir",
+    effects={"fs"},
+    timeout=900,
+    budget=worst_case(900),
+)
 async def flake_rerunner(ctx: NodeContext, inputs: RerunnerPorts) -> BatchOut:
     """Run the test command once per seed of the batch, each in a fresh process."""
     records = await run_seeds(ctx, inputs.intake, inputs.batch.seeds)
@@ -347,7 +367,13 @@ def _target_argv(intake: Intake, target: str | None) -> list[str]:
     return runners.test_command(intake.runner, intake.argv, target)
 
 
-@node("bisector", workspace="prepared_dir", effects={"fs"}, timeout=6 * 3600)
+@node(
+    "bisector",
+    workspace="prepared_dir",
+    effects={"fs"},
+    timeout=2 * 3600,
+    budget=worst_case(2 * 3600),
+)
 async def bisector(ctx: NodeContext, inputs: BisectInputs) -> BisectOut:
     """Flaky-aware bisection from a good to the bad revision (stepping back through
     history to find a good one when none is given); known failing seeds go first."""
@@ -485,7 +511,13 @@ def repro_command(intake: Intake, target: str | None, seed: int | None) -> str:
     return " ".join([*assignments, shlex.join(argv)])
 
 
-@node("repro-builder", workspace="prepared_dir", effects={"fs"}, timeout=3600)
+@node(
+    "repro-builder",
+    workspace="prepared_dir",
+    effects={"fs"},
+    timeout=1800,
+    budget=worst_case(1800),
+)
 async def repro_builder(ctx: NodeContext, inputs: ReproInputs) -> ReproOut:
     """The smallest reproducing command (test id + seed + environment), checked to fail
     on the first bad commit and to pass on its parent."""
@@ -525,7 +557,13 @@ class FixInputs(BaseModel):
 DIFF_BLOCK = re.compile(r"```(?:diff|patch)?\n(.*?)```", re.S)
 
 
-@node("fix-proposer", workspace="prepared_dir", effects={"fs", "llm"}, timeout=3600)
+@node(
+    "fix-proposer",
+    workspace="prepared_dir",
+    effects={"fs", "llm"},
+    timeout=1800,
+    budget=worst_case(1800, tokens=40_000, llm_usd=1.0),
+)
 async def fix_proposer(ctx: NodeContext, inputs: FixInputs) -> FixOut:
     """Ask a model for a fix (when the run has one), apply it, and check it by rerunning
     the repro and a batch of reruns; without a model, leave it to a person at the gate."""
@@ -661,9 +699,16 @@ async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
     return AuthoredOut(authored=authored, diff=patch.stdout)
 
 
-pr_author = node("pr-author", workspace="prepared_dir", effects={"fs"}, timeout=600)(author)
+pr_author = node(
+    "pr-author", workspace="prepared_dir", effects={"fs"}, timeout=600, budget=worst_case(600)
+)(author)
 reviewed_pr_author = node(
-    "pr-author", workspace="prepared_dir", effects={"fs"}, timeout=600, gate="review"
+    "pr-author",
+    workspace="prepared_dir",
+    effects={"fs"},
+    timeout=600,
+    budget=worst_case(600),
+    gate="review",
 )(author)
 
 
@@ -682,6 +727,7 @@ class OpenInputs(BaseModel):
     workspace="prepared_dir",
     effects={"fs", "net"},
     timeout=600,
+    budget=worst_case(600),
     retry=Retry(max_attempts=3, base_delay=2),
 )
 async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:

@@ -211,7 +211,10 @@ def _python_runner(files: dict[str, str], present: list[str]) -> Runner:
             packages += ["-r", name]
     if _declares_dependencies(files):
         packages += ["-e", "."]
-    install = [["python3", "-m", "venv", VENV]]
+    # --copies: a real interpreter in the venv, not a symlink to /usr/bin/python3, which
+    # a checkpoint's workspace snapshot leaves out (it keeps no symlink leading outside
+    # the workspace): a node resumed from one would find no `python` to run the tests.
+    install = [["python3", "-m", "venv", "--copies", VENV]]
     if packages:
         pip = [f"{VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check"]
         install.append([*pip, *packages])

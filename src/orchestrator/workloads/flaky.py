@@ -18,7 +18,6 @@ from orchestrator.plan import Plan
 
 PLAN_REF = "orchestrator.workloads.flaky:plan"
 REVIEWED_REF = "orchestrator.workloads.flaky:reviewed"
-MAX_BATCHES = 1000
 
 
 def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
@@ -39,7 +38,7 @@ def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
         flaky.flake_rerunner,
         over=planned.out.batches,
         item="batch",
-        max_items=MAX_BATCHES,
+        max_items=flaky.MAX_BATCHES,
         intake=intake.out.intake,
         prepared_dir=intake.out.prepared,
     )
