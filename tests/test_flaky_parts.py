@@ -62,7 +62,7 @@ def test_marker_files_cover_every_detected_file() -> None:
 def test_python_with_pytest_mentioned_is_pytest(files: dict[str, str]) -> None:
     runner = runners.detect(files)
     assert (runner.name, runner.language, runner.framework) == ("pytest", "python", "pytest")
-    assert runner.install[0] == ["python3", "-m", "venv", ".orchestrator-venv"]
+    assert runner.install[0] == ["python3", "-m", "venv", "--copies", ".orchestrator-venv"]
     assert "pytest" in runner.install[1]
     assert runner.seed_env == ["PYTHONHASHSEED"]
     assert runner.env["PATH"] == "/workspace/.orchestrator-venv/bin:/usr/bin:/bin"
@@ -78,7 +78,7 @@ def test_python_install_takes_requirements_files_and_the_project_when_it_has_dep
     }
     runner = runners.detect(files)
     assert runner.install == [
-        ["python3", "-m", "venv", ".orchestrator-venv"],
+        ["python3", "-m", "venv", "--copies", ".orchestrator-venv"],
         [
             ".orchestrator-venv/bin/pip",
             "install",
@@ -104,7 +104,7 @@ def test_python_install_takes_requirements_files_and_the_project_when_it_has_dep
 def test_python_without_pytest_is_unittest_and_installs_nothing_but_the_venv() -> None:
     runner = runners.detect({"setup.py": "from setuptools import setup\nsetup(name='x')\n"})
     assert (runner.name, runner.framework) == ("unittest", "unittest")
-    assert runner.install == [["python3", "-m", "venv", ".orchestrator-venv"]]
+    assert runner.install == [["python3", "-m", "venv", "--copies", ".orchestrator-venv"]]
     assert runner.command == ["python", "-m", "unittest"]
     with_reqs = runners.detect({"requirements.txt": "requests\n"})
     assert with_reqs.name == "unittest"
