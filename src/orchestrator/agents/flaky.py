@@ -460,7 +460,11 @@ async def _bisect(ctx: NodeContext, inputs: BisectInputs) -> Bisected:
                 diffstat="",
                 trials_per_commit=trials,
                 log=log,
-                message="the failure reproduces on every ancestor down to the root commit",
+                message=(
+                    "the tests could not run on any ancestor tried (every probe was a skip)"
+                    if seen and all(v == "skip" for v in seen.values())
+                    else "the failure reproduces on every ancestor down to the root commit"
+                ),
             )
     else:
         good = (
@@ -501,7 +505,9 @@ class ReproInputs(BaseModel):
 
 
 def repro_command(intake: Intake, target: str | None, seed: int | None) -> str:
-    env = dict(intake.runner.env)
+    """The command a person runs in their own checkout (with the test dependencies
+    installed): the sandbox's PATH is left out, everything else that matters is kept."""
+    env = {k: v for k, v in intake.runner.env.items() if k != "PATH"}
     if seed is not None:
         env.update({name: str(seed) for name in intake.runner.seed_env})
     argv = _target_argv(intake, target)
@@ -526,11 +532,14 @@ async def repro_builder(ctx: NodeContext, inputs: ReproInputs) -> ReproOut:
 
 async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
     report, intake, found = inputs.report, inputs.intake, inputs.bisected
-    seed = report.failing_seeds[0] if report.failing_seeds else None
+    seeded = bool(intake.runner.seed_env or intake.runner.seed_args(1))
+    seed = report.failing_seeds[0] if report.failing_seeds and seeded else None
     command = repro_command(intake, report.target, seed)
     if found.first_bad is None or found.parent is None:
         return Repro(command=command, seed=seed, fails_on_bad=False, passes_on_parent=False)
-    trials = max(1, min(found.trials_per_commit, 50))
+    # a seed-driven failure reproduces in one run with its seed; otherwise the trials the
+    # measured rate needs
+    trials = 3 if seed is not None else max(1, min(found.trials_per_commit, 50))
     seeds = [seed] * trials if seed is not None else list(range(1, trials + 1))
 
     # The repro itself on the first bad commit; on the parent, the whole command with the

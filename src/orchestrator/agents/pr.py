@@ -314,7 +314,7 @@ def repro_script(f: HuntFacts) -> str:
         f"about {_pct((1 - f.rate) ** n) if f.rate < 1 else '0%'}.",
         "",
         "Exit status: the failing run's (non-zero) when the failure reproduces;",
-        "0 when all N runs passed (not reproduced).",
+        "0 when all N runs passed (not reproduced); 2 when the command cannot run.",
     ]
     comment = "\n".join(f"# {_one_line(line)}".rstrip() for line in facts)
     return f"""#!/bin/sh
@@ -339,6 +339,10 @@ while [ "$i" -lt "$TRIALS" ]; do
     echo "run $i of $TRIALS: $REPRO_COMMAND" >&2
     status=0
     /bin/sh -c "$REPRO_COMMAND" || status=$?
+    if [ "$status" -eq 126 ] || [ "$status" -eq 127 ]; then
+        echo "could not run the command (exit status $status): is the test runner installed?" >&2
+        exit 2
+    fi
     if [ "$status" -ne 0 ]; then
         echo "reproduced: run $i of $TRIALS failed (exit status $status)" >&2
         exit "$status"
