@@ -1,0 +1,64 @@
+"""``repo-fetch`` clones the repository at the bad revision (a recorded host step);
+``repo-intake`` detects the runner and installs the test dependencies in the sandbox (the
+hunt's only step with network), then publishes the prepared tree for the test runs."""
+
+from __future__ import annotations
+
+import shlex
+
+from pydantic import BaseModel
+
+from orchestrator.agents import host, runners
+from orchestrator.agents.hunt import (
+    Fetched,
+    HuntInputs,
+    Intake,
+    IntakeOut,
+    worst_case,
+)
+from orchestrator.node import Retry, node
+from orchestrator.runtime.context import NodeContext
+
+
+@node("repo-fetch", effects={"net"}, timeout=900, retry=Retry(max_attempts=3, base_delay=2))
+async def repo_fetch(ctx: NodeContext, inputs: HuntInputs) -> Fetched:
+    """Clone the repository at the bad revision (a recorded host step)."""
+    data = await ctx.tool(
+        "git-clone",
+        host.clone_checkout,
+        inputs.repo,
+        inputs.bad,
+        f"{inputs.workdir}/checkout",
+        list(runners.MARKER_FILES),
+    )
+    return Fetched.model_validate(data)
+
+
+class IntakeInputs(BaseModel):
+    checkout: str
+    sha: str
+    files: dict[str, str]
+    test: str
+    workdir: str
+
+
+@node(
+    "repo-intake",
+    workspace="checkout",
+    effects={"fs", "net"},
+    timeout=1800,
+    budget=worst_case(1800),
+    retry=Retry(max_attempts=2, base_delay=5),
+)
+async def repo_intake(ctx: NodeContext, inputs: IntakeInputs) -> IntakeOut:
+    """Detect the language and test runner; install the test dependencies in the sandbox
+    (the only step with network); publish the prepared tree for the test runs."""
+    runner = runners.detect(inputs.files)
+    await ctx.log("detected", runner=runner.name, framework=runner.framework)
+    for argv in runner.install:
+        await ctx.exec(argv, env=runner.env, timeout=1200, check=True)
+    prepared = await ctx.tool("publish-prepared", host.publish_tree, f"{inputs.workdir}/prepared")
+    intake = Intake(
+        prepared=str(prepared), sha=inputs.sha, runner=runner, argv=shlex.split(inputs.test)
+    )
+    return IntakeOut(intake=intake, prepared=intake.prepared)

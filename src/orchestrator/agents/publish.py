@@ -1,0 +1,247 @@
+"""``pr-author`` commits the repro (and a verified fix) on a branch with a description
+and a patch, held at the review gate when approvers are configured; ``pr-open``
+publishes exactly the reviewed patch and opens the pull request; ``notifier`` sums up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.agents import host, pr
+from orchestrator.agents.hunt import (
+    GIT_ENV,
+    MISS,
+    Authored,
+    AuthoredOut,
+    Bisected,
+    Fix,
+    Intake,
+    Opened,
+    OpenedOut,
+    Report,
+    Repro,
+    Summary,
+    checkout,
+    worst_case,
+)
+from orchestrator.node import Retry, node
+from orchestrator.runtime.context import NodeContext
+
+
+class AuthorInputs(BaseModel):
+    repo: str
+    intake: Intake
+    report: Report
+    bisected: Bisected
+    repro: Repro
+    fix: Fix
+    prepared_dir: str
+
+
+def facts_of(inputs: AuthorInputs) -> pr.HuntFacts:
+    report, found, fix = inputs.report, inputs.bisected, inputs.fix
+    rate = next((r for r in report.rates if r.test == report.target), None)
+    return pr.HuntFacts(
+        repo=inputs.repo,
+        test=report.target or "(none)",
+        runner=inputs.intake.runner.framework,
+        runs=max(1, report.runs),
+        failures=rate.failures if rate else 0,
+        rate=rate.rate if rate else 0.0,
+        low=rate.low if rate else 0.0,
+        high=rate.high if rate else 0.0,
+        first_bad=found.first_bad,
+        first_bad_subject=found.subject,
+        first_bad_diffstat=found.diffstat,
+        parent=found.parent,
+        repro=inputs.repro.command,
+        trials_per_commit=max(1, found.trials_per_commit),
+        miss_chance=MISS,
+        fix_diff=fix.diff if fix.verified else None,
+        fix_verified=fix.verified,
+        rate_after=(fix.failures_after, fix.runs_after)
+        if fix.verified and fix.failures_after is not None and fix.runs_after is not None
+        else None,
+        bisect_log=found.log,
+    )
+
+
+async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
+    """A branch with the repro script (and the verified fix), its description and patch."""
+    facts = facts_of(inputs)
+    branch = pr.branch_name(facts.test)
+    await checkout(ctx, inputs.intake.sha)
+    await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
+    script_path = pr.repro_path(facts.test)
+    await ctx.write(script_path, pr.repro_script(facts))
+    await ctx.exec(["chmod", "+x", script_path], check=True)
+    if facts.fix_diff:
+        await ctx.exec(
+            ["git", "apply", "--index", "--whitespace=nowarn", "-"],
+            stdin=facts.fix_diff,
+            check=True,
+        )
+    # Only the repro script and the fix: not what the install left in the tree (a venv,
+    # node_modules, a package-lock.json written by `npm install`), which would also make
+    # pr-open's `git am` collide with the same untracked file in its checkout.
+    await ctx.exec(["git", "add", "--", script_path], check=True)
+    title = pr.title(facts)
+    commit = 'git diff --cached --quiet || git commit --quiet --no-verify -m "$0" -m "$1"'
+    await ctx.exec(
+        ["sh", "-c", commit, title, f"Reproduces with: {facts.repro}"], env=GIT_ENV, check=True
+    )
+    patch = await ctx.exec(["git", "format-patch", "-1", "--stdout", branch], check=True)
+    authored = Authored(
+        base_sha=inputs.intake.sha,
+        branch=branch,
+        title=title,
+        description=pr.description(facts, script_path=script_path),
+        diff=patch.stdout,
+        facts=facts,
+    )
+    return AuthoredOut(authored=authored, diff=patch.stdout)
+
+
+pr_author = node(
+    "pr-author", workspace="prepared_dir", effects={"fs"}, timeout=600, budget=worst_case(600)
+)(author)
+
+
+reviewed_pr_author = node(
+    "pr-author",
+    workspace="prepared_dir",
+    effects={"fs"},
+    timeout=600,
+    budget=worst_case(600),
+    gate="review",
+)(author)
+
+
+class OpenInputs(BaseModel):
+    repo: str
+    workdir: str
+    base: str
+    github: str | None
+    github_api: str | None
+    authored: Authored
+    prepared_dir: str
+
+
+@node(
+    "pr-open",
+    workspace="prepared_dir",
+    effects={"fs", "net"},
+    timeout=600,
+    budget=worst_case(600),
+    retry=Retry(max_attempts=3, base_delay=2),
+)
+async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
+    """Publish the reviewed patch as a branch; open the pull request when a GitHub
+    repository and a token (GITHUB_TOKEN) are configured."""
+    from orchestrator.agents import github
+
+    hunt, authored = inputs, inputs.authored
+    # exactly what was reviewed at the gate: the patch, applied on the bad revision
+    await checkout(ctx, authored.base_sha)
+    await ctx.exec(["git", "checkout", "--quiet", "-B", authored.branch], check=True)
+    await ctx.exec(
+        ["git", "am", "--quiet", "--keep-cr"], stdin=authored.diff, env=GIT_ENV, check=True
+    )
+    patch_file = await ctx.tool(
+        "write-patch",
+        host.write_text,
+        f"{hunt.workdir}/{authored.branch.rsplit('/', 1)[-1]}.patch",
+        authored.diff,
+    )
+    local = await ctx.tool("is-local", _is_local_repo, hunt.repo)
+    if local:
+        published = await ctx.tool(
+            "publish-branch", host.publish_branch, hunt.repo, authored.branch
+        )
+    else:
+        published = await ctx.tool("push-branch", host.push_branch, hunt.repo, authored.branch)
+    url = None
+    note = f"branch {authored.branch} is in {hunt.repo}; the patch is {patch_file}"
+    if hunt.github:
+        owner, _, name = hunt.github.partition("/")
+        remote = github.GitHubRemote(
+            owner=owner, repo=name, api=hunt.github_api or "https://api.github.com"
+        )
+        token = await ctx.tool("has-token", _has_token)
+        if token:
+            opened = await ctx.tool(
+                "open-pull-request",
+                _open_pr,
+                remote.model_dump(),
+                authored.branch,
+                hunt.base,
+                authored.title,
+                authored.description,
+            )
+            url = str(opened["url"])
+            note = f"opened {url}"
+        else:
+            note += "; set GITHUB_TOKEN to open the pull request"
+    opened = Opened(
+        branch=authored.branch,
+        published=str(published),
+        pull_request=url,
+        patch_file=str(patch_file),
+        note=note,
+    )
+    return OpenedOut(opened=opened)
+
+
+def _is_local_repo(repo: str) -> bool:
+    from pathlib import Path
+
+    return Path(repo).is_dir()
+
+
+def _has_token() -> bool:
+    import os
+
+    return bool(os.environ.get("GITHUB_TOKEN"))
+
+
+async def _open_pr(
+    remote: dict[str, Any], head: str, base: str, title: str, body: str, idempotency_key: str
+) -> dict[str, Any]:
+    """Open the PR with the token from the environment (never recorded)."""
+    import os
+
+    from orchestrator.agents import github
+
+    pull = await github.open_pull_request(
+        github.GitHubRemote.model_validate(remote),
+        os.environ["GITHUB_TOKEN"],
+        head=head,
+        base=base,
+        title=title,
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+    return pull.model_dump(mode="json")
+
+
+class NotifyInputs(BaseModel):
+    authored: Authored
+    opened: Opened
+
+
+@node("notifier")
+async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
+    """The hunt's summary, on the record (and printed by the CLI)."""
+    facts = inputs.authored.facts
+    lines = [
+        f"flaky test: {facts.test} ({facts.failures}/{facts.runs} runs failed, "
+        f"{facts.rate:.1%}, 95% CI {facts.low:.1%} to {facts.high:.1%})",
+        f"first failing commit: {facts.first_bad or 'not found'} {facts.first_bad_subject}",
+        f"reproduce: {facts.repro}",
+        f"fix: {'verified' if facts.fix_verified else 'none proposed'}",
+        inputs.opened.note,
+    ]
+    summary = "\n".join(lines)
+    await ctx.log("summary", text=summary)
+    return Summary(summary=summary)
