@@ -76,9 +76,14 @@ def _commit(repo: Path, message: str, n: int) -> str:
 
 
 def python_repo(
-    parent: Path, commits: int = 30, culprit: int = 17, kind: str = "hash"
+    parent: Path,
+    commits: int = 30,
+    culprit: int = 17,
+    kind: str = "hash",
+    broken: int | None = None,
 ) -> FixtureRepo:
-    """A unittest project; commit number ``culprit`` (1-based) introduces the failure."""
+    """A unittest project; commit number ``culprit`` (1-based) introduces the failure, and
+    commit ``broken`` (if any) does not even import (the next commit repairs it)."""
     repo = parent / f"py-{kind}"
     (repo / "calc").mkdir(parents=True)
     (repo / "tests").mkdir()
@@ -88,9 +93,10 @@ def python_repo(
     for n in range(1, commits + 1):
         functions = "\n".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(n))
         add = "a + b + 1" if kind == "always" and n >= culprit else "a + b"
-        (repo / "calc" / "__init__.py").write_text(
-            f"def add(a, b):\n    return {add}\n\n{functions}"
-        )
+        source = f"def add(a, b):\n    return {add}\n\n{functions}"
+        if n == broken:
+            source += "\ndef half_written(:\n"  # a syntax error: nothing imports
+        (repo / "calc" / "__init__.py").write_text(source)
         body = "import unittest\n\nimport calc\n\n\nclass TestCalc(unittest.TestCase):\n"
         body += "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n"
         body += "\n".join(

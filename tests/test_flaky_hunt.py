@@ -263,6 +263,24 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home
     check_branch(fixture.path, h, base=fixture.commits[-1])
 
 
+@pytest.mark.timeout(120)
+def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
+    tmp_path: Path, home: Path
+) -> None:
+    # Commit 18 (between the culprit and HEAD, inside the range bisection searches) has a
+    # syntax error: probing it must give "skip", and the culprit is still named exactly.
+    fixture = python_repo(tmp_path, culprit=17, broken=18)
+    done = hunt(home, fixture.path, *UNITTEST, "--runs", "200", "--seed", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is skip" in done.stderr  # the live progress shows the skipped step
+    h = load(home)
+    found = h.out("bisector")["bisected"]
+    assert (found["first_bad"], found["parent"]) == (fixture.culprit, fixture.parent)
+    skipped = [line for line in found["log"] if ": skip after" in line]
+    assert [line.split(":")[0] for line in skipped] == [fixture.commits[17][:12]]
+    assert "left between" in done.stderr and "commit(s) between good" in done.stderr
+
+
 # ---- 3. SIGKILL during the reruns and during the bisection; resume twice ------------------
 
 

@@ -554,7 +554,7 @@ def flaky_hunt(
     }
     plan = workload.reviewed if gated else workload.plan
     ref = workload.REVIEWED_REF if gated else workload.PLAN_REF
-    progress = () if quiet or as_json else (_hunt_progress,)
+    progress = () if quiet or as_json else (_hunt_progress(runs),)
     state = _drive(
         rt,
         lambda ls: rt.start(plan, values, config, plan_ref=ref, listeners=(*ls, *progress)),
@@ -564,32 +564,49 @@ def flaky_hunt(
     _hunt_report(rt, state, as_json)
 
 
-def _hunt_progress(event: BaseEvent) -> None:
-    """Hunt milestones on stderr: reruns done, failures seen, each bisection step."""
+def _hunt_progress(runs: int) -> Callable[[BaseEvent], None]:
+    """Hunt milestones on stderr: reruns done and failures seen, the bisection range."""
     from orchestrator.ledger.events import EffectRecorded, NodeSucceeded
 
-    if isinstance(event, NodeSucceeded) and event.node.startswith("flake-rerunner["):
-        result = event.outputs["result"]
-        failed = sum(1 for run in result["runs"] if run["failed"])
-        err.print(
-            f"  reruns: batch {result['index']} done, {len(result['runs'])} runs, {failed} failed",
-            highlight=False,
-        )
-    elif isinstance(event, EffectRecorded) and event.effect == "log":
-        request = event.request if isinstance(event.request, dict) else {}
-        fields = request.get("fields", {})
-        if request.get("message") == "bisect":
+    seen = {"runs": 0, "failed": 0}
+
+    def show(event: BaseEvent) -> None:
+        if isinstance(event, NodeSucceeded) and event.node.startswith("flake-rerunner["):
+            batch = event.outputs["result"]["runs"]
+            seen["runs"] += len(batch)
+            seen["failed"] += sum(1 for run in batch if run["failed"])
             err.print(
-                f"  bisect: {str(fields.get('commit'))[:12]} is {fields.get('verdict')} "
-                f"({fields.get('runs')} run(s))",
-                highlight=False,
+                f"  reruns: {seen['runs']}/{runs} done, {seen['failed']} failed", highlight=False
             )
-        elif request.get("message") == "reruns":
-            err.print(
-                f"  reruns: {fields.get('runs')} done, {fields.get('failures')} failed; "
-                f"flakiest: {fields.get('target')}",
-                highlight=False,
-            )
+        elif isinstance(event, EffectRecorded) and event.effect == "log":
+            request = event.request if isinstance(event.request, dict) else {}
+            fields, message = request.get("fields", {}), request.get("message")
+            if message == "bisect-range":
+                err.print(
+                    f"  bisect: {fields.get('commits')} commit(s) between good "
+                    f"{str(fields.get('good'))[:12]} and bad {str(fields.get('bad'))[:12]}",
+                    highlight=False,
+                )
+            elif message == "bisect":
+                where = ""
+                if "left" in fields:
+                    where = (
+                        f"; {fields['left']} left between {str(fields['good'])[:12]}"
+                        f"..{str(fields['bad'])[:12]}"
+                    )
+                err.print(
+                    f"  bisect: {str(fields.get('commit'))[:12]} is {fields.get('verdict')} "
+                    f"({fields.get('runs')} run(s)){where}",
+                    highlight=False,
+                )
+            elif message == "reruns":
+                err.print(
+                    f"  reruns: flakiest test {fields.get('target')}: "
+                    f"{fields.get('failures')} of {fields.get('runs')} runs failed",
+                    highlight=False,
+                )
+
+    return show
 
 
 def _hunt_report(rt: Runtime, state: RunState, as_json: bool) -> None:

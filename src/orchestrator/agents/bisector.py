@@ -106,10 +106,22 @@ async def _bisect(ctx: NodeContext, inputs: BisectInputs) -> Bisected:
             verdict = "good"
         seen[sha] = verdict
         log.append(f"{sha[:12]}: {verdict} after {used} run(s)")
-        await ctx.log("bisect", commit=sha, verdict=verdict, runs=used)
+        await ctx.log("bisect", commit=sha, verdict=verdict, runs=used, **narrowed())
         # a restore point: after a crash the hunt resumes after this step, not before it
         await ctx.checkpoint(f"bisect {sha[:12]} {verdict}")
         return verdict, used
+
+    commits: list[str] = []
+
+    def narrowed() -> dict[str, str | int]:
+        """The range still in question once bisection has its commit list."""
+        good_at = max((i for i, c in enumerate(commits) if seen.get(c) == "good"), default=0)
+        bad_at = min(
+            (i for i, c in enumerate(commits) if seen.get(c) == "bad"), default=len(commits) - 1
+        )
+        if not commits:
+            return {}
+        return {"good": commits[good_at], "bad": commits[bad_at], "left": bad_at - good_at - 1}
 
     bad = intake.sha
     good = inputs.good
@@ -143,7 +155,8 @@ async def _bisect(ctx: NodeContext, inputs: BisectInputs) -> Bisected:
     path = await ctx.exec(
         ["git", "rev-list", "--reverse", "--ancestry-path", f"{good}..{bad}"], check=True
     )
-    commits = [good, *path.stdout.split()]
+    commits[:] = [good, *path.stdout.split()]
+    await ctx.log("bisect-range", good=good, bad=bad, commits=len(commits) - 2)
     result = await bisect(commits, probe)
     subject = diffstat = ""
     parent = None
