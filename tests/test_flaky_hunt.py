@@ -77,7 +77,11 @@ def head_seq(home: Path, run_id: str) -> int:
 
 
 def hunt(
-    home: Path, repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 150
+    home: Path,
+    repo: Path | str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 150,
 ) -> subprocess.CompletedProcess[str]:
     return cli(home, "flaky-hunt", "--repo", str(repo), *args, env=env, timeout=timeout)
 
@@ -243,7 +247,9 @@ def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestra
 @pytest.mark.timeout(90)
 def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home: Path) -> None:
     fixture = python_repo(tmp_path, kind="always")
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "40", "--batch", "20", "--seed", "7")
+    # given as a URL: cloned by git, and the branch pushed back rather than fetched
+    url = f"file://{fixture.path}"
+    done = hunt(home, url, *UNITTEST, "--runs", "40", "--batch", "20", "--seed", "7")
     assert done.returncode == 0, done.stdout + done.stderr
     h = load(home)
     report = h.out("flake-report")["report"]
