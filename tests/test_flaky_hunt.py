@@ -36,6 +36,7 @@ from tests.conftest import cli
 from tests.crashing import processes_with, wait_until
 from tests.flaky_repos import TRUE_RATE, git, js_repo, python_repo
 from tests.github_peer import TOKEN, GitHubPeer
+from tests.http_peer import HttpPeer
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
 
@@ -271,13 +272,17 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home
 
 @pytest.mark.timeout(120)
 def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
-    tmp_path: Path, home: Path
+    tmp_path: Path, home: Path, http_peer: HttpPeer
 ) -> None:
     # Commit 18 (between the culprit and HEAD, inside the range bisection searches) has a
     # syntax error: probing it must give "skip", and the culprit is still named exactly.
     fixture = python_repo(tmp_path, culprit=17, broken=18)
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "200", "--seed", "1")
+    hook = f"webhook={http_peer.url}/hooks/flaky"
+    done = hunt(home, fixture.path, *UNITTEST, "--runs", "200", "--seed", "1", "--notify", hook)
     assert done.returncode == 0, done.stdout + done.stderr
+    # the notifier sent the summary to the run's sink
+    (sent,) = [r.json for r in http_peer.requests]
+    assert sent["kind"] == "summary" and fixture.culprit in sent["text"]
     assert "is skip" in done.stderr  # the live progress shows the skipped step
     h = load(home)
     found = h.out("bisector")["bisected"]

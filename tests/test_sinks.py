@@ -488,3 +488,16 @@ async def test_an_unreachable_s3_server_is_retried_then_reported(aws_env: None) 
     assert not done.ok and done.attempts == 3
     assert sleeps.asked == [0.5, 1.0]
     assert done.error is not None and re.search(r"cannot (write|reach)", done.error)
+
+
+def test_slack_summary_message_keeps_the_text_escaped_and_within_limits() -> None:
+    from orchestrator.sinks import SummaryNotice
+
+    notice = SummaryNotice(
+        run_id="r" * 3000, name="flaky-hunt", title="T" * 400, text="<!channel> done\n" * 5000
+    )
+    payload = slack_payload(notice)
+    check_slack_limits(payload)
+    assert payload["blocks"][0]["text"]["text"].endswith("…")
+    body = payload["blocks"][1]["text"]["text"]
+    assert "&lt;!channel&gt; done" in body and "<!channel>" not in body

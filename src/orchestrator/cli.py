@@ -551,6 +551,7 @@ def flaky_hunt(
         "github": github,
         "github_api": github_api,
         "seed": seed,
+        "notify": notify,
     }
     plan = workload.reviewed if gated else workload.plan
     ref = workload.REVIEWED_REF if gated else workload.PLAN_REF

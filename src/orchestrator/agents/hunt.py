@@ -53,6 +53,7 @@ class HuntInputs(BaseModel):
     github: str | None = None
     github_api: str | None = None
     seed: int | None = None
+    notify: list[str] = []
 
 
 class Fetched(BaseModel):

@@ -27,6 +27,7 @@ from orchestrator.agents.hunt import (
 )
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
+from orchestrator.sinks import SinkConfig, SummaryNotice, deliver
 
 
 class AuthorInputs(BaseModel):
@@ -228,11 +229,19 @@ async def _open_pr(
 class NotifyInputs(BaseModel):
     authored: Authored
     opened: Opened
+    notify: list[str]
 
 
-@node("notifier")
+async def send_summary(sink: dict[str, Any], notice: dict[str, Any]) -> dict[str, Any]:
+    """Deliver a summary to one sink (retried inside; never raises for a failed send)."""
+    done = await deliver(SinkConfig.model_validate(sink), SummaryNotice.model_validate(notice))
+    return done.model_dump(mode="json")
+
+
+@node("notifier", effects={"net"})
 async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
-    """The hunt's summary, on the record (and printed by the CLI)."""
+    """The hunt's summary: on the record, printed by the CLI, and sent to the run's
+    notification sinks (each delivery's outcome journaled)."""
     facts = inputs.authored.facts
     lines = [
         f"flaky test: {facts.test} ({facts.failures}/{facts.runs} runs failed, "
@@ -244,4 +253,12 @@ async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
     ]
     summary = "\n".join(lines)
     await ctx.log("summary", text=summary)
+    notice = SummaryNotice(
+        run_id=ctx.run_id, name="flaky-hunt", title=f"Flaky test hunt: {facts.test}", text=summary
+    )
+    for raw in inputs.notify:
+        sink = SinkConfig.parse(raw)
+        done = await ctx.tool("notify", send_summary, sink.model_dump(), notice.model_dump())
+        if not done["ok"]:
+            await ctx.log("summary not delivered", sink=done["sink"], error=done["error"])
     return Summary(summary=summary)

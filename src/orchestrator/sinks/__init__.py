@@ -13,6 +13,7 @@ from orchestrator.sinks.base import (
     Notice,
     ReceiptNotice,
     SinkConfig,
+    SummaryNotice,
 )
 from orchestrator.sinks.deliver import deliver, notice_key
 from orchestrator.sinks.slack import slack_payload
@@ -23,6 +24,7 @@ __all__ = [
     # what is sent
     "GateNotice",
     "ReceiptNotice",
+    "SummaryNotice",
     "Notice",
     "NOTICE",
     # sending it

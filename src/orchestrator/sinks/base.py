@@ -22,6 +22,7 @@ __all__ = [
     "SinkConfig",
     "GateNotice",
     "ReceiptNotice",
+    "SummaryNotice",
     "Notice",
     "NOTICE",
     "Delivery",
@@ -190,8 +191,20 @@ class ReceiptNotice(BaseModel):
     key: str
 
 
-Notice = Annotated[GateNotice | ReceiptNotice, Field(discriminator="kind")]
-NOTICE: TypeAdapter[GateNotice | ReceiptNotice] = TypeAdapter(Notice)
+class SummaryNotice(BaseModel):
+    """What a run (or one of its agents) reports when it is done: a title and plain text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["summary"] = "summary"
+    run_id: str
+    name: str
+    title: str
+    text: str
+
+
+Notice = Annotated[GateNotice | ReceiptNotice | SummaryNotice, Field(discriminator="kind")]
+NOTICE: TypeAdapter[GateNotice | ReceiptNotice | SummaryNotice] = TypeAdapter(Notice)
 """Validates a notice's JSON form back into a :data:`Notice` (``NOTICE.validate_json``)."""
 
 

@@ -37,6 +37,7 @@ from orchestrator.sinks.base import (
     Notice,
     ReceiptNotice,
     SinkConfig,
+    SummaryNotice,
     env_name,
     http_origin,
 )
@@ -154,6 +155,8 @@ def notice_key(notice: Notice) -> str:
     """
     if isinstance(notice, ReceiptNotice):
         name = f"receipt-{notice.number}"
+    elif isinstance(notice, SummaryNotice):
+        name = f"summary-{_segment(notice.name, 200)}"
     else:
         name = f"gate-{_segment(notice.node, 200)}-{notice.attempt}"
     return f"notices/{_segment(notice.run_id, 255)}/{name}.json"

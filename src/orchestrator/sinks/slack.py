@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.sinks.base import GateNotice, Notice, ReceiptNotice
+from orchestrator.sinks.base import GateNotice, Notice, ReceiptNotice, SummaryNotice
 
 __all__ = [
     "HEADER_LIMIT",
@@ -44,6 +44,18 @@ def slack_payload(notice: Notice) -> dict[str, Any]:
     if isinstance(notice, GateNotice):
         text = f"Approval needed: gate {notice.gate} on node {notice.node} (run {notice.run_id})"
         blocks = gate_blocks(notice)
+    elif isinstance(notice, SummaryNotice):
+        text = f"{notice.title} (run {notice.run_id})"
+        blocks = [
+            _header(notice.title),
+            _section(f"```{_code(notice.text, SECTION_LIMIT - 200)}```"),
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": _cut(f"run `{_code(notice.run_id, 200)}`", 2000)}
+                ],
+            },
+        ]
     else:
         text = f"Budget receipt #{notice.number} for run {notice.run_id}"
         totals = notice.body.get("totals")

@@ -70,7 +70,9 @@ def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
         authored=authored.out.authored,
         prepared_dir=intake.out.prepared,
     )
-    plan.add(flaky.notifier, authored=authored.out.authored, opened=opened.out.opened)
+    plan.add(
+        flaky.notifier, authored=authored.out.authored, opened=opened.out.opened, notify=i("notify")
+    )
     return plan
 
 
