@@ -10,7 +10,6 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 import signal
@@ -40,11 +39,9 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.ledger.state import RunState
 from orchestrator.plan import Plan, RunConfig
-from orchestrator.runtime import scheduler as scheduler_module
 from orchestrator.runtime.clock import ManualClock, iso, parse_iso
 from orchestrator.runtime.lock import RunLock
 from orchestrator.sinks import GateNotice, SinkConfig
-from orchestrator.sinks import deliver as real_deliver
 from tests.conftest import PLANS, cli
 from tests.http_peer import HttpPeer, unused_port
 from tests.plans.gated import live, once, plan
@@ -586,33 +583,19 @@ async def test_each_parking_sends_the_gate_notice_to_a_webhook(
     ]
 
 
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The scheduler's deliveries with their default attempts but a 10 ms backoff base
-    (the default 0.5 s base would wait 7.5 s per failing sink)."""
-    calls: list[dict[str, Any]] = []
-
-    @functools.wraps(real_deliver)
-    async def deliver(sink: SinkConfig, notice: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs)
-        return await real_deliver(sink, notice, **{"base_delay": 0.01, **kwargs})
-
-    monkeypatch.setattr(scheduler_module, "deliver", deliver)
-    return calls
-
-
 async def test_sinks_that_always_fail_leave_the_gate_parked_and_approvable(
-    rt: Runtime, approver: signing.Signer, http_peer: HttpPeer, quick_retries: list[Any]
+    rt: Runtime, approver: signing.Signer, http_peer: HttpPeer
 ) -> None:
     http_peer.fail_next(100, 500)
     sinks = [
         SinkConfig(kind="webhook", url=f"{http_peer.url}/always-500"),
         SinkConfig(kind="slack", url=f"http://127.0.0.1:{unused_port()}/closed"),
     ]
-    state = await start(rt, plan, config(approver, notify=sinks), PLAN_REF)
+    # five attempts each, with a 10 ms backoff base instead of 0.5 s (7.5 s per sink)
+    quick = config(approver, notify=sinks).model_copy(update={"delivery_backoff": 0.01})
+    state = await start(rt, plan, quick, PLAN_REF)
     run_id = state.run_id
     assert state.status == "parked" and state.nodes["propose"].status == "awaiting"
-    assert quick_retries and all("attempts" not in call for call in quick_retries)
     sent = {n.sink: n for n in gate_notices(events(rt, run_id))}
     assert len(sent) == 2 and all(not n.ok and n.attempts == 5 for n in sent.values())
     webhook = sent[f"webhook {http_peer.url}"]

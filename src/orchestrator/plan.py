@@ -123,6 +123,8 @@ class RunConfig(BaseModel):
     receipt_interval: float = Field(default=3600.0, gt=0)
     notify: list[SinkConfig] = Field(default_factory=list)
     receipts: list[SinkConfig] = Field(default_factory=list)
+    delivery_attempts: int = Field(default=5, ge=1, le=20)
+    delivery_backoff: float = Field(default=0.5, ge=0, le=60)
     llm: str | None = None
     model: str | None = None
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator import gates, receipts
+from orchestrator import gates
 from orchestrator.budget import BudgetExceeded, attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef
 from orchestrator.errors import DecisionRefused, NodeTimeout
@@ -37,15 +37,11 @@ from orchestrator.ledger.events import (
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
-    NoticeDelivered,
     PauseRequested,
-    ReceiptIssued,
     RetryScheduled,
-    RunAborted,
     RunCompleted,
     RunParked,
     SandboxMetered,
-    abort_payload,
 )
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
@@ -59,9 +55,10 @@ from orchestrator.runtime.context import (
     ModelSource,
     NodeContext,
 )
+from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
 from orchestrator.signing import Signer
-from orchestrator.sinks import GateNotice, Notice, ReceiptNotice, SinkConfig, deliver
+from orchestrator.sinks import SinkConfig
 
 log = logging.getLogger("orchestrator.scheduler")
 
@@ -153,10 +150,17 @@ class Scheduler:
         self.sandboxes = sandboxes
         self.checkpointer = checkpointer
         self.checkpoint_interval = config.checkpoint_interval if checkpointer else None
-        self.signer = signer
         self.models = models
-        self.receipt_sinks = receipt_sinks if receipt_sinks is not None else config.receipts
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self.reporter = Reporter(
+            writer,
+            clock,
+            signer,
+            config.notify,
+            receipt_sinks if receipt_sinks is not None else config.receipts,
+            config.receipt_interval,
+            config.delivery_attempts,
+            config.delivery_backoff,
+        )
         self._live: dict[str, tuple[NodeContext, SandboxHandle]] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
         self._finished: list[Outcome] = []
@@ -179,9 +183,7 @@ class Scheduler:
         for decision in decisions or ():
             self.apply_decision(decision)
         if resumed:  # after the decisions: no "approval needed" for a gate just decided
-            for ns in state.awaiting():
-                if ns.held is not None and _notice_id(ns.held) not in state.notices_ok:
-                    self._notify_gate(ns.held)
+            self.reporter.renotify()
         for ns in list(state.retrying()):
             if ns.id not in self._timers:  # a decision or a code change above armed it
                 self._arm_timer(ns)
@@ -461,7 +463,7 @@ class Scheduler:
                 review=review,
                 digest=gates.held_digest(outcome.outputs, review),
             )
-            self._notify_gate(held)
+            self.reporter.gate_parked(held)
             return
         self._fail_or_retry(
             node, attempt, outcome.error, "timeout" if outcome.timed_out else "error"
@@ -498,86 +500,18 @@ class Scheduler:
             )
         self._wake.set()
 
-    def _notify_gate(self, held: GateParked) -> None:
-        if not self.config.notify:
-            return
-        run_id = self.state.run_id
-        notice = GateNotice(
-            run_id=run_id,
-            node=held.node,
-            attempt=held.attempt,
-            gate=held.gate,
-            digest=held.digest,
-            review=held.review,
-            approve=gates.approve_command(run_id, held),
-            reject=gates.approve_command(run_id, held, reject=True),
-            parked_at=held.ts,
-        )
-        self._send(_notice_id(held), notice, self.config.notify)
-
-    def _send(self, notice_id: str, notice: Notice, sinks: list[SinkConfig]) -> None:
-        """Deliver in the background; each outcome is recorded, none can stop the run."""
-        for sink in sinks:
-            task = asyncio.create_task(self._deliver(notice_id, notice, sink))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-
-    async def _deliver(self, notice_id: str, notice: Notice, sink: SinkConfig) -> None:
-        done = await deliver(sink, notice)
-        if not done.ok:
-            log.warning("could not deliver %s to %s: %s", notice_id, done.sink, done.error)
-        self.writer.stage(
-            NoticeDelivered,
-            notice=notice_id,
-            sink=done.sink,
-            ok=done.ok,
-            attempts=done.attempts,
-            error=done.error,
-        )
-        await self.writer.commit()
-
     # ---- receipts and the end of a run -------------------------------------------------
-
-    def receipt_due(self) -> bool:
-        last = self.state.receipts[-1].body["period"]["to"] if self.state.receipts else None
-        since = parse_iso(last or self.state.started_at)
-        return (self.clock.now() - since).total_seconds() >= self.config.receipt_interval
-
-    def issue_receipt(self) -> ReceiptIssued | None:
-        """Sign and record a receipt for the period up to now, and send it to the sinks."""
-        if self.signer is None:
-            return None
-        number = len(self.state.receipts) + 1
-        body = receipts.build(self.state, number, iso(self.clock.now()))
-        event = self.writer.stage(
-            ReceiptIssued,
-            number=number,
-            body=body,
-            signature=receipts.sign(body, self.signer),
-            key=self.signer.public,
-        )
-        notice = ReceiptNotice(
-            run_id=self.state.run_id,
-            number=number,
-            body=body,
-            signature=event.signature,
-            key=event.key,
-        )
-        self._send(f"receipt {number}", notice, self.receipt_sinks)
-        return event
 
     async def _finish(self) -> bool:
         """Nothing runs and nothing can start: issue a receipt, then abort, park or
         complete. Returns False if a decision arrived meanwhile and work can go on."""
         state, writer = self.state, self.writer
-        self.issue_receipt()
-        while self._deliveries:
-            writer.flush()
-            await asyncio.gather(*list(self._deliveries))
+        self.reporter.issue_receipt()
+        await self.reporter.drain()
         if state.status == "running" and (state.ready or self._due or state.doomed):
             return False
         if state.status == "aborting":
-            self._abort()
+            self.reporter.abort()
         elif state.status == "pausing" and state.unfinished():
             writer.stage(RunParked, reason="paused")
         elif state.awaiting():
@@ -589,24 +523,6 @@ class Scheduler:
             self._complete()
         writer.flush()
         return True
-
-    def _abort(self) -> None:
-        refused = self.state.refused
-        assert refused is not None
-        reason = (
-            f"budget ceiling reached: node {refused.node} needs "
-            f"{_amount(refused.needed.model_dump())} but only "
-            f"{_amount(refused.remaining.model_dump())} remains ({'; '.join(refused.over)})"
-        )
-        ts = iso(self.clock.now())
-        last_gate = self.state.last_gate
-        signature, key = "", ""
-        if self.signer is not None:
-            payload = abort_payload(self.state.run_id, ts, reason, last_gate)
-            signature, key = self.signer.sign(payload), self.signer.public
-        self.writer.stage(
-            RunAborted, ts=ts, reason=reason, last_gate=last_gate, signature=signature, key=key
-        )
 
     def _schedule_retry(self, node: str, attempt: int, reason: ErrorInfo, delay: float) -> None:
         now = self.clock.now()
@@ -717,8 +633,8 @@ class Scheduler:
                     self.request_pause(source or "cli")
                 elif command == "decide":
                     self._decide_from(source)
-            if self.state.status == "running" and self.receipt_due():
-                self.issue_receipt()
+            if self.state.status == "running" and self.reporter.receipt_due():
+                self.reporter.issue_receipt()
                 await self.writer.commit()
 
     def _decide_from(self, source: str) -> None:
@@ -746,16 +662,6 @@ class Scheduler:
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
             self.writer.stage(event_cls, **fields)
-
-
-def _notice_id(held: GateParked) -> str:
-    return f"gate {held.gate} {held.node}#{held.attempt}"
-
-
-def _amount(values: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
-    )
 
 
 def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:

@@ -1,0 +1,169 @@
+"""What a run tells the outside world: gate notices, signed receipts and the signed
+reason of an abort. Deliveries run in the background with retries (the run's
+``delivery_attempts`` and ``delivery_backoff``), each outcome is recorded
+(``NoticeDelivered``), and none of them can stop or lose the run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from orchestrator import gates, receipts
+from orchestrator.ledger.events import (
+    GateParked,
+    NoticeDelivered,
+    ReceiptIssued,
+    RunAborted,
+    abort_payload,
+)
+from orchestrator.ledger.state import RunState
+from orchestrator.ledger.writer import LedgerWriter
+from orchestrator.runtime.clock import Clock, iso, parse_iso
+from orchestrator.signing import Signer
+from orchestrator.sinks import GateNotice, Notice, ReceiptNotice, SinkConfig, deliver
+
+log = logging.getLogger("orchestrator.reporting")
+
+
+def notice_id(held: GateParked) -> str:
+    return f"gate {held.gate} {held.node}#{held.attempt}"
+
+
+class Reporter:
+    """Sends one run's notices and receipts and records what came of each."""
+
+    def __init__(
+        self,
+        writer: LedgerWriter,
+        clock: Clock,
+        signer: Signer | None,
+        notify: list[SinkConfig],
+        receipt_sinks: list[SinkConfig],
+        receipt_interval: float,
+        attempts: int = 5,
+        backoff: float = 0.5,
+    ) -> None:
+        assert writer.state is not None
+        self.writer = writer
+        self.state: RunState = writer.state
+        self.clock = clock
+        self.signer = signer
+        self.notify = notify
+        self.receipt_sinks = receipt_sinks
+        self.receipt_interval = receipt_interval
+        self.attempts = attempts
+        self.backoff = backoff
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    # ---- gates -------------------------------------------------------------------------
+
+    def gate_parked(self, held: GateParked) -> None:
+        """Tell the gate's people what waits for them and how to decide it."""
+        if not self.notify:
+            return
+        run_id = self.state.run_id
+        notice = GateNotice(
+            run_id=run_id,
+            node=held.node,
+            attempt=held.attempt,
+            gate=held.gate,
+            digest=held.digest,
+            review=held.review,
+            approve=gates.approve_command(run_id, held),
+            reject=gates.approve_command(run_id, held, reject=True),
+            parked_at=held.ts,
+        )
+        self._send(notice_id(held), notice, self.notify)
+
+    def renotify(self) -> None:
+        """Send again the gate notices a stopped process never delivered."""
+        for ns in self.state.awaiting():
+            if ns.held is not None and notice_id(ns.held) not in self.state.notices_ok:
+                self.gate_parked(ns.held)
+
+    # ---- receipts ----------------------------------------------------------------------
+
+    def receipt_due(self) -> bool:
+        receipts_so_far = self.state.receipts
+        last = receipts_so_far[-1].body["period"]["to"] if receipts_so_far else None
+        since = parse_iso(last or self.state.started_at)
+        return (self.clock.now() - since).total_seconds() >= self.receipt_interval
+
+    def issue_receipt(self) -> ReceiptIssued | None:
+        """Sign and record a receipt for the period up to now, and send it to the sinks."""
+        if self.signer is None:
+            return None
+        number = len(self.state.receipts) + 1
+        body = receipts.build(self.state, number, iso(self.clock.now()))
+        event = self.writer.stage(
+            ReceiptIssued,
+            number=number,
+            body=body,
+            signature=receipts.sign(body, self.signer),
+            key=self.signer.public,
+        )
+        notice = ReceiptNotice(
+            run_id=self.state.run_id,
+            number=number,
+            body=body,
+            signature=event.signature,
+            key=event.key,
+        )
+        self._send(f"receipt {number}", notice, self.receipt_sinks)
+        return event
+
+    # ---- aborts ------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Record why the run stopped at its ceiling, signed, with the last passed gate."""
+        refused = self.state.refused
+        assert refused is not None
+        reason = (
+            f"budget ceiling reached: node {refused.node} needs "
+            f"{_amount(refused.needed.model_dump())} but only "
+            f"{_amount(refused.remaining.model_dump())} remains ({'; '.join(refused.over)})"
+        )
+        ts = iso(self.clock.now())
+        last_gate = self.state.last_gate
+        signature, key = "", ""
+        if self.signer is not None:
+            payload = abort_payload(self.state.run_id, ts, reason, last_gate)
+            signature, key = self.signer.sign(payload), self.signer.public
+        self.writer.stage(
+            RunAborted, ts=ts, reason=reason, last_gate=last_gate, signature=signature, key=key
+        )
+
+    # ---- delivery ----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until every delivery under way has ended (and is recorded)."""
+        while self._deliveries:
+            self.writer.flush()
+            await asyncio.gather(*list(self._deliveries))
+
+    def _send(self, notice_id: str, notice: Notice, sinks: list[SinkConfig]) -> None:
+        for sink in sinks:
+            task = asyncio.create_task(self._deliver(notice_id, notice, sink))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, notice_id: str, notice: Notice, sink: SinkConfig) -> None:
+        done = await deliver(sink, notice, attempts=self.attempts, base_delay=self.backoff)
+        if not done.ok:
+            log.warning("could not deliver %s to %s: %s", notice_id, done.sink, done.error)
+        self.writer.stage(
+            NoticeDelivered,
+            notice=notice_id,
+            sink=done.sink,
+            ok=done.ok,
+            attempts=done.attempts,
+            error=done.error,
+        )
+        await self.writer.commit()
+
+
+def _amount(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    )
