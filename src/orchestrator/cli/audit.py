@@ -1,0 +1,116 @@
+"""After the fact: ``replay`` a run, list or verify its ``checkpoints``, ``gc`` the store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.cli.options import JsonOpt
+from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
+from orchestrator.errors import ConfigError
+
+
+@app.command()
+def replay(
+    ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN"), as_json: bool = JsonOpt
+) -> None:
+    """Re-execute the run's node code against its ledger; check it byte for byte."""
+    rt = _runtime(ctx)
+    report = asyncio.run(rt.replay(run_id))
+    if as_json:
+        d = report.divergence
+        out.print_json(
+            data={
+                "ok": report.ok,
+                "events": report.events,
+                "head_hash": report.head_hash,
+                "code_changed": report.code_changed,
+                "divergence": None if d is None else _row(d),
+            }
+        )
+    else:
+        if report.code_changed:
+            out.print(f"[yellow]code changed since the run[/] in: {', '.join(report.code_changed)}")
+        if report.ok:
+            out.print(f"replay OK: {report.events} events, head {report.head_hash}")
+        else:
+            out.print(f"[red]replay DIVERGED[/] {escape(str(report.divergence))}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def checkpoints(
+    ctx: typer.Context,
+    args: list[str] = typer.Argument(..., metavar="[verify] RUN"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List a run's checkpoints, or `checkpoints verify RUN` to check every one of them:
+    signatures, the chain of manifests, ledger segments up to each head, chunk hashes."""
+    verify = len(args) == 2 and args[0] == "verify"
+    if len(args) != 1 and not verify:
+        raise ConfigError(
+            "usage: orchestrator checkpoints RUN  |  orchestrator checkpoints verify RUN"
+        )
+    rt = _runtime(ctx)
+    reports = rt.checkpoints(args[-1])
+    bad = [r for r in reports if not r.ok]
+    if as_json:
+        out.print_json(
+            data=[
+                {
+                    "key": r.key,
+                    "ok": r.ok,
+                    "problem": r.problem,
+                    "manifest": None if r.manifest is None else r.manifest.model_dump(mode="json"),
+                }
+                for r in reports
+            ]
+        )
+    else:
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("seq", "time", "label", "workspaces", "signature", "problem"):
+            table.add_column(col, overflow="fold")
+        for r in reports:
+            m = r.manifest
+            table.add_row(
+                str(m.seq) if m else "?",
+                m.ts[11:23] if m else "",
+                m.label if m else "",
+                str(len(m.workspaces)) if m else "",
+                "ok" if r.ok else "FAILED",
+                escape(r.problem or ""),
+            )
+        out.print(table)
+        if not reports:
+            out.print(f"run {args[-1]} has no checkpoints in {rt.objects.url}")
+        elif verify and not bad:
+            out.print(f"checkpoints OK: {len(reports)} verified in {rt.objects.url}")
+    if verify and (bad or not reports):
+        for r in bad:
+            err.print(f"[red]checkpoint verification FAILED[/]: {escape(r.problem or '')}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("gc")
+def collect_garbage(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; delete nothing"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Delete checkpoint chunks and blobs that no checkpoint manifest refers to.
+    Refused while any run of this home is live, or if any manifest cannot be read."""
+    from orchestrator import gc
+
+    rt = _runtime(ctx)
+    gc.require_idle(rt)
+    report = gc.collect_garbage(
+        rt.objects, rt.chunks(), dry_run=dry_run, guard=lambda: gc.require_idle(rt)
+    )
+    if as_json:
+        out.print_json(data=report.as_dict())
+    else:
+        out.print(f"gc {rt.objects.url}: {report.summary()}", highlight=False, markup=False)

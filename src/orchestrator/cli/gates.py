@@ -1,0 +1,158 @@
+"""Gates, keys and receipts: ``keys init``, ``approve``, ``receipts``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator import gates, receipts, signing
+from orchestrator.cli.options import JsonOpt
+from orchestrator.cli.progress import _drive, _finish
+from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, keys_app, out
+from orchestrator.errors import ConfigError
+
+
+def default_key() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "orchestrator" / "keys" / "approver.key"
+
+
+KeyOpt = typer.Option(
+    None, "--key", envvar="ORCHESTRATOR_KEY", help="Your private key [default: ~/.config/…]"
+)
+
+
+@keys_app.command("init")
+def keys_init(
+    path: Path | None = typer.Option(None, "--key", help="Where to write the key pair"),
+) -> None:
+    """Make your Ed25519 key pair for approving gates; prints the public key to share."""
+    target = path or default_key()
+    if target.exists():
+        raise ConfigError(
+            f"{target} already exists (public key {signing.load(target).public}); "
+            "remove it first or choose another path with --key"
+        )
+    signer = signing.generate()
+    signing.save(signer, target)
+    err.print(f"wrote {target} (private, mode 0600) and {target.with_suffix('.pub')}")
+    err.print("give the public key to whoever configures runs (--approver GATE=KEY):")
+    out.print(signer.public, highlight=False)
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    gate: str = typer.Argument(..., metavar="GATE"),
+    node: str | None = typer.Option(None, "--node", help="Only this node (default: all at GATE)"),
+    reject: bool = typer.Option(False, "--reject", help="Reject instead of approving"),
+    comment: str = typer.Option("", "--comment", "-m", help="Why (a rejection's reason)"),
+    key: Path | None = KeyOpt,
+    show: bool = typer.Option(False, "--show", help="Print what is held, decide nothing"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign a decision on a parked gate and hand it to the run; a run no process drives
+    continues here."""
+    rt = _runtime(ctx)
+    state = rt.state(run_id, verify=True)
+    if show:
+        for ns in gates.awaiting_at(state, gate):
+            if ns.held is not None and (node is None or ns.id == node):
+                out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
+                out.print(ns.held.review, markup=False, highlight=False)
+        return
+    signer = signing.load(key or default_key())
+    decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
+    for decision in decisions:  # refuse (e.g. a key that is no approver) before saying "approved"
+        gates.check(state, decision)
+    verb = "rejected" if reject else "approved"
+    if rt.owner(run_id) is not None:
+        if asyncio.run(rt.decide(run_id, decisions)) == "delivered":
+            err.print(f"{verb} {', '.join(d.node for d in decisions)}; the live run continues")
+            return
+        # its process exited before reading the decision, which then continued the run here
+        err.print(f"{verb} {', '.join(d.node for d in decisions)}; run {run_id} continued here")
+        _finish(rt, rt.state(run_id), as_json)
+        return
+    err.print(f"{verb} {', '.join(d.node for d in decisions)}; continuing run {run_id} here")
+    final = _drive(
+        rt,
+        lambda ls: rt.resume(run_id, listeners=ls, decisions=decisions, reason="gate decision"),
+        state,
+        quiet or as_json,
+    )
+    _finish(rt, final, as_json)
+
+
+@app.command("receipts")
+def show_receipts(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    verify: bool = typer.Option(False, "--verify", help="Check every receipt's signature"),
+    source: Path | None = typer.Option(
+        None, "--from", help="Read receipts from a JSONL file sink instead of the ledger"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a run's signed budget receipts (from the ledger, or a file sink's copy)."""
+    rt = _runtime(ctx)
+    key = rt.signer_public(run_id)
+    if source is None:
+        found = [r.model_dump(mode="json") for r in rt.state(run_id).receipts]
+    else:
+        found = _read_receipts(source, run_id)
+    problems = {r.get("number"): receipts.problem(r, key) for r in found} if verify else {}
+    if as_json:
+        out.print_json(data=[{**r, "problem": problems.get(r.get("number"))} for r in found])
+    else:
+        table = Table("#", "period", "tokens", "compute h", "spend $", "remaining", "signature")
+        for r in found:
+            body = r.get("body", {})
+            totals, left = body.get("totals", {}), body.get("remaining")
+            period = body.get("period", {})
+            verdict = problems.get(r.get("number"), "") if verify else "not checked"
+            table.add_row(
+                str(r.get("number")),
+                f"{period.get('from', '?')[:19]} → {period.get('to', '?')[:19]}",
+                str(totals.get("tokens")),
+                f"{totals.get('compute_h', 0):.4f}",
+                f"{totals.get('spend_usd', 0):.4f}",
+                "unlimited" if left is None else f"{left.get('spend_usd', 0):.4f} $",
+                "[red]" + escape(verdict) + "[/]"
+                if verdict and verify
+                else "ok"
+                if verify
+                else "-",
+            )
+        out.print(table)
+    if not found:
+        err.print(f"run {run_id} has no receipts yet")
+    if any(problems.values()):
+        bad = ", ".join(f"#{n}: {p}" for n, p in problems.items() if p)
+        err.print(f"[red]receipts fail verification[/]: {escape(bad)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _read_receipts(path: Path, run_id: str) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--from {path}: cannot read it ({exc.strerror})") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            data = {"number": f"line {number}", "body": None}
+        if isinstance(data, dict) and data.get("run_id") in (run_id, None):
+            found.append(data)
+    return found

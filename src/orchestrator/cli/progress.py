@@ -1,0 +1,95 @@
+"""Driving a run with live progress, and reporting how it ended (summary, exit code)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import typer
+from rich.live import Live
+from rich.markup import escape
+
+from orchestrator import gates
+from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, out
+from orchestrator.ledger.events import BaseEvent, RunStarted
+from orchestrator.ledger.state import RunState
+from orchestrator.runtime.engine import Runtime
+from orchestrator.views import event_line, run_view, state_json
+
+
+def _drive(
+    rt: Runtime,
+    start: Callable[[tuple[Callable[[BaseEvent], None], ...]], Awaitable[RunState]],
+    initial: RunState | None,
+    quiet: bool,
+) -> RunState:
+    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet)."""
+    view: dict[str, RunState | None] = {"state": initial}
+
+    def fold(event: BaseEvent) -> None:
+        if isinstance(event, RunStarted):
+            view["state"] = RunState.start(event)
+        elif view["state"] is not None:
+            view["state"].apply(event)
+        if not quiet and not out.is_terminal:
+            line = event_line(event)
+            if line:
+                out.print(line, highlight=False, markup=False)
+
+    async def main() -> RunState:
+        if quiet or not out.is_terminal:
+            return await start((fold,))
+        with Live(console=out, auto_refresh=False, transient=False) as live:
+            task = asyncio.ensure_future(start((fold,)))
+            while not task.done():
+                state = view["state"]
+                if state is not None:
+                    live.update(run_view(state, state.status, rt.clock.now()), refresh=True)
+                await asyncio.wait([task], timeout=0.25)
+            final = task.result()
+            live.update(run_view(final, final.status), refresh=True)
+            return final
+
+    return asyncio.run(main())
+
+
+def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
+    status = rt.live_status(state)
+    if as_json:
+        out.print_json(data=state_json(state, status))
+    else:
+        _summary(state)
+    if status == "failed":
+        raise typer.Exit(EXIT_FAILED)
+    if status == "parked":
+        raise typer.Exit(EXIT_PARKED)
+    if status == "aborted":
+        raise typer.Exit(EXIT_ABORTED)
+
+
+def _summary(state: RunState) -> None:
+    rid = state.run_id
+    if state.status == "succeeded":
+        out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
+    elif state.status == "failed":
+        out.print(
+            f"[red]run {rid} failed[/]: {len(state.summary.get('failed', {}))} node(s) failed"
+        )
+        for node, why in state.summary.get("failed", {}).items():
+            out.print(f"  [red]{escape(node)}[/]: {escape(why)}", highlight=False)
+    elif state.status == "parked" and state.awaiting():
+        out.print(f"[magenta]run {rid} parked[/], waiting for a decision:")
+        for ns in state.awaiting():
+            if ns.held is not None:
+                out.print(f"  {escape(ns.id)} at gate {escape(ns.held.gate)}", highlight=False)
+                out.print(f"    approve: {escape(gates.approve_command(rid, ns.held))}")
+                out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
+    elif state.status == "parked":
+        out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+    elif state.status == "aborted":
+        refused = state.refused
+        why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
+        out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
+        out.print(
+            f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
+        )

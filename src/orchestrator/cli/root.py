@@ -1,0 +1,87 @@
+"""The root Typer app and what every command shares: sub-apps, consoles, exit codes,
+the global options, the runtime they open, and ``main`` (errors become one paragraph)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.errors import LedgerError, OrchestratorError, UserError
+from orchestrator.runtime.engine import Runtime
+
+app = typer.Typer(
+    name="orchestrator",
+    help="Durable, typed, parallel runs of agent work: plan, run, pause, resume, replay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plan_app = typer.Typer(help="Check plans before running them.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+sandbox_app = typer.Typer(help="Try the sandboxes by hand.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+keys_app = typer.Typer(help="Approvers' signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+# Exit codes: 0 success, 1 run failed or error, 2 invalid plan (``plan check``, ``run``),
+# 3 run parked (paused, or waiting at a gate; resume or approve it later), 4 run aborted at
+# its budget ceiling (resume it with ``--budget``).
+EXIT_FAILED, EXIT_INVALID, EXIT_PARKED, EXIT_ABORTED = 1, 2, 3, 4
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        envvar="ORCHESTRATOR_HOME",
+        help="State directory [default: ./.orchestrator]",
+    ),
+    ledger: str | None = typer.Option(
+        None, "--ledger", envvar="ORCHESTRATOR_LEDGER", help="Ledger URL [default: sqlite in home]"
+    ),
+    objects: str | None = typer.Option(
+        None,
+        "--objects",
+        envvar="ORCHESTRATOR_OBJECTS",
+        help="Checkpoint object store: a directory or s3://bucket/prefix [default: home/objects]",
+    ),
+) -> None:
+    ctx.obj = {"home": home, "ledger": ledger, "objects": objects}
+
+
+def _runtime(ctx: typer.Context, objects: str | None = None) -> Runtime:
+    obj = ctx.find_root().obj or {}
+    return Runtime(
+        home=obj.get("home"), ledger=obj.get("ledger"), objects=objects or obj.get("objects")
+    )
+
+
+def _row(summary: Any) -> dict[str, Any]:
+    return {slot: getattr(summary, slot) for slot in summary.__slots__}
+
+
+def main() -> None:
+    """Entry point: user errors become one paragraph on stderr and an exit code."""
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except LedgerError as exc:
+        err.print(f"[red]ledger error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except OrchestratorError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        sys.exit(130)

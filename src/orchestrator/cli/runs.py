@@ -1,0 +1,214 @@
+"""Looking at and steering runs: ``ls``, ``status``, ``ledger``, ``pause``, ``resume``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.cli.options import JsonOpt, _parse_budget
+from orchestrator.cli.progress import _drive, _finish
+from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
+from orchestrator.errors import ConfigError
+from orchestrator.ledger.state import RunState
+from orchestrator.views import node_table, state_json
+
+
+@app.command("ls")
+def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List runs, newest last."""
+    rt = _runtime(ctx)
+    runs = rt.runs()
+    if as_json:
+        out.print_json(data=[_row(r) for r in runs])
+        return
+    if not runs:
+        out.print(f"no runs yet in {rt.store.url}")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("run", "plan", "status", "events", "started", "last activity"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.run_id, r.plan, r.status, str(r.events), r.created_at, r.updated_at)
+    out.print(table)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    watch: bool = typer.Option(True, "--watch/--once", help="Refresh while the run is live"),
+    show_all: bool = typer.Option(False, "--all", help="Every node, however many"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a run: nodes by state, progress, elapsed (live while it runs)."""
+    rt = _runtime(ctx)
+    state = rt.state(run_id)
+    if as_json:
+        out.print_json(data=state_json(state, rt.live_status(state)))
+        return
+
+    def render(st: RunState) -> Any:
+        from rich.console import Group
+
+        from orchestrator.views import headline
+
+        live = rt.live_status(st)
+        now = rt.clock.now() if live in ("running", "pausing") else None
+        return Group(headline(st, live, now), node_table(st, None if show_all else 40))
+
+    if not (watch and out.is_terminal and rt.owner(run_id)):
+        out.print(render(state))
+        return
+    with Live(render(state), console=out, auto_refresh=False) as live:
+        while rt.owner(run_id):
+            time.sleep(0.5)
+            state = rt.state(run_id)
+            live.update(render(state), refresh=True)
+        live.update(render(rt.state(run_id)), refresh=True)
+
+
+@app.command()
+def ledger(
+    ctx: typer.Context,
+    args: list[str] = typer.Argument(..., metavar="[verify] RUN"),
+    node: str | None = typer.Option(None, "--node", help="Only this node's events"),
+    kind: str | None = typer.Option(None, "--kind", help="Only events of this kind"),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines: seq, hash, event"),
+) -> None:
+    """List a run's events, or `ledger verify RUN` to re-hash its chain."""
+    if len(args) == 2 and args[0] == "verify":
+        _verify(ctx, args[1], as_json)
+        return
+    if len(args) != 1:
+        raise ConfigError("usage: orchestrator ledger RUN  |  orchestrator ledger verify RUN")
+    rt = _runtime(ctx)
+    rows = rt.rows(args[0])
+    table = None if as_json else Table(show_edge=False, pad_edge=False)
+    if table is not None:
+        for col in ("seq", "time", "kind", "node", "detail"):
+            table.add_column(col, overflow="fold")
+    for row in rows:
+        data = json.loads(row.body)
+        if (node and data.get("node") != node) or (kind and row.kind != kind):
+            continue
+        if table is None:
+            sys.stdout.write(json.dumps({"seq": row.seq, "hash": row.hash, "event": data}) + "\n")
+            continue
+        table.add_row(
+            str(row.seq), data["ts"][11:23], row.kind, data.get("node", ""), _detail(data)
+        )
+    if table is not None:
+        out.print(table)
+
+
+def _detail(data: dict[str, Any]) -> str:
+    kind = data["kind"]
+    if kind == "EffectRecorded":
+        request = json.dumps(data["request"])
+        return f"#{data['index']} {data['effect']} {request[:80]}"
+    if kind == "NodeDispatched":
+        return f"attempt {data['attempt']} code {data['code_digest']}"
+    if kind in ("NodeFailed", "RetryScheduled"):
+        reason = data["reason"]
+        extra = f" retry in {data['delay']}s" if kind == "RetryScheduled" else f" ({data['cause']})"
+        return f"attempt {data['attempt']}: {reason['type']}: {reason['message'][:80]}{extra}"
+    if kind == "NodeResumed":
+        return f"attempt {data['attempt']} from effect #{data['from_index']}"
+    if kind == "RunCompleted":
+        return f"{data['status']}"
+    if kind == "RunStarted":
+        return f"plan {data['plan']['name']} {data['plan_digest'][:16]}"
+    if kind == "GateParked":
+        return f"gate {data['gate']} digest {data['digest'][:16]}"
+    if kind == "GateDecided":
+        return f"{data['decision']} by {data['approver'][:16]} {data['comment'][:60]}"
+    if kind in ("BudgetReserved", "BudgetRefused"):
+        amount = data.get("amount") or data.get("needed")
+        return f"{amount}" + (f" over: {'; '.join(data['over'])}" if "over" in data else "")
+    if kind == "ReceiptIssued":
+        return f"#{data['number']} totals {data['body']['totals']}"
+    if kind == "NoticeDelivered":
+        return f"{data['notice']} -> {data['sink']}: {'ok' if data['ok'] else data['error']}"
+    return str(data.get("reason", data.get("source", "")))
+
+
+def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
+    rt = _runtime(ctx)
+    report = rt.verify(run_id)
+    if as_json:
+        out.print_json(data=report.as_dict())
+    elif report.ok:
+        out.print(f"ledger OK: {report.events} events, head {report.head_hash}")
+    else:
+        err.print(
+            f"[red]ledger verification FAILED[/] for run {run_id} at seq {report.bad_seq}: "
+            f"{escape(report.problem or '')}",
+            highlight=False,
+        )
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has parked"),
+    timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait for the drain"),
+) -> None:
+    """Ask a running run to drain its in-flight nodes and park."""
+    rt = _runtime(ctx)
+    rt.pause(run_id)
+    err.print(f"pause requested for {run_id}; in-flight nodes drain first")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while rt.owner(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = rt.state(run_id)
+    status = rt.live_status(state)
+    out.print(f"run {run_id} is {status}")
+    if status not in ("parked", "succeeded", "failed"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    source: str | None = typer.Option(
+        None, "--from", help="Object store holding the run's checkpoints (directory or s3://…)"
+    ),
+    signer: str | None = typer.Option(
+        None, "--signer", help="With --from: the run's public key (hex) its checkpoints must carry"
+    ),
+    budget: str | None = typer.Option(
+        None, "--budget", help="A fresh envelope: tokens=N,compute_h=H,spend=USD"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Continue a parked, aborted or interrupted run in this process, from its ledger — or,
+    with --from, from its checkpoints in object storage when the local ledger has lost it.
+    After a budget abort, --budget gives it a fresh envelope."""
+    envelope = _parse_budget(budget)
+    rt = _runtime(ctx, objects=source)
+    if source is not None:
+        restored = rt.restore_ledger(run_id, signer)
+        if restored and not as_json:
+            err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
+    initial = rt.state(run_id)
+    state = _drive(
+        rt,
+        lambda ls: rt.resume(run_id, listeners=ls, budget=envelope),
+        initial,
+        quiet or as_json,
+    )
+    _finish(rt, state, as_json)
