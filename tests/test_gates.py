@@ -696,3 +696,15 @@ async def test_an_approval_on_resume_does_not_resend_the_notice_it_answers(
         assert rt.state(run_id).status == "succeeded"
         assert http_peer.requests == []  # no "approval needed" for what was just approved
         assert not gate_notices(events(rt, run_id))
+
+
+async def test_status_shows_the_waiting_node_and_how_to_decide(
+    rt: Runtime, home: Path, approver: signing.Signer
+) -> None:
+    state = await start(rt, plan, config(approver), PLAN_REF)
+    shown = cli(home, "status", state.run_id, "--once")
+    assert shown.returncode == 0, shown.stderr
+    assert "1 awaiting" in shown.stdout
+    line = next(row for row in shown.stdout.splitlines() if row.startswith("propose"))
+    assert "awaiting" in line
+    assert f"orchestrator approve {state.run_id} review" in shown.stdout

@@ -37,6 +37,9 @@ STATUS_STYLE = {
     "failed": "red",
     "parked": "magenta",
     "pausing": "magenta",
+    "awaiting": "magenta",
+    "aborting": "red",
+    "aborted": "red",
     "interrupted": "yellow",
 }
 FULL_TABLE_MAX = 40
@@ -68,14 +71,14 @@ def headline(state: RunState, status: str, now: datetime | None = None) -> Rende
         f"  {done}/{len(state.nodes)} nodes  elapsed {_elapsed(state, now)}  ",
         *(
             (f"{counts[k]} {k}  ", STATUS_STYLE[k])
-            for k in ("running", "retrying", "failed")
+            for k in ("running", "retrying", "awaiting", "failed")
             if counts[k]
         ),
     )
     return Group(text, bar)
 
 
-def _note(ns: NodeState) -> str:
+def _note(ns: NodeState, run_id: str) -> str:
     if ns.status in ("failed", "retrying") and ns.error is not None:
         prefix = f"{ns.cause}: " if ns.cause else ""
         return (prefix + str(ns.error))[:120]
@@ -83,6 +86,8 @@ def _note(ns: NodeState) -> str:
         return f"resumed at effect #{ns.resumed_from[-1]}"
     if ns.status == "running":
         return f"{len(ns.journal)} effects"
+    if ns.status == "awaiting" and ns.held is not None:
+        return f"waits at gate {ns.held.gate}: orchestrator approve {run_id} {ns.held.gate}"
     return ""
 
 
@@ -95,14 +100,15 @@ def node_table(state: RunState, limit: int | None = FULL_TABLE_MAX) -> Table:
     nodes = sorted(state.nodes.values(), key=lambda n: (order.get(n.base, 0), n.index or 0))
     shown = nodes
     if limit is not None and len(nodes) > limit:
-        shown = [n for n in nodes if n.status in ("running", "retrying", "failed")][:limit]
+        live = ("running", "retrying", "awaiting", "failed")
+        shown = [n for n in nodes if n.status in live][:limit]
     for ns in shown:
         table.add_row(
             ns.id,
             Text(ns.status, STATUS_STYLE.get(ns.status, "")),
             str(ns.attempt or ""),
             _seconds(ns.dispatched_at, ns.finished_at),
-            _note(ns),
+            _note(ns, state.run_id),
         )
     if len(shown) < len(nodes):
         table.caption = f"{len(nodes) - len(shown)} more nodes not shown (use --all)"
