@@ -36,6 +36,7 @@ from orchestrator import Plan, RunConfig, Runtime
 from orchestrator.agents import flaky, rerun
 from orchestrator.ledger.events import NodeDispatched, NodeSucceeded, decode
 from orchestrator.runtime.clock import parse_iso
+from orchestrator.workloads.flaky import rerun_stage
 
 TEST = "python -m unittest tests.test_calc.TestRegistry"
 
@@ -43,26 +44,7 @@ TEST = "python -m unittest tests.test_calc.TestRegistry"
 def rerun_plan() -> Plan:
     """The hunt's plan up to the rerun report (no bisection)."""
     plan = Plan("flaky-reruns", inputs=flaky.HuntInputs)
-    i = plan.input
-    fetched = plan.add(flaky.repo_fetch, **{k: i(k) for k in flaky.HuntInputs.model_fields})
-    intake = plan.add(
-        flaky.repo_intake,
-        checkout=fetched.out.checkout,
-        sha=fetched.out.sha,
-        files=fetched.out.files,
-        test=i("test"),
-        workdir=i("workdir"),
-    )
-    planned = plan.add(flaky.rerun_planner, runs=i("runs"), batch=i("batch"), seed=i("seed"))
-    reruns = plan.map(
-        flaky.flake_rerunner,
-        over=planned.out.batches,
-        item="batch",
-        max_items=1000,
-        intake=intake.out.intake,
-        prepared_dir=intake.out.prepared,
-    )
-    plan.add(flaky.flake_report, results=reruns.out.result)
+    rerun_stage(plan, max_batches=1000)
     return plan
 
 

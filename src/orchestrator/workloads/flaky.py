@@ -14,14 +14,15 @@ from typing import Any
 
 from orchestrator.agents import flaky
 from orchestrator.node import NodeSpec
-from orchestrator.plan import Plan
+from orchestrator.plan import NodeHandle, Plan
 
 PLAN_REF = "orchestrator.workloads.flaky:plan"
 REVIEWED_REF = "orchestrator.workloads.flaky:reviewed"
 
 
-def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
-    plan = Plan("flaky-hunt", inputs=flaky.HuntInputs)
+def rerun_stage(plan: Plan, max_batches: int = flaky.MAX_BATCHES) -> tuple[NodeHandle, NodeHandle]:
+    """Fetch, intake, the mapped reruns and their report: the hunt's first half (also
+    what bench/flaky.py measures). Returns the intake and report nodes."""
     i = plan.input
     hunt: dict[str, Any] = {k: i(k) for k in flaky.HuntInputs.model_fields}
     fetched = plan.add(flaky.repo_fetch, **hunt)
@@ -38,11 +39,18 @@ def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
         flaky.flake_rerunner,
         over=planned.out.batches,
         item="batch",
-        max_items=flaky.MAX_BATCHES,
+        max_items=max_batches,
         intake=intake.out.intake,
         prepared_dir=intake.out.prepared,
     )
     report = plan.add(flaky.flake_report, results=reruns.out.result)
+    return intake, report
+
+
+def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
+    plan = Plan("flaky-hunt", inputs=flaky.HuntInputs)
+    i = plan.input
+    intake, report = rerun_stage(plan)
     shared: dict[str, Any] = {"intake": intake.out.intake, "prepared_dir": intake.out.prepared}
     bisected = plan.add(flaky.bisector, report=report.out.report, good=i("good"), **shared)
     repro = plan.add(
@@ -64,9 +72,12 @@ def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
         fix=fix.out.fix,
         **shared,
     )
+    published: dict[str, Any] = {
+        k: i(k) for k in ("repo", "workdir", "base", "github", "github_api")
+    }
     opened = plan.add(
         flaky.pr_open,
-        **{k: hunt[k] for k in ("repo", "workdir", "base", "github", "github_api")},
+        **published,
         authored=authored.out.authored,
         prepared_dir=intake.out.prepared,
     )
