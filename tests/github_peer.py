@@ -18,12 +18,13 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.loopback import LoopbackServer
 
 __all__ = ["TOKEN", "GitHubPeer", "Reply", "Request", "github_peer"]
 
@@ -53,7 +54,7 @@ class Reply:
     drop: bool = False
 
 
-class GitHubPeer:
+class GitHubPeer(LoopbackServer):
     """A loopback server speaking GitHub's pull-request endpoints."""
 
     def __init__(self, repos: tuple[str, ...] = ("octo/widgets",), token: str = TOKEN) -> None:
@@ -63,14 +64,7 @@ class GitHubPeer:
         self._requests: list[Request] = []
         self._script: deque[Reply] = deque()
         self._pulls: dict[str, list[dict[str, Any]]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serve(self._handler())
 
     # ------------------------------------------------------------------ scripting
 
@@ -107,24 +101,6 @@ class GitHubPeer:
     def pulls(self, repo: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(p) for p in self._pulls.get(repo.lower(), [])]
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ GitHub
 

@@ -16,11 +16,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import pytest
+
+from tests.loopback import LoopbackServer
 
 __all__ = ["Recorded", "Reply", "HttpPeer", "http_peer", "unused_port"]
 
@@ -50,7 +51,7 @@ class Reply:
     drop: bool = False
 
 
-class HttpPeer:
+class HttpPeer(LoopbackServer):
     """A loopback HTTP server that records requests and answers from a script."""
 
     def __init__(self, default: Reply | None = None) -> None:
@@ -58,14 +59,7 @@ class HttpPeer:
         self._lock = threading.Condition()
         self._requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serve(self._handler())
 
     # ------------------------------------------------------------------ scripting
 
@@ -111,24 +105,6 @@ class HttpPeer:
         with self._lock:
             self._requests.clear()
             self._script.clear()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ serving
 
