@@ -53,13 +53,15 @@ def _drive(
     return asyncio.run(main())
 
 
-def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
+def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
+    """Report how the run ended; ``driven`` when this process drove it (and so knows
+    whether its last checkpoint reached the store)."""
     status = rt.live_status(state)
     if as_json:
         out.print_json(data=state_json(state, status))
     else:
         _summary(state)
-    if state.unsynced is not None:
+    if driven and state.unsynced is not None:
         _warn_unsynced(rt, state)
     if status == "failed":
         raise typer.Exit(EXIT_FAILED)

@@ -207,7 +207,7 @@ def resume(
             err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
     initial = rt.state(run_id)
     if restored and initial.status in TERMINAL_RUN:
-        _finish(rt, initial, as_json)  # nothing to resume: report how it ended
+        _finish(rt, initial, as_json, driven=False)  # nothing to resume: how it ended
         return
     state = _drive(
         rt,
