@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, RunConfig, Runtime, node
-from orchestrator.checkpoint import read_manifest
-from orchestrator.ledger.events import CheckpointTaken, decode
+from orchestrator.checkpoint import BACKOFF_CAP, read_manifest, retry_delay
+from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, decode
 from orchestrator.storage.objects import blob_key
 
 
@@ -154,3 +154,71 @@ def test_a_manifest_from_another_run_is_refused(finished: tuple[Runtime, str], h
     rt.objects.put(planted, rt.objects.get(stranger))
     problem = {r.key: r.problem for r in rt.checkpoints(run_id)}[planted]
     assert problem is not None and planted in problem and other.run_id in problem
+
+
+class StoreAt(BaseModel):
+    path: str
+
+
+@node("store-breaker", effects={"fs"})
+async def store_breaker(ctx: NodeContext, inputs: StoreAt) -> Done:
+    """Writes in its sandbox, then takes the object store away (a file where its
+    directory was) and keeps working while the checkpoints fail."""
+    await ctx.exec(["sh", "-c", "echo before >> log.txt"], check=True)
+    await ctx.checkpoint("before")
+    await ctx.tool("break", _break_store, inputs.path)
+    for i in range(4):
+        await ctx.exec(["sh", "-c", f"echo after {i} >> log.txt"], check=True)
+        await asyncio.sleep(0.15)
+    counted = await ctx.exec(["sh", "-c", "wc -l < log.txt"], check=True)
+    return Done(lines=int(counted.stdout))
+
+
+def _break_store(path: str) -> None:
+    root = Path(path)
+    root.rename(root.with_name("objects.away"))
+    root.write_text("not a directory")
+
+
+def test_a_store_that_fails_never_fails_the_run_and_sync_catches_up(
+    home: Path, tmp_path: Path
+) -> None:
+    objects = home / "objects"
+    rt = Runtime(home=home, sandbox="bwrap", objects=str(objects), store_grace=0.3)
+    plan = Plan("breaker", inputs=StoreAt)
+    plan.add(store_breaker, path=plan.input("path"))
+    state = asyncio.run(
+        rt.start(plan, {"path": str(objects)}, config=RunConfig(checkpoint_interval=0.1))
+    )
+    assert state.status == "succeeded" and state.nodes["store-breaker"].outputs == {"lines": 5}
+    events = [decode(r.body) for r in rt.store.read(state.run_id)]
+    failed = [e for e in events if isinstance(e, CheckpointFailed)]
+    assert failed and state.unsynced == failed[-1]
+    assert failed[-1].label == "succeeded", "the final checkpoint was retried, then given up"
+    # Failures in a row back off: each waits longer than the one before, up to the cap.
+    periodic = [f.retry_in for f in failed if f.label == "periodic"]
+    assert periodic == sorted(periodic) and periodic[0] == 0.2
+
+    objects.unlink()
+    objects.with_name("objects.away").rename(objects)
+    taken = asyncio.run(rt.sync_checkpoints(state.run_id))
+    assert taken is not None and taken.label == "sync"
+    assert asyncio.run(rt.sync_checkpoints(state.run_id)) is None, "nothing left to upload"
+    rows = rt.store.read(state.run_id)
+    reports = rt.checkpoints(state.run_id)
+    assert all(r.ok for r in reports), [r.problem for r in reports]
+    manifests = [r.manifest for r in reports if r.manifest is not None]
+    for before, after in itertools.pairwise(manifests):
+        assert after.segment.first == before.seq + 1
+    assert manifests[-1].seq == rows[-1].seq - 1
+    public = rt.signer_public(state.run_id)
+    with Runtime(home=tmp_path / "elsewhere", objects=str(objects)) as fresh:
+        assert fresh.restore_ledger(state.run_id, public) == len(rows) - 1
+        assert fresh.store.read(state.run_id) == rows[:-1]
+    rt.close()
+
+
+def test_retry_delay_doubles_up_to_its_cap() -> None:
+    assert [retry_delay(1.0, n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert retry_delay(60.0, 3) == 60.0, "a long interval is never stretched further"
+    assert retry_delay(0.5, 10_000) == BACKOFF_CAP

@@ -346,6 +346,23 @@ def test_s3_missing_bucket(moto: Moto) -> None:
         store.put("k", b"x")
 
 
+def test_check_passes_on_a_usable_store(store: ObjectStore) -> None:
+    store.check()
+
+
+def test_check_names_what_makes_a_store_unusable(moto: Moto, tmp_path: Path) -> None:
+    port = closed_port()
+    unreachable = f"s3://{BUCKET}/p?endpoint=http://127.0.0.1:{port}&max_attempts=1"
+    no_bucket = moto.url("p").replace(f"s3://{BUCKET}/", "s3://no-such-bucket/")
+    for url, why in ((unreachable, "cannot reach"), (no_bucket, "does not exist")):
+        with open_object_store(url) as store, pytest.raises(StorageError, match=why):
+            store.check()
+    local = LocalDirStore(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(StorageError, match="is not a directory"):
+        local.check()
+
+
 def test_s3_closed_store_refuses(moto: Moto) -> None:
     store = open_object_store(moto.url("closed"))
     store.close()

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash, digest
-from orchestrator.ledger.events import CheckpointTaken
+from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.ledger.writer import LedgerWriter
@@ -40,8 +40,20 @@ from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, pu
 MANIFEST_VERSION = 1
 
 
+BACKOFF_CAP = 30.0
+"""Seconds: failed checkpoints are retried at least this often (or every interval)."""
+
+
 class CheckpointError(OrchestratorError):
     """A checkpoint could not be written or does not verify."""
+
+
+def retry_delay(interval: float, failures: int) -> float:
+    """The wait before the next checkpoint after ``failures`` failures in a row: the
+    interval, doubled per failure, capped at ``max(interval, BACKOFF_CAP)``."""
+    if failures <= 0:
+        return interval
+    return min(interval * 2.0 ** min(failures, 32), max(interval, BACKOFF_CAP))
 
 
 class Segment(BaseModel):
@@ -155,6 +167,8 @@ class Checkpointer:
         signer: Signer,
         previous: PreviousRef | None = None,
         previous_head: str = GENESIS,
+        workspaces: Mapping[str, WorkspaceRef] | None = None,
+        interval: float = 60.0,
     ) -> None:
         self.run_id = run_id
         self.writer = writer
@@ -164,9 +178,17 @@ class Checkpointer:
         self.signer = signer
         self.previous = previous
         self.previous_head = previous_head
-        self.workspaces: dict[str, WorkspaceRef] = {}
+        self.workspaces: dict[str, WorkspaceRef] = dict(workspaces or {})
+        self.interval = interval
+        self.failures = 0  # in a row, since the last good checkpoint
         self._indexes: dict[str, SnapshotIndex] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until the next checkpoint should be tried: the interval, doubled for
+        each failure in a row, capped at ``max(interval, BACKOFF_CAP)``."""
+        return retry_delay(self.interval, self.failures)
 
     async def take(
         self,
@@ -174,14 +196,48 @@ class Checkpointer:
         reason: str,
         live: Mapping[str, LiveWorkspace],
         requester: str | None = None,
+        *,
+        keep_workspaces: bool = False,
+    ) -> CheckpointTaken | CheckpointFailed:
+        """Cut, snapshot the live workspaces, write and sign the manifest, record it.
+
+        A checkpoint the store cannot take is recorded as CheckpointFailed, never raised:
+        the run goes on, and the next cut starts where the last good one ended (chunks
+        that did not reach the store are uploaded again, as the snapshot index only
+        advances once a snapshot is whole). ``keep_workspaces`` keeps the snapshots of
+        workspaces that are not live (a sync after the run stopped)."""
+        try:
+            event = await self._take(label, reason, live, requester, keep_workspaces)
+        except (StorageError, SnapshotError, CheckpointError) as exc:
+            self.failures += 1
+            failed = self.writer.stage(
+                CheckpointFailed,
+                label=label,
+                reason=reason,
+                error=str(exc),
+                failures=self.failures,
+                retry_in=self.retry_in,
+            )
+            self.writer.flush()
+            return failed
+        self.failures = 0
+        return event
+
+    async def _take(
+        self,
+        label: str,
+        reason: str,
+        live: Mapping[str, LiveWorkspace],
+        requester: str | None,
+        keep_workspaces: bool,
     ) -> CheckpointTaken:
-        """Cut, snapshot the live workspaces, write and sign the manifest, record it."""
         async with self._lock:
             pause_ms = 0.0
             for node, workspace in live.items():
                 paused = await self._snapshot(node, workspace, held=node == requester)
                 pause_ms = max(pause_ms, paused)
-            self.workspaces = {n: w for n, w in self.workspaces.items() if n in live}
+            if not keep_workspaces:
+                self.workspaces = {n: w for n, w in self.workspaces.items() if n in live}
             self.writer.flush()
             state = self.writer.state
             assert state is not None

@@ -13,6 +13,7 @@ from rich.text import Text
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
+    CheckpointFailed,
     GateDecided,
     GateParked,
     NodeDispatched,
@@ -142,6 +143,8 @@ def event_line(event: BaseEvent) -> str | None:
         return f"decided   {event.node}: {event.decision} by {event.approver[:12]}"
     if isinstance(event, NoticeDelivered) and not event.ok:
         return f"notice    {event.notice} to {event.sink} failed: {event.error}"
+    if isinstance(event, CheckpointFailed):
+        return f"checkpoint failed ({event.label}), retry in {event.retry_in:g}s: {event.error}"
     if isinstance(event, BudgetRefused):
         return f"refused   {event.node}: {'; '.join(event.over)}"
     if isinstance(event, RunAborted):

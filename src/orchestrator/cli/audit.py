@@ -45,15 +45,20 @@ def replay(
 @app.command()
 def checkpoints(
     ctx: typer.Context,
-    args: list[str] = typer.Argument(..., metavar="[verify] RUN"),
+    args: list[str] = typer.Argument(..., metavar="[verify|sync] RUN"),
     as_json: bool = JsonOpt,
 ) -> None:
     """List a run's checkpoints, or `checkpoints verify RUN` to check every one of them:
-    signatures, the chain of manifests, ledger segments up to each head, chunk hashes."""
+    signatures, the chain of manifests, ledger segments up to each head, chunk hashes;
+    `checkpoints sync RUN` uploads what the store lacks after an outage."""
     verify = len(args) == 2 and args[0] == "verify"
+    if len(args) == 2 and args[0] == "sync":
+        _sync(ctx, args[1], as_json)
+        return
     if len(args) != 1 and not verify:
         raise ConfigError(
-            "usage: orchestrator checkpoints RUN  |  orchestrator checkpoints verify RUN"
+            "usage: orchestrator checkpoints RUN  |  orchestrator checkpoints verify RUN  |  "
+            "orchestrator checkpoints sync RUN"
         )
     rt = _runtime(ctx)
     reports = rt.checkpoints(args[-1])
@@ -93,6 +98,20 @@ def checkpoints(
         for r in bad:
             err.print(f"[red]checkpoint verification FAILED[/]: {escape(r.problem or '')}")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _sync(ctx: typer.Context, run_id: str, as_json: bool) -> None:
+    rt = _runtime(ctx)
+    taken = asyncio.run(rt.sync_checkpoints(run_id))
+    if as_json:
+        out.print_json(data=None if taken is None else taken.model_dump(mode="json"))
+    elif taken is None:
+        out.print(f"checkpoints of {run_id} in {rt.objects.url} already hold its whole ledger")
+    else:
+        out.print(
+            f"synced {run_id}: checkpoint {taken.manifest} covers the ledger up to seq {taken.cut}",
+            highlight=False,
+        )
 
 
 @app.command("gc")

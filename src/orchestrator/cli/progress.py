@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 
 from orchestrator import gates
-from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, out
+from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, err, out
 from orchestrator.ledger.events import BaseEvent, RunStarted
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.engine import Runtime
@@ -53,18 +53,36 @@ def _drive(
     return asyncio.run(main())
 
 
-def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
+def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
+    """Report how the run ended; ``driven`` when this process drove it (and so knows
+    whether its last checkpoint reached the store)."""
     status = rt.live_status(state)
     if as_json:
         out.print_json(data=state_json(state, status))
     else:
         _summary(state)
+    if driven and state.unsynced is not None:
+        _warn_unsynced(rt, state)
     if status == "failed":
         raise typer.Exit(EXIT_FAILED)
     if status == "parked":
         raise typer.Exit(EXIT_PARKED)
     if status == "aborted":
         raise typer.Exit(EXIT_ABORTED)
+
+
+def _warn_unsynced(rt: Runtime, state: RunState) -> None:
+    """The run ended but its last checkpoint never reached the object store."""
+    failed = state.unsynced
+    assert failed is not None
+    err.print(
+        f"[yellow]warning:[/] run {state.run_id} ended {state.status}, but the object store "
+        f"{rt.objects.url} does not hold its latest events: the last checkpoint failed "
+        f"({failed.failures} time(s) in a row): {escape(failed.error)}. The ledger in "
+        f"this home is whole; once the store is reachable, upload what is missing with "
+        f"`orchestrator checkpoints sync {state.run_id}`.",
+        highlight=False,
+    )
 
 
 def _summary(state: RunState) -> None:

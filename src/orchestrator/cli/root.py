@@ -55,14 +55,26 @@ def _global(
         envvar="ORCHESTRATOR_OBJECTS",
         help="Checkpoint object store: a directory or s3://bucket/prefix [default: home/objects]",
     ),
+    store_grace: float | None = typer.Option(
+        None,
+        "--store-grace",
+        envvar="ORCHESTRATOR_STORE_GRACE",
+        min=0,
+        max=86400,
+        help="Seconds a run retries its last checkpoint while the object store is down "
+        "[default: 60]",
+    ),
 ) -> None:
-    ctx.obj = {"home": home, "ledger": ledger, "objects": objects}
+    ctx.obj = {"home": home, "ledger": ledger, "objects": objects, "store_grace": store_grace}
 
 
 def _runtime(ctx: typer.Context, objects: str | None = None) -> Runtime:
     obj = ctx.find_root().obj or {}
     return Runtime(
-        home=obj.get("home"), ledger=obj.get("ledger"), objects=objects or obj.get("objects")
+        home=obj.get("home"),
+        ledger=obj.get("ledger"),
+        objects=objects or obj.get("objects"),
+        store_grace=obj.get("store_grace"),
     )
 
 

@@ -16,7 +16,7 @@ from orchestrator.cli.options import JsonOpt, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
 from orchestrator.errors import ConfigError
-from orchestrator.ledger.state import RunState
+from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.views import node_table, state_json
 
 
@@ -200,11 +200,15 @@ def resume(
     After a budget abort, --budget gives it a fresh envelope."""
     envelope = _parse_budget(budget)
     rt = _runtime(ctx, objects=source)
+    restored = 0
     if source is not None:
         restored = rt.restore_ledger(run_id, signer)
         if restored and not as_json:
             err.print(f"restored {restored} ledger events of {run_id} from {rt.objects.url}")
     initial = rt.state(run_id)
+    if restored and initial.status in TERMINAL_RUN:
+        _finish(rt, initial, as_json, driven=False)  # nothing to resume: how it ended
+        return
     state = _drive(
         rt,
         lambda ls: rt.resume(run_id, listeners=ls, budget=envelope),

@@ -128,6 +128,19 @@ class CheckpointTaken(BaseEvent):
     pause_ms: float
 
 
+class CheckpointFailed(BaseEvent):
+    """A checkpoint could not be written (the object store was unreachable, say); the
+    next one, ``retry_in`` seconds later at the earliest, covers everything since the
+    last good one."""
+
+    kind: Literal["CheckpointFailed"] = "CheckpointFailed"
+    label: str
+    reason: str
+    error: str
+    failures: int
+    retry_in: float
+
+
 class SandboxChosen(BaseEvent):
     """Which sandbox backend the run's nodes use, and why (recorded on first use)."""
 
@@ -269,6 +282,7 @@ Event = Annotated[
     | NodeSucceeded
     | NodeFailed
     | CheckpointTaken
+    | CheckpointFailed
     | SandboxChosen
     | SandboxMetered
     | GateParked

@@ -17,6 +17,7 @@ from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReplaced,
     BudgetReserved,
+    CheckpointFailed,
     CheckpointTaken,
     EffectRecorded,
     ErrorInfo,
@@ -93,6 +94,7 @@ class RunState:
     doomed: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointTaken | None = None
+    unsynced: CheckpointFailed | None = None  # the latest failure, until a checkpoint succeeds
     book: BudgetBook = field(default_factory=lambda: BudgetBook.from_config({}))
     last_gate: dict[str, Any] | None = None
     decisions_seen: set[str] = field(default_factory=set)
@@ -211,7 +213,9 @@ class RunState:
             ns.journal = ns.journal[: event.from_index]  # the rest is performed again
             ns.resumed_from.append(event.from_index)
         elif isinstance(event, CheckpointTaken):
-            self.checkpoint = event
+            self.checkpoint, self.unsynced = event, None
+        elif isinstance(event, CheckpointFailed):
+            self.unsynced = event
         elif isinstance(event, SandboxMetered):
             self.nodes[event.node].compute_h += event.wall_s * event.vcpus / 3600
             sandbox = f"{event.node}#{event.attempt}@{event.backend}"

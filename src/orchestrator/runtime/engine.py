@@ -30,6 +30,7 @@ from orchestrator.checkpoint import (
     verify_checkpoints,
 )
 from orchestrator.errors import (
+    ConfigError,
     InputError,
     LedgerCorrupt,
     PlanInvalid,
@@ -41,6 +42,8 @@ from orchestrator.ledger.codec import GENESIS, canonical_bytes
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetReplaced,
+    CheckpointFailed,
+    CheckpointTaken,
     Event,
     RunResumed,
     RunStarted,
@@ -62,9 +65,10 @@ from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sinks import SinkConfig
-from orchestrator.storage.objects import ObjectStore, get_blob, open_object_store
+from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
 
 Listener = Callable[[BaseEvent], None]
+DEFAULT_STORE_GRACE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,20 @@ def default_home() -> Path:
     return Path(os.environ.get("ORCHESTRATOR_HOME", ".orchestrator"))
 
 
+def default_store_grace() -> float:
+    """Seconds a run retries its last checkpoint while the object store is down."""
+    raw = os.environ.get("ORCHESTRATOR_STORE_GRACE", "")
+    try:
+        grace = float(raw) if raw else DEFAULT_STORE_GRACE
+    except ValueError:
+        grace = -1.0
+    if not 0 <= grace <= 86400:
+        raise ConfigError(
+            f"ORCHESTRATOR_STORE_GRACE={raw!r}: expected a number of seconds from 0 to 86400"
+        )
+    return grace
+
+
 def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
@@ -97,6 +115,7 @@ class Runtime:
         clock: Clock | None = None,
         sandbox: str | None = None,
         objects: str | None = None,
+        store_grace: float | None = None,
     ) -> None:
         self.home = (Path(home) if home is not None else default_home()).absolute()
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
@@ -104,6 +123,7 @@ class Runtime:
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
         )
         self._objects: ObjectStore | None = None
+        self.store_grace = store_grace if store_grace is not None else default_store_grace()
         if isinstance(ledger, str) or ledger is None:
             url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
             ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
@@ -116,6 +136,18 @@ class Runtime:
         if self._objects is None:
             self._objects = open_object_store(self.objects_url)
         return self._objects
+
+    def check_objects(self, action: str) -> None:
+        """Refuse to ``action`` (a phrase: "start the run") while the object store cannot
+        be used: a bad endpoint, an unreachable server, a missing bucket, bad credentials."""
+        try:
+            self.objects.check()
+        except StorageError as exc:
+            raise StorageError(
+                f"cannot {action}: the checkpoint object store is not usable: {exc}. Nothing "
+                "was recorded; fix --objects (or ORCHESTRATOR_OBJECTS), or wait until the "
+                "store is back, and try again."
+            ) from None
 
     def chunks(self) -> ChunkStore:
         return ChunkStore.on(self.objects)
@@ -206,6 +238,7 @@ class Runtime:
         if problems:
             raise PlanInvalid(problems)
         values = self._check_inputs(plan, inputs or {})
+        self.check_objects("start the run")
         now = self.clock.now()
         run_id = new_run_id(now)
         lock = RunLock(self.home, run_id)
@@ -264,6 +297,7 @@ class Runtime:
                 )
             for decision in decisions or ():
                 gates.check(state, decision)
+            self.check_objects(f"resume run {run_id}")
             plan = plan or load_plan(state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
@@ -311,10 +345,11 @@ class Runtime:
             config,
             poll_controls=controls,
             sandboxes=broker,
-            checkpointer=self._checkpointer(writer, signer),
+            checkpointer=self._checkpointer(writer, signer, config.checkpoint_interval, resumed),
             signer=signer,
             models=models,
             receipt_sinks=config.receipts or [self.receipt_file(run_id)],
+            store_grace=self.store_grace,
         )
         points = {}
         if resumed:
@@ -368,14 +403,63 @@ class Runtime:
         self.rows(run_id)
         return self._signer_of(run_id)
 
-    def _checkpointer(self, writer: LedgerWriter, signer: signing.Signer) -> Checkpointer:
+    def _checkpointer(
+        self, writer: LedgerWriter, signer: signing.Signer, interval: float, resumed: bool
+    ) -> Checkpointer:
+        """The run's checkpointer, chained to its latest checkpoint (a new run has none:
+        nothing is asked of the store after its RunStarted is recorded)."""
         run_id = writer.run_id
-        latest = latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+        latest = (
+            latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+            if resumed
+            else None
+        )
         previous = None if latest is None else PreviousRef(seq=latest.seq, digest=latest.digest)
         head = GENESIS if latest is None else latest.head_hash
         return Checkpointer(
-            run_id, writer, self.store, self.objects, self.chunks(), signer, previous, head
+            run_id,
+            writer,
+            self.store,
+            self.objects,
+            self.chunks(),
+            signer,
+            previous,
+            head,
+            workspaces=None if latest is None else latest.workspaces,
+            interval=interval,
         )
+
+    async def sync_checkpoints(self, run_id: str) -> CheckpointTaken | None:
+        """Upload what the object store lacks of a run that is not running: the ledger
+        since its last good checkpoint, in a new signed checkpoint recorded in the ledger
+        (snapshots of workspaces carry over from that checkpoint). None when the store
+        already holds the whole ledger."""
+        self.rows(run_id)
+        lock = RunLock(self.home, run_id)
+        lock.acquire()
+        try:
+            self.check_objects(f"sync run {run_id}'s checkpoints")
+            rows = self.store.read(run_id)
+            state = RunState.fold(self._require_whole(run_id, rows))
+            writer = LedgerWriter(self.store, run_id, self.clock, rows[-1].seq, rows[-1].hash)
+            writer.state = state
+            try:
+                signer = signing.load(self._key_path(run_id))
+            except signing.SigningError as exc:
+                raise CheckpointError(
+                    f"cannot sync run {run_id}'s checkpoints: {exc}; sync from the home "
+                    "that ran it, which holds the run's key"
+                ) from None
+            checkpointer = self._checkpointer(writer, signer, 0.0, resumed=True)
+            covered = -1 if checkpointer.previous is None else checkpointer.previous.seq
+            if all(r.kind == "CheckpointTaken" for r in rows[covered + 1 :]):
+                return None
+            event = await checkpointer.take("sync", "checkpoints sync", {}, keep_workspaces=True)
+            if isinstance(event, CheckpointFailed):
+                raise StorageError(f"cannot sync run {run_id}'s checkpoints: {event.error}")
+            return event
+        finally:
+            lock.release()
 
     def restore_ledger(self, run_id: str, signer: str | None = None) -> int:
         """Rebuild a run's ledger from its checkpoints in this Runtime's object store, when

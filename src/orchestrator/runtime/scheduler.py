@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,12 +24,13 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import gates
 from orchestrator.budget import BudgetExceeded, attempt_limit
-from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef
+from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef, retry_delay
 from orchestrator.errors import DecisionRefused, NodeTimeout
 from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReserved,
+    CheckpointFailed,
     EffectRecorded,
     ErrorInfo,
     GateDecided,
@@ -64,6 +66,7 @@ log = logging.getLogger("orchestrator.scheduler")
 
 CONTROL_POLL_S = 0.1
 SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
+FINAL_RETRY_BASE = 1.0  # seconds before the first retry of a run's last checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class Scheduler:
         signer: Signer | None = None,
         models: ModelSource | None = None,
         receipt_sinks: list[SinkConfig] | None = None,
+        store_grace: float = 60.0,
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -150,6 +154,7 @@ class Scheduler:
         self.sandboxes = sandboxes
         self.checkpointer = checkpointer
         self.checkpoint_interval = config.checkpoint_interval if checkpointer else None
+        self.store_grace = store_grace
         self.models = models
         self.reporter = Reporter(
             writer,
@@ -198,7 +203,7 @@ class Scheduler:
             if periodic is not None:
                 stop_periodic.set()
                 await periodic  # a checkpoint under way finishes; it is never cut short
-            await self.checkpoint(final.status, "run " + final.status)
+            await self._final_checkpoint(final.status)
             return final
         finally:
             restore()
@@ -570,14 +575,32 @@ class Scheduler:
                 journal_length=_journal_length(self.state, node_id),
             )
         event = await self.checkpointer.take(label, reason, live, requester)
+        if isinstance(event, CheckpointFailed):
+            return None  # recorded; the next checkpoint covers what this one would have
         return {"manifest": event.manifest, "digest": event.digest}
 
     async def _periodic(self, interval: float, stop: asyncio.Event) -> None:
+        assert self.checkpointer is not None
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), interval)
+                await asyncio.wait_for(stop.wait(), self.checkpointer.retry_in)
             except TimeoutError:
                 await self.checkpoint("periodic", f"every {interval:g}s")
+
+    async def _final_checkpoint(self, status: str) -> None:
+        """The run's last checkpoint. While the store fails it is retried, backing off,
+        for ``store_grace`` seconds at most; the run's status never depends on it."""
+        if self.checkpointer is None:
+            return
+        deadline = time.monotonic() + self.store_grace
+        tries = 0
+        while await self.checkpoint(status, "run " + status) is None:
+            tries += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # RunState.unsynced names the failure; `checkpoints sync` finishes
+            base = min(self.checkpointer.interval, FINAL_RETRY_BASE)
+            await asyncio.sleep(min(retry_delay(base, tries), remaining))
 
     # ---- resume, pause, completion -----------------------------------------------------
 

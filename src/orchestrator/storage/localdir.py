@@ -235,6 +235,12 @@ class LocalDirStore(ObjectStore):
         finally:
             os.close(dir_fd)
 
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(f"object store {self.url}: {self.root} is not a directory")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"object store {self.url}: {self.root} is not writable")
+
     def close(self) -> None:
         pass  # no handles are kept between calls
 

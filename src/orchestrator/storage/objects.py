@@ -167,6 +167,12 @@ class ObjectStore(Protocol):
         """Remove the object under ``key``; nothing happens if there is none."""
         ...
 
+    def check(self) -> None:
+        """Raise :class:`StorageError`, saying why, unless the store can be used now:
+        reachable, the bucket or directory there, the credentials accepted. One call,
+        bounded by the store's timeouts."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Self:

@@ -42,6 +42,15 @@ __all__ = ["S3Settings", "S3Store"]
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*")
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+}
 _CONNECTION_ERRORS = (
     bex.ConnectionError,  # refused, DNS, connect timeout, proxy
     bex.HTTPClientError,  # connection closed, read timeout, broken stream
@@ -215,6 +224,10 @@ class S3Store(ObjectStore):
         except ObjectMissing:
             pass
 
+    def check(self) -> None:
+        with self._calls("list", self._base or "(all)"):
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self._base, MaxKeys=1)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -240,7 +253,7 @@ class S3Store(ObjectStore):
                 raise StorageError(
                     f"cannot {action} {where}: bucket {self.bucket!r} does not exist"
                 ) from None
-            if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId") or status == 403:
+            if code in _DENIED_CODES or status == 403:
                 raise StorageError(
                     f"cannot {action} {where}: access denied ({code}); check the credentials "
                     "and the bucket policy"
