@@ -56,7 +56,7 @@ from orchestrator.runtime.context import (
     NodeContext,
 )
 from orchestrator.runtime.reporting import Reporter
-from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
+from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig
 
@@ -313,7 +313,7 @@ class Scheduler:
         base = workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt)
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
         # the node's repository, or the attempt's own directory.
-        seen = base / "merged" if spec.workspace is not None else base
+        seen = workspace_path(base, overlay=spec.workspace is not None)
         site = site_for(self.state, spec, ns.id, ns.attempt, seen, journal)
         handle = None
         if self.sandboxes is not None:
