@@ -57,6 +57,7 @@ from orchestrator.runtime.context import (
 )
 from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
+from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig
 
@@ -368,7 +369,9 @@ class Scheduler:
         finally:
             self._live.pop(ctx.node, None)
             if handle is not None:
-                metered = await handle.release()
+                # A checkpoint snapshotting this workspace finishes before its disk goes.
+                async with ctx.gate:
+                    metered = await handle.release()
                 if metered is not None:
                     backend, meter = metered
                     self.writer.stage(
@@ -568,6 +571,7 @@ class Scheduler:
                 gate=ctx.gate,
                 snapshot=sandbox.snapshot,
                 journal_length=_journal_length(self.state, node_id),
+                ended=_released(handle, sandbox),
             )
         event = await self.checkpointer.take(label, reason, live, requester)
         return {"manifest": event.manifest, "digest": event.digest}
@@ -662,6 +666,10 @@ class Scheduler:
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
             self.writer.stage(event_cls, **fields)
+
+
+def _released(handle: SandboxHandle, sandbox: AgentSandbox) -> Callable[[], bool]:
+    return lambda: handle.started is not sandbox
 
 
 def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:
