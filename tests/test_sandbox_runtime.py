@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, node
 from orchestrator.ledger.events import EffectRecorded, NodeDispatched, SandboxMetered, decode
-from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.disk import mounts_under
+from orchestrator.sandbox.process import AgentSandbox
 from tests.plans.basic import words_plan
 
 BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
