@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator import Runtime
 from orchestrator.ledger.events import NodeFailed, NodeResumed, RetryScheduled, decode
-from orchestrator.sandbox.disk import Disk, mounts_under, unmount_under
+from orchestrator.sandbox.disk import Disk, mounts_under
 from tests.conftest import cli
 from tests.crashing import sigkill, spawn_run, wait_until
 from tests.plans.disk import LIMIT_MB, filler_plan
@@ -37,14 +36,6 @@ pytestmark = pytest.mark.skipif(not ROOT, reason="loop-mounting disk images need
 KEEPER = "tests.plans.disk:keeper_plan"
 REPO = str(Path(__file__).resolve().parents[1])  # so that `resume` imports tests.plans
 BASIC_WAIT = "tests.plans.basic:waiting"
-
-
-@pytest.fixture(autouse=True)
-def no_mounts_left(tmp_path: Path) -> Iterator[None]:
-    """Whatever a killed orchestrator left mounted goes before pytest deletes tmp_path
-    (deleting through a mounted image would be deleting inside it)."""
-    yield
-    unmount_under(tmp_path)
 
 
 def allocated(path: Path) -> int:

@@ -14,18 +14,21 @@ resumes; the disk is unmounted when the attempt's sandbox is released.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.node import NodeSpec
 from orchestrator.sandbox.base import BackendName, Meter, SandboxError, SandboxSpec
-from orchestrator.sandbox.disk import Disk, remove_tree
+from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
 from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
+
+log = logging.getLogger(__name__)
 
 
 class SandboxBroker:
@@ -45,6 +48,7 @@ class SandboxBroker:
         self.chosen: tuple[BackendName, str] | None = None
         self._pool: SandboxPool | None = None
         self._resolving = asyncio.Lock()
+        self._unmounting: set[asyncio.Task[None]] = set()
 
     async def pool(self) -> SandboxPool:
         async with self._resolving:
@@ -91,12 +95,23 @@ class SandboxBroker:
         assert self._pool is not None
         await self._pool.release(sandbox)
         if sandbox.disk is not None:  # the overlay (if any) and the disk under it
-            await asyncio.to_thread(sandbox.disk.unmount)
+            # Off the attempt's path: its outcome does not wait for the unmount.
+            task = asyncio.create_task(_unmount(sandbox.disk))
+            self._unmounting.add(task)
+            task.add_done_callback(self._unmounting.discard)
         return meter
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+        await asyncio.gather(*self._unmounting)
+
+
+async def _unmount(disk: Disk) -> None:
+    try:
+        await asyncio.to_thread(disk.unmount)
+    except DiskError as exc:  # still mounted: the run's end or `gc` removes it later
+        log.warning("cannot unmount %s: %s", disk.root, exc)
 
 
 def workspace_path(durable: Path, overlay: bool) -> Path:
