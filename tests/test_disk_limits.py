@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import Runtime
+from orchestrator import Runtime, signing
 from orchestrator.ledger.events import NodeFailed, NodeResumed, RetryScheduled, decode
 from orchestrator.sandbox.disk import Disk, mounts_under
 from tests.conftest import cli
@@ -129,7 +129,7 @@ def test_writes_within_the_limit_survive_sigkill_and_resume(backend: str, tmp_pa
 
 
 @pytest.mark.timeout(300)
-def test_gc_removes_leftovers_and_keeps_a_parked_runs_work(tmp_path: Path) -> None:
+def test_gc_removes_leftovers_and_keeps_the_work_of_runs_that_can_resume(tmp_path: Path) -> None:
     home, gate = tmp_path / "home", tmp_path / "gate"
     env = {"ORCHESTRATOR_SANDBOX": "bwrap", "PYTHONPATH": REPO}
     # A run killed mid-node and never resumed: its work (a mounted disk) must stay.
@@ -142,6 +142,15 @@ def test_gc_removes_leftovers_and_keeps_a_parked_runs_work(tmp_path: Path) -> No
     sigkill(proc)
     kept_work = home / "runs" / kept / "work" / "keeper.a1"
     assert os.path.ismount(kept_work / "disk")
+    # A run parked at a gate: its attempt's disk (unmounted now) must stay too.
+    approver = f"review={signing.generate().public}"
+    drafter = "tests.plans.disk:drafter_plan"
+    parked_run = cli(home, "run", "-q", drafter, "--approver", approver, env=env)
+    assert parked_run.returncode == 3, parked_run.stderr  # parked
+    with Runtime(home=home) as rt:
+        parked = next(r.run_id for r in rt.runs() if r.status == "parked")
+    parked_work = home / "runs" / parked / "work" / "drafter.a1"
+    assert (parked_work / "disk.img").is_file()
     # Leftovers: a finished run's directory (as if the orchestrator died before removing
     # it) and an orphan no ledger knows, each with a mounted disk.
     finished = spawn_run(home, BASIC_WAIT, f"path={gate}x")
@@ -158,13 +167,14 @@ def test_gc_removes_leftovers_and_keeps_a_parked_runs_work(tmp_path: Path) -> No
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)["work"]
     assert report["removed"] == {done: "succeeded", "20000101-000000-orphan": "not in the ledger"}
-    assert report["kept"] == 1
+    assert report["kept"] == 2
     assert all(p.exists() for p in leftovers)
 
     done_gc = cli(home, "gc")
     assert done_gc.returncode == 0, done_gc.stderr
     assert "removed 2 work directory(ies)" in " ".join(done_gc.stdout.split())
     assert not any(p.exists() for p in leftovers)
+    assert (parked_work / "disk.img").is_file()
     # The interrupted run keeps its work, still mounted, and resumes with it.
     assert (kept_work / "disk" / "workspace" / "data.bin").stat().st_size == 5_000_000
     assert [m for m in mounts_under(home) if kept not in str(m)] == []
@@ -172,4 +182,4 @@ def test_gc_removes_leftovers_and_keeps_a_parked_runs_work(tmp_path: Path) -> No
     resumed = cli(home, "resume", "-q", kept, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert mounts_under(home) == []
-    assert not (home / "runs").exists() or list((home / "runs").iterdir()) == []
+    assert [p.name for p in (home / "runs").iterdir()] == [parked]

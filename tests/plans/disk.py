@@ -99,3 +99,16 @@ def filler_plan() -> Plan:
     plan.add(modest)
     plan.add(tmp_filler)
     return plan
+
+
+@node("drafter", effects={"fs"}, gate="review", limits=Limits(disk_mb=LIMIT_MB))
+async def drafter(ctx: NodeContext, inputs: Nothing) -> Written:
+    """Writes a draft in its workspace, then waits at a gate (the run parks)."""
+    out = await ctx.exec(["sh", "-c", "echo draft > draft.txt"])
+    return Written(code=out.code)
+
+
+def drafter_plan() -> Plan:
+    plan = Plan("disk-drafter")
+    plan.add(drafter)
+    return plan
