@@ -18,7 +18,10 @@ uses), it measures:
    (and ``memory.stat`` rss/cache/shmem), the PSS and RSS of every process in it (from
    ``smaps_rollup``), and the CPU the idle sandboxes burn;
 5. how many can be held warm: extrapolated from (4) against MemAvailable with a 50% margin,
-   then actually tried up to a cap: started, each asked to run ``true``, then closed.
+   then actually tried up to a cap: started, each asked to run ``true``, then closed;
+6. the disk-limited layer's cost: a pool sandbox started + ``true`` with its workspace on a
+   default-sized (10 GiB) loop-mounted ext4 image vs on a plain directory
+   (``disk_mb=None``), and the image alone (make + mount, unmount + remove).
 
 Prints figures and a RESULT line per backend, never asserts; checks for leftover
 processes, cgroups and runsc containers after each backend and at the end.
@@ -44,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.sandbox.base import BACKENDS, BackendName, SandboxSpec
+from orchestrator.sandbox.disk import Disk, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
-from orchestrator.sandbox.limits import CgroupLimiter
+from orchestrator.sandbox.limits import CgroupLimiter, Limits
 from orchestrator.sandbox.pool import SandboxPool
 from orchestrator.sandbox.process import AgentSandbox
 
@@ -326,6 +330,10 @@ class Result:
     capacity_start_s: float | None = None
     errors: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    disk_on: list[float] = field(default_factory=list)
+    disk_off: list[float] = field(default_factory=list)
+    disk_mount: list[float] = field(default_factory=list)
+    disk_remove: list[float] = field(default_factory=list)
 
 
 async def cold_start(
@@ -701,6 +709,32 @@ async def capacity(
         shutil.rmtree(home / "many", ignore_errors=True)
 
 
+async def disk_layer(backend: BackendName, home: Path, n: int, result: Result) -> None:
+    """Start (+ ``true``) pool sandboxes with and without the disk image, alternating."""
+    specs = {True: SandboxSpec(), False: SandboxSpec(limits=Limits(disk_mb=None))}
+    async with SandboxPool(backend, home, size=0) as pool:
+        for i in range(n + 1):
+            for on, spec in specs.items():
+                t0 = time.perf_counter()
+                sandbox = await pool.acquire(spec)
+                await sandbox.exec(TRUE)
+                elapsed = time.perf_counter() - t0
+                await pool.release(sandbox)
+                if i:  # the first of each is a warm-up
+                    (result.disk_on if on else result.disk_off).append(elapsed)
+    for i in range(n):
+        t0 = time.perf_counter()
+        disk = await asyncio.to_thread(Disk(home / "disks" / str(i), Limits().disk_mb).mount)
+        t1 = time.perf_counter()
+        await asyncio.to_thread(remove_tree, disk.base)
+        result.disk_mount.append(t1 - t0)
+        result.disk_remove.append(time.perf_counter() - t1)
+    print(f"  pool start+true, 10 GiB disk {ms(result.disk_on)}")
+    print(f"  pool start+true, no disk     {ms(result.disk_off)}")
+    print(f"  disk image make+mount        {ms(result.disk_mount)}")
+    print(f"  disk unmount+remove          {ms(result.disk_remove)}")
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -732,6 +766,8 @@ def result_line(r: Result) -> str:
         f"capacity extrapolated {r.extrapolated}",
         f"held {r.held}/{r.tried} answered {r.answered}"
         + (f" started in {r.capacity_start_s:.2f} s" if r.capacity_start_s is not None else ""),
+        f"start+true with disk median {fmt(med(r.disk_on), None)}"
+        f" (without {fmt(med(r.disk_off), None)})",
         f"leftovers {len(r.leftovers)}",
     ]
     if r.errors:
@@ -750,6 +786,7 @@ async def bench(backend: BackendName, home: Path) -> Result:
         ("exec round trip", lambda: exec_round_trip(backend, home, limiter, result)),
         ("idle memory", lambda: idle_memory(backend, home, limiter, plan.idle, result)),
         ("capacity", lambda: capacity(backend, home, limiter, plan.cap, result)),
+        ("disk layer", lambda: disk_layer(backend, home, plan.cold, result)),
     ]
     for name, step in steps:
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
+from orchestrator.sandbox.disk import unmount_under
 
 PLANS = Path(__file__).parent / "plans"
 
@@ -25,6 +26,15 @@ def rt(home: Path) -> Iterator[Runtime]:
     runtime = Runtime(home=home)
     yield runtime
     runtime.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_mounts_left(tmp_path: Path) -> Iterator[None]:
+    """Unmount what a test's killed orchestrators left mounted under its tmp_path (attempt
+    disks, overlays): pytest's later clean-up would otherwise delete inside them."""
+    yield
+    if os.geteuid() == 0:
+        unmount_under(tmp_path)
 
 
 def cli(

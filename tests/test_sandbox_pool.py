@@ -120,7 +120,8 @@ async def test_concurrent_acquires_get_distinct_working_sandboxes_and_close_clea
         for sandbox, result in zip(leased, results, strict=True):
             assert (result.code, result.stdout) == (0, b"owner\n"), result.stderr
             assert (sandbox.workspace / "owner").read_text() == f"{sandbox.id}\n"
-            assert sandbox.workspace.parent.parent == home / "sandbox" / "live"
+            assert sandbox.workspace.parents[2] == home / "sandbox" / "live"
+            assert os.path.ismount(sandbox.workspace.parent)  # on its own disk
 
         # The pool refills behind the acquires, back to its size and not beyond.
         assert await eventually(lambda: pool.counts()["warm"] == 2 and not pool._refills)

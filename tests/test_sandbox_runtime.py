@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, node
 from orchestrator.ledger.events import EffectRecorded, NodeDispatched, SandboxMetered, decode
+from orchestrator.sandbox.disk import mounts_under
 from orchestrator.sandbox.process import AgentSandbox
-from orchestrator.sandbox.workspace import overlay_mounts
 from tests.plans.basic import words_plan
 
 BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
@@ -63,7 +63,8 @@ def tree(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def mounted_under(home: Path) -> list[Path]:
-    return [p for p in overlay_mounts() if home.resolve() in p.parents]
+    """Every mount below ``home``: overlays and attempts' disks."""
+    return mounts_under(home)
 
 
 # ---- replay starts no sandbox -----------------------------------------------------------------
@@ -137,7 +138,21 @@ async def edit_repo(ctx: NodeContext, inputs: RepoIn) -> Seen:
     await ctx.exec(["sh", "-c", "rm src/a.txt && echo appended >> README.md"], check=True)
     listing = await ctx.exec(["python3", "-c", LIST], check=True)
     after = await ctx.read("README.md")
+    await ctx.tool("upper-layer", upper_layer)
     return Seen(before=before, after=after, files=json.loads(listing.stdout))
+
+
+def upper_layer(workspace: str) -> dict[str, object]:
+    """What the attempt's upper layer (next to the merged view, on its disk) holds."""
+    upper = Path(workspace).parent / "upper"
+    whiteout = os.lstat(upper / "src" / "a.txt")
+    return {
+        "readme": (upper / "README.md").read_text(),
+        "new": (upper / "new" / "file.txt").read_text(),
+        "whiteout": [os.major(whiteout.st_rdev), os.minor(whiteout.st_rdev)],
+        "b_copied": (upper / "src" / "b.txt").exists(),
+        "on_its_disk": os.path.ismount(upper.parent),
+    }
 
 
 def make_repo(root: Path) -> Path:
@@ -168,15 +183,22 @@ async def test_a_repo_node_sees_the_repo_and_writes_only_to_its_own_layer(
     }
     # The repository itself is exactly as it was: content and timestamps.
     assert tree(repo) == original
-    # The node's writes are in its attempt's upper layer, the deletion as a whiteout.
-    upper = home / "runs" / state.run_id / "work" / "edit-repo.a1" / "upper"
-    assert (upper / "README.md").read_text() == "rewritten by the node\nappended\n"
-    assert (upper / "new" / "file.txt").read_text() == "new\n"
-    whiteout = os.lstat(upper / "src" / "a.txt")
-    assert os.major(whiteout.st_rdev) == 0 and os.minor(whiteout.st_rdev) == 0
-    assert not (upper / "src" / "b.txt").exists()  # untouched files are not copied
-    # Torn down after the attempt: no overlay left mounted, no pool directory.
+    # The node's writes were in its attempt's upper layer on its own disk, the deletion
+    # as a whiteout; untouched files are not copied.
+    layer = [e for e in recorded if isinstance(e, EffectRecorded) and e.effect == "tool"]
+    assert [e.response["ok"] for e in layer] == [
+        {
+            "readme": "rewritten by the node\nappended\n",
+            "new": "new\n",
+            "whiteout": [0, 0],
+            "b_copied": False,
+            "on_its_disk": True,
+        }
+    ]
+    # Torn down after the run: no overlay or disk left mounted, no pool directory, and
+    # the finished run's work directory is gone.
     assert mounted_under(home) == []
+    assert not (home / "runs" / state.run_id).exists()
     assert live_dirs(home) == []
     assert [e.backend for e in recorded if isinstance(e, SandboxMetered)] == [backend]
     assert replayed.ok, replayed.divergence

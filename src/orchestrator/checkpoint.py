@@ -152,6 +152,9 @@ class LiveWorkspace:
     gate: asyncio.Lock
     snapshot: Callable[[ChunkStore, SnapshotIndex | None], Any]
     journal_length: Callable[[], int]
+    ended: Callable[[], bool] = lambda: False
+    """Whether the attempt has ended (its sandbox released) since the cut began: then
+    there is nothing to snapshot, nor any need to (checked holding ``gate``)."""
 
 
 class Checkpointer:
@@ -306,6 +309,9 @@ class Checkpointer:
         return (time.monotonic() - started) * 1000
 
     async def _snap(self, node: str, workspace: LiveWorkspace) -> None:
+        if workspace.ended():
+            self.workspaces.pop(node, None)
+            return
         previous = self._indexes.get(node)
         snap, index = await workspace.snapshot(self.chunks, previous)
         self._indexes[node] = index

@@ -164,7 +164,7 @@ class NodeSpec:
             "retry": self.retry.describe(),
             "gate": self.gate,
             "timeout": self.timeout,
-            "limits": None if self.limits is None else self.limits.model_dump(),
+            "limits": None if self.limits is None else self.limits.describe(),
             "workspace": self.workspace,
         }
 

@@ -120,16 +120,21 @@ def collect_garbage(
     dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; delete nothing"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Delete checkpoint chunks and blobs that no checkpoint manifest refers to.
-    Refused while any run of this home is live, or if any manifest cannot be read."""
+    """Delete checkpoint chunks and blobs that no checkpoint manifest refers to, and the
+    work directories of runs that ended or that the ledger does not know (never those of
+    runs that can resume). Refused while any run of this home is live, or if any
+    manifest cannot be read."""
     from orchestrator import gc
+    from orchestrator.runtime.workdirs import collect_work
 
     rt = _runtime(ctx)
     gc.require_idle(rt)
+    work = collect_work(rt, dry_run=dry_run)
     report = gc.collect_garbage(
         rt.objects, rt.chunks(), dry_run=dry_run, guard=lambda: gc.require_idle(rt)
     )
     if as_json:
-        out.print_json(data=report.as_dict())
+        out.print_json(data={**report.as_dict(), "work": work.as_dict()})
     else:
         out.print(f"gc {rt.objects.url}: {report.summary()}", highlight=False, markup=False)
+        out.print(f"gc {rt.home / 'runs'}: {work.summary()}", highlight=False, markup=False)

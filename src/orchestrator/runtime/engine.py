@@ -63,6 +63,7 @@ from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
+from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
@@ -356,11 +357,14 @@ class Runtime:
             latest = latest_manifest(self.objects, run_id, writer.head_seq, self._signer_of(run_id))
             points = latest.workspaces if latest is not None else {}
         try:
-            return await scheduler.run(resumed=resumed, restore_points=points, decisions=decisions)
+            final = await scheduler.run(resumed=resumed, restore_points=points, decisions=decisions)
         finally:
             await broker.close()
             if models is not None:
                 await models.aclose()
+        if final.status in TERMINAL_RUN:  # it never resumes: its attempts' disks go
+            await asyncio.to_thread(remove_run, self.home, run_id)
+        return final
 
     def receipt_file(self, run_id: str) -> SinkConfig:
         """The default receipt sink: a JSONL file per run under the home."""

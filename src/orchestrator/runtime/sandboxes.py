@@ -1,26 +1,34 @@
 """Sandboxes for node attempts: the backend is resolved on first use, then pooled.
 
 A node attempt gets its sandbox lazily, on its first live ``exec``/``read``/``write``: an
-attempt whose effects are all served from the journal (resume, replay) starts none. The
-pool's fresh workspace is renamed to the attempt's durable workspace directory, so what a
-node wrote survives a crash of the orchestrator and is there again when it resumes.
+attempt whose effects are all served from the journal (resume, replay) starts none.
+
+Everything an attempt writes lives on its disk (:class:`~orchestrator.sandbox.disk.Disk`,
+limited to ``Limits.disk_mb``) in the attempt's durable directory ``DURABLE``:
+``DURABLE/disk/workspace`` when the node has no repository (a warm sandbox's directory,
+disk included, is renamed there), ``DURABLE/disk/{upper,work,merged}`` for an overlay over
+one. So what a node wrote survives a crash of the orchestrator and is there again when it
+resumes; the disk is unmounted when the attempt's sandbox is released.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.node import NodeSpec
 from orchestrator.sandbox.base import BackendName, Meter, SandboxError, SandboxSpec
+from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
 from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
-from orchestrator.sandbox.pool import SandboxPool, sweep
+from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
+
+log = logging.getLogger(__name__)
 
 
 class SandboxBroker:
@@ -40,6 +48,7 @@ class SandboxBroker:
         self.chosen: tuple[BackendName, str] | None = None
         self._pool: SandboxPool | None = None
         self._resolving = asyncio.Lock()
+        self._unmounting: set[asyncio.Task[None]] = set()
 
     async def pool(self) -> SandboxPool:
         async with self._resolving:
@@ -65,56 +74,84 @@ class SandboxBroker:
             limits = limits.model_copy(update={"timeout_s": spec.timeout})
         sandbox_spec = SandboxSpec(effects=spec.effects, limits=limits)
         pool = await self.pool()
-        if lower is None:
+        if lower is None and (fresh or not await asyncio.to_thread(durable.exists)):
             sandbox = await pool.acquire(sandbox_spec)
-            _adopt(sandbox, durable, fresh)
+            await asyncio.to_thread(_adopt, sandbox, durable)
             return sandbox, None
-        overlay = _overlay(lower, durable, fresh)
+        # Carrying on in a directory it already wrote to, or an overlay over a repository:
+        # a sandbox started for that directory.
+        disk, overlay = await asyncio.to_thread(_prepare, lower, durable, fresh, limits.disk_mb)
+        workspace = overlay.merged if overlay is not None else disk.root / WORKSPACE
         try:
-            return await pool.acquire(sandbox_spec, workspace=overlay.merged), overlay
+            sandbox = await pool.acquire(sandbox_spec, workspace=workspace)
         except BaseException:
-            overlay.unmount()
+            await asyncio.to_thread(disk.unmount)
             raise
+        sandbox.disk = disk
+        return sandbox, overlay
 
     async def release(self, sandbox: AgentSandbox, overlay: OverlayWorkspace | None) -> Meter:
         meter = sandbox.meter()
         assert self._pool is not None
         await self._pool.release(sandbox)
-        if overlay is not None:
-            overlay.unmount()
+        if sandbox.disk is not None:  # the overlay (if any) and the disk under it
+            # Off the attempt's path: its outcome does not wait for the unmount.
+            task = asyncio.create_task(_unmount(sandbox.disk))
+            self._unmounting.add(task)
+            task.add_done_callback(self._unmounting.discard)
         return meter
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+        await asyncio.gather(*self._unmounting)
 
 
-def _overlay(lower: Path, durable: Path, fresh: bool) -> OverlayWorkspace:
-    """Mount a copy-on-write view of ``lower`` whose upper layer lives under ``durable``
-    (emptied first when ``fresh``)."""
-    if not lower.is_dir():
+async def _unmount(disk: Disk) -> None:
+    try:
+        await asyncio.to_thread(disk.unmount)
+    except DiskError as exc:  # still mounted: the run's end or `gc` removes it later
+        log.warning("cannot unmount %s: %s", disk.root, exc)
+
+
+def workspace_path(durable: Path, overlay: bool) -> Path:
+    """Where the host sees what the attempt's sandbox sees at ``/workspace``."""
+    root = Disk(durable, None).root
+    return OverlayWorkspace(None, root).merged if overlay else root / WORKSPACE
+
+
+def _prepare(
+    lower: Path | None, durable: Path, fresh: bool, disk_mb: int | None
+) -> tuple[Disk, OverlayWorkspace | None]:
+    """Mount the attempt's disk at ``durable`` (emptied first when ``fresh``) and, with
+    ``lower``, a copy-on-write view of it whose upper layer is on that disk."""
+    if lower is not None and not lower.is_dir():
         raise SandboxError(f"the workspace source {str(lower)!r} is not a directory")
     # A killed orchestrator leaves its overlays mounted; this attempt is ours (the run
     # lock says so), so unmount before mounting again over the same upper layer.
     sweep_mounts(durable)
     if fresh:
-        shutil.rmtree(durable, ignore_errors=True)
-    return OverlayWorkspace(lower, durable).mount()
+        remove_tree(durable)
+    disk = Disk(durable, disk_mb).mount()
+    try:
+        if lower is None:
+            (disk.root / WORKSPACE).mkdir(exist_ok=True)
+            return disk, None
+        return disk, OverlayWorkspace(lower, disk.root).mount()
+    except BaseException:
+        disk.unmount()
+        raise
 
 
-def _adopt(sandbox: AgentSandbox, durable: Path, fresh: bool = False) -> None:
-    """Make ``durable`` the sandbox's workspace: renames only, the sandbox keeps its bind.
-
-    A resumed attempt carries on with what it already wrote, unless ``fresh``."""
+def _adopt(sandbox: AgentSandbox, durable: Path) -> None:
+    """Make ``durable`` the warm sandbox's directory, its disk included: one rename, the
+    sandbox keeps its bind. ``durable`` holds nothing yet (or only a discarded attempt)."""
+    disk = sandbox.disk
+    assert disk is not None, "a pool sandbox comes with its disk"
     durable.parent.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        shutil.rmtree(durable, ignore_errors=True)
-    if durable.exists():
-        for entry in durable.iterdir():
-            entry.rename(sandbox.workspace / entry.name)
-        durable.rmdir()
-    sandbox.workspace.rename(durable)
-    sandbox.workspace = durable
+    remove_tree(durable)
+    disk.move(durable)
+    sandbox.workspace = disk.root / WORKSPACE
 
 
 class SandboxHandle:

@@ -58,7 +58,8 @@ from orchestrator.runtime.context import (
     NodeContext,
 )
 from orchestrator.runtime.reporting import Reporter
-from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle
+from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
+from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig
 
@@ -318,7 +319,7 @@ class Scheduler:
         base = workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt)
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
         # the node's repository, or the attempt's own directory.
-        seen = base / "merged" if spec.workspace is not None else base
+        seen = workspace_path(base, overlay=spec.workspace is not None)
         site = site_for(self.state, spec, ns.id, ns.attempt, seen, journal)
         handle = None
         if self.sandboxes is not None:
@@ -373,7 +374,9 @@ class Scheduler:
         finally:
             self._live.pop(ctx.node, None)
             if handle is not None:
-                metered = await handle.release()
+                # A checkpoint snapshotting this workspace finishes before its disk goes.
+                async with ctx.gate:
+                    metered = await handle.release()
                 if metered is not None:
                     backend, meter = metered
                     self.writer.stage(
@@ -573,6 +576,7 @@ class Scheduler:
                 gate=ctx.gate,
                 snapshot=sandbox.snapshot,
                 journal_length=_journal_length(self.state, node_id),
+                ended=_released(handle, sandbox),
             )
         event = await self.checkpointer.take(label, reason, live, requester)
         if isinstance(event, CheckpointFailed):
@@ -685,6 +689,10 @@ class Scheduler:
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
             self.writer.stage(event_cls, **fields)
+
+
+def _released(handle: SandboxHandle, sandbox: AgentSandbox) -> Callable[[], bool]:
+    return lambda: handle.started is not sandbox
 
 
 def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:

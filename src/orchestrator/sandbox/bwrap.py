@@ -57,7 +57,10 @@ class BwrapLauncher:
         for link in USR_LINKS:
             if Path("/usr", link).exists():
                 argv += ["--symlink", f"usr/{link}", f"/{link}"]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        if spec.limits.disk_mb is not None:  # /tmp is writable too: same bound as the disk
+            argv += ["--size", str(spec.limits.disk_mb << 20)]
+        argv += ["--tmpfs", "/tmp"]
         argv += ["--bind" if "fs" in spec.effects else "--ro-bind", str(workspace), "/workspace"]
         argv += ["--ro-bind", str(agent_dir), "/agent"]
         argv += ["--hostname", "sandbox", "--chdir", "/workspace", "--clearenv"]

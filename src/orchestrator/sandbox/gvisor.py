@@ -60,7 +60,7 @@ class GvisorLauncher:
                 (rootfs / link).symlink_to(f"usr/{link}")
         mounts: list[dict[str, Any]] = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            _tmp(spec.limits.disk_mb),
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
         ]
         for host, inside in system_binds():
@@ -114,6 +114,12 @@ class GvisorLauncher:
             timeout=30,
         )
         return [line for line in listed.stdout.split() if line]
+
+
+def _tmp(disk_mb: int | None) -> dict[str, Any]:
+    """``/tmp``, a tmpfs bounded like the disk (it is writable too)."""
+    options = [] if disk_mb is None else [f"size={disk_mb << 20}"]
+    return {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": options}
 
 
 def _bind(host: Path, inside: str, *, writable: bool) -> dict[str, Any]:

@@ -66,6 +66,7 @@ UNIFIED = "unified"  # key of the single directory on cgroup v2
 CFS_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel's floor for cfs quota
 KILL_TIMEOUT_S = 5.0
+DEFAULT_DISK_MB = 10 << 10  # 10 GiB
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _OWNER = re.compile(r"o(\d+)-(\d+)\Z")
@@ -86,6 +87,11 @@ class Limits(BaseModel):
 
     ``cpu_share`` is a fraction of one CPU (cfs quota / period; 2.0 is two full CPUs).
     ``timeout_s`` is wall-clock and enforced by callers; it is only carried here.
+    ``disk_mb`` bounds what a node attempt writes (its workspace's writable layer, see
+    :mod:`orchestrator.sandbox.disk`, and the sandbox's ``/tmp``). The default, 10 GiB,
+    holds a large checkout's build outputs and dependency trees (a big ``node_modules``
+    is 1-2 GB) many times over, yet stops a runaway writer long before it fills a
+    host's disk; the image is sparse, so an attempt pays only for what it writes.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -94,6 +100,15 @@ class Limits(BaseModel):
     pids: int | None = Field(default=256, gt=0)
     cpu_share: float | None = Field(default=1.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)
+    disk_mb: int | None = Field(default=DEFAULT_DISK_MB, gt=0)
+
+    def describe(self) -> dict[str, object]:
+        """As canonical data for a plan's digest; the default ``disk_mb`` is left out so
+        that plans written before it existed keep their digests."""
+        data = self.model_dump()
+        if data["disk_mb"] == DEFAULT_DISK_MB:
+            del data["disk_mb"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)

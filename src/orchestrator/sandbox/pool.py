@@ -1,6 +1,8 @@
 """A warm pool: sandboxes started ahead of demand, handed out on acquire, torn down after use.
 
-Each sandbox owns a fresh workspace directory under ``HOME/sandbox/live/ID``. The pool
+Each sandbox owns a fresh directory ``HOME/sandbox/live/ID`` with its disk (limited to the
+spec's ``disk_mb``, see :mod:`orchestrator.sandbox.disk`) and its workspace
+``disk/workspace`` on it. The pool
 keeps ``size`` ready sandboxes per spec (effects and limits), refills in the background
 after every acquire, and on close tears down everything it started. ``sweep`` removes what
 a killed orchestrator left behind (processes, cgroups, runsc containers, directories).
@@ -10,15 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.limits import CgroupLimiter, sweep_stale
 from orchestrator.sandbox.process import SANDBOX_PREFIX, AgentSandbox, owner_alive
+
+WORKSPACE = "workspace"
+
+log = logging.getLogger(__name__)
 
 
 class SandboxPool:
@@ -39,11 +47,15 @@ class SandboxPool:
 
     async def _start_one(self, spec: SandboxSpec, workspace: Path | None = None) -> AgentSandbox:
         sandbox = AgentSandbox(self._launcher, spec, Path(), self._limiter)
-        sandbox.workspace = workspace or self.live_dir / sandbox.id / "workspace"
         try:
+            if workspace is None:
+                disk = Disk(self.live_dir / sandbox.id, spec.limits.disk_mb)
+                sandbox.disk = await asyncio.to_thread(disk.mount)
+                workspace = disk.root / WORKSPACE
+            sandbox.workspace = workspace
             await sandbox.start()
         except BaseException:
-            shutil.rmtree(self.live_dir / sandbox.id, ignore_errors=True)
+            await asyncio.to_thread(remove_tree, self.live_dir / sandbox.id)
             raise
         return sandbox
 
@@ -84,7 +96,7 @@ class SandboxPool:
         """Tear a used sandbox down; its workspace goes with it."""
         self._leased.discard(sandbox)
         await sandbox.close()
-        shutil.rmtree(self.live_dir / sandbox.id, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, self.live_dir / sandbox.id)
 
     async def close(self) -> None:
         self._closed = True
@@ -125,7 +137,11 @@ def sweep(home: Path) -> list[str]:
     live = home / "sandbox" / "live"
     for entry in _children(live):
         if not owner_alive(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
+            try:
+                removed += [f"mount {point}" for point in remove_tree(entry)]
+            except DiskError as exc:  # busy beyond a lazy unmount: the next sweep retries
+                log.warning("cannot sweep %s: %s", entry, exc)
+                continue
             removed.append(f"directory {entry}")
     return removed
 

@@ -29,6 +29,7 @@ from orchestrator.sandbox.base import (
     SandboxLimitExceeded,
     SandboxSpec,
 )
+from orchestrator.sandbox.disk import Disk
 from orchestrator.sandbox.limits import Cgroup, CgroupLimiter, Limits
 from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
 from orchestrator.sandbox.snapshot import restore as restore_snapshot
@@ -112,6 +113,8 @@ class AgentSandbox:
         self._launcher = launcher
         self._limiter = limiter
         self._cgroup: Cgroup | None = None
+        self.disk: Disk | None = None
+        """The disk-limited filesystem the workspace is on, if any (set by its owner)."""
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count()
@@ -173,6 +176,10 @@ class AgentSandbox:
             raise SandboxError(f"{self.backend} sandbox {self.id} stopped answering: {stderr}")
         response: dict[str, Any] = json.loads(line)
         if "error" in response:
+            breach = self._breach()  # e.g. a write that found the disk full
+            if breach is not None:
+                await self.close()
+                raise SandboxLimitExceeded(breach, self._limit_detail(breach))
             raise SandboxError(f"{self.backend} sandbox {self.id}: {response['error']}")
         return response
 
@@ -191,7 +198,7 @@ class AgentSandbox:
                 done, _ = await asyncio.wait({reply}, timeout=BREACH_POLL_S)
                 if done:
                     return reply.result()
-                if self._cgroup is not None and self._cgroup.breach() is not None:
+                if self._cgroup is not None and self._breach() is not None:
                     await asyncio.to_thread(self._cgroup.kill_all)
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError
@@ -261,12 +268,17 @@ class AgentSandbox:
         )
 
     def _breach(self) -> str | None:
-        return self._cgroup.breach() if self._cgroup is not None else None
+        breach = self._cgroup.breach() if self._cgroup is not None else None
+        if breach is None and self.disk is not None and self.disk.breached():
+            return "disk"
+        return breach
 
     def _limit_detail(self, breach: str) -> str:
         limits = self.spec.limits
         if breach == "memory":
             return f"the sandbox used more than {limits.memory_mb} MB; its processes were killed"
+        if breach == "disk":
+            return f"the sandbox wrote more than {limits.disk_mb} MB; its processes were killed"
         if breach == "pids":
             return f"the sandbox tried to run more than {limits.pids} processes; they were killed"
         return "the sandbox's processes were killed"
