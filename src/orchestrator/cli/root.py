@@ -67,16 +67,19 @@ def _runtime(
 ) -> Runtime:
     """The runtime a command works with. ``read``: never creates the home or its ledger;
     ``existing``: writes to a run that must already exist, so a missing home is read
-    (and the run not found) rather than created; ``write``: creates the home if needed."""
+    (and the run not found) rather than created; ``write``: creates the home if needed.
+    The runtime is closed when the command ends."""
     obj = ctx.find_root().obj or {}
     home = obj.get("home") or default_home()
     create = access == "write" or (access == "existing" and home.exists())
-    return Runtime(
+    rt = Runtime(
         home=home,
         ledger=obj.get("ledger"),
         objects=objects or obj.get("objects"),
         create=create,
     )
+    ctx.call_on_close(rt.close)  # also on errors: SQLite then removes its WAL files
+    return rt
 
 
 def _row(summary: Any) -> dict[str, Any]:

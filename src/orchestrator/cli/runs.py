@@ -15,9 +15,11 @@ from rich.table import Table
 from orchestrator.cli.options import JsonOpt, RunArg, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, LedgerCorrupt
 from orchestrator.ledger.codec import parse
+from orchestrator.ledger.events import decode
 from orchestrator.ledger.state import RunState
+from orchestrator.ledger.store import StoredEvent
 from orchestrator.runid import check_run_id
 from orchestrator.views import node_table, state_json
 
@@ -98,7 +100,7 @@ def ledger(
         for col in ("seq", "time", "kind", "node", "detail"):
             table.add_column(col, overflow="fold")
     for row in rows:
-        data = parse(row.body, f"run {run_id} seq {row.seq}")
+        data = _event_data(run_id, row)
         if (node and data.get("node") != node) or (kind and row.kind != kind):
             continue
         if table is None:
@@ -109,6 +111,16 @@ def ledger(
         )
     if table is not None:
         out.print(table)
+
+
+def _event_data(run_id: str, row: StoredEvent) -> dict[str, Any]:
+    """A stored event's JSON as recorded, once it decodes as a ledger event."""
+    where = f"run {run_id} seq {row.seq}"
+    try:
+        decode(row.body)
+    except LedgerCorrupt as exc:
+        raise LedgerCorrupt(f"{where}: {exc}") from exc
+    return parse(row.body, where)
 
 
 def _detail(data: dict[str, Any]) -> str:

@@ -25,15 +25,22 @@ def canonical_bytes(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def parse(body: bytes, where: str) -> Any:
-    """Stored bytes back to JSON; bytes that are not JSON raise LedgerCorrupt naming ``where``."""
+def parse(body: bytes, where: str) -> dict[str, Any]:
+    """A stored event's JSON object; bytes that are not one raise LedgerCorrupt naming
+    ``where``."""
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise LedgerCorrupt(
             f"{where}: a stored event is not JSON ({exc}); "
             "`orchestrator ledger verify RUN` names the first damaged event"
         ) from exc
+    if not isinstance(value, dict):
+        raise LedgerCorrupt(
+            f"{where}: a stored event is a JSON {type(value).__name__}, not an object; "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        )
+    return value
 
 
 def digest(value: Any) -> str:

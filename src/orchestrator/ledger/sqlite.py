@@ -67,10 +67,10 @@ MIGRATIONS: tuple[str, ...] = (
 class SqliteLedgerStore:
     """A ledger in one SQLite file; many readers, one writer per run.
 
-    With ``create=False`` a missing file is not made: the store reads as empty (an
-    in-memory database stands in), so commands that only look never create a ledger;
-    and a ledger in a directory this process cannot write (a read-only home) is opened
-    immutable, since SQLite could not create its WAL index there.
+    With ``create=False`` nothing is written: a missing or empty file reads as an empty
+    ledger (an in-memory database stands in), migrations are not run, and a ledger in a
+    directory this process cannot write (a read-only home) is opened immutable, since
+    SQLite could not create its WAL index there. A non-empty file must hold a ledger.
     """
 
     def __init__(self, path: Path, synchronous: str = "normal", *, create: bool = True) -> None:
@@ -78,24 +78,40 @@ class SqliteLedgerStore:
         self.url = f"sqlite:///{path}"
         if path.is_dir():
             raise LedgerError(f"the ledger {self._shown} is a directory, not a SQLite file")
-        target: Path | str = path
-        if not create and not path.exists():
-            target = ":memory:"
-        elif create:
+        fresh = not path.exists() or path.stat().st_size == 0
+        if create:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise LedgerError(f"cannot create the ledger {self._shown}: {exc}") from None
         with self._mapped():
-            if not create and path.exists() and not os.access(path.parent, os.W_OK):
-                uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-                return
-            self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+            try:
+                self._open(synchronous, create=create, fresh=fresh)
+            except BaseException:
+                if hasattr(self, "_db"):
+                    self._db.close()  # a connection left open would leave WAL files behind
+                raise
+
+    def _open(self, synchronous: str, *, create: bool, fresh: bool) -> None:
+        path = self.path
+        if not create and fresh:
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
+            self._migrate()
+            return
+        if not create and not os.access(path.parent, os.W_OK):
+            uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._require_ledger()
+            return
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        if not fresh:
+            self._require_ledger()
+        if create:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        if create:
             self._migrate()
 
     @property
@@ -114,6 +130,18 @@ class SqliteLedgerStore:
                 f"the ledger {self._shown} is damaged: {exc}; restore it from a backup or "
                 "from checkpoints (`orchestrator resume RUN --from STORE`)"
             ) from exc
+
+    def _require_ledger(self) -> None:
+        """Refuse a file SQLite reads as a database but that holds no ledger (SQLite takes
+        a file of a few stray bytes for an empty database, and would write over it)."""
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'"
+        ).fetchone()
+        if found is None:
+            raise LedgerCorrupt(
+                f"{self._shown} is not an Orchestrator ledger (it has no events table); "
+                "move it away, or point --home or --ledger elsewhere"
+            )
 
     def _migrate(self) -> None:
         db = self._db
