@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -249,7 +250,7 @@ def test_a_non_utf8_home_is_refused_before_anything_is_written(tmp_path: Path) -
     )
     assert result.returncode == 1
     assert b"Traceback" not in result.stderr
-    assert b"is not a UTF-8 path" in result.stderr
+    assert b"/h\\xff is not a UTF-8 path" in b" ".join(result.stderr.split())
     assert not os.path.exists(home)
 
 
@@ -291,7 +292,7 @@ def test_a_read_only_home_reads_and_refuses_writes_in_one_paragraph(
 def test_a_plan_that_exits_at_import_is_a_plan_error(tmp_path: Path, body: str, said: str) -> None:
     module = tmp_path / "exits.py"
     module.write_text(body + "\n")
-    with pytest.raises(PlanLoadError, match=f"importing '{module}' {said}"):
+    with pytest.raises(PlanLoadError, match=re.escape(f"importing '{module}' {said}")):
         load_plan(f"{module}:plan")
 
 

@@ -116,7 +116,7 @@ class SqliteLedgerStore:
 
     @property
     def _shown(self) -> str:
-        return str(self.path).encode("utf-8", "backslashreplace").decode("utf-8")
+        return os.fsencode(self.path).decode("utf-8", "backslashreplace")
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:

@@ -39,4 +39,4 @@ def check_home(home: Path, *, create: bool) -> None:
 
 def _shown(path: Path) -> str:
     """A path as printable text, undecodable bytes escaped."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
