@@ -125,7 +125,7 @@ class SqliteLedgerStore:
             yield
         except sqlite3.OperationalError as exc:
             raise LedgerError(f"cannot use the ledger {self._shown}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # text that is not UTF-8
             raise LedgerCorrupt(
                 f"the ledger {self._shown} is damaged: {exc}; restore it from a backup or "
                 "from checkpoints (`orchestrator resume RUN --from STORE`)"
