@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from orchestrator import Runtime
+from pydantic import BaseModel
+
+from orchestrator import NodeContext, Plan, Runtime, node
+from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
 from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
+from orchestrator.ledger.sqlite import SqliteLedgerStore
 from tests.conftest import cli
 from tests.crashing import PLANS, sigkill, spawn_run, wait_until
+from tests.plans.basic import Count
 
 WAIT = f"{PLANS / 'basic.py'}:waiting"
 
@@ -88,8 +98,6 @@ async def test_replay_reports_the_first_divergence_on_changed_code(
     assert same.returncode == 0 and "replay OK" in same.stdout
     changed = cli(home, "replay", "--json", run_id, env={"WAIT_VARIANT": "v2"})
     assert changed.returncode == 1
-    import json
-
     report = json.loads(changed.stdout)
     assert report["ok"] is False
     assert report["code_changed"] == ["wait-for-file"]
@@ -100,3 +108,104 @@ async def test_replay_reports_the_first_divergence_on_changed_code(
     assert text.returncode == 1
     assert "wait-for-file attempt 1 effect #1" in text.stdout
     assert "Traceback" not in text.stdout + text.stderr
+
+
+# ---- the byte comparison itself: changes that no other replay check notices --------------
+
+
+def _rewrite(rt: Runtime, run_id: str, change: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Edit a run's event bodies in place and re-chain every hash, as someone with write
+    access to ledger.db could: ``ledger verify`` still passes afterwards."""
+    rows = rt.store.read(run_id)
+    bodies = [json.loads(r.body) for r in rows]
+    change(bodies)
+    head = GENESIS
+    assert isinstance(rt.store, SqliteLedgerStore)
+    with contextlib.closing(sqlite3.connect(rt.store.path)) as db:
+        for data in bodies:
+            body = canonical_bytes(data)
+            head = chain_hash(head, body)
+            db.execute(
+                "UPDATE events SET kind=?, body=?, hash=? WHERE run_id=? AND seq=?",
+                (data["kind"], body, head, run_id, data["seq"]),
+            )
+        db.commit()
+    assert rt.verify(run_id).ok
+
+
+SCALE = {"factor": 1}
+
+
+class Seen(BaseModel):
+    seen: str
+
+
+@node("scaled")
+async def scaled(ctx: NodeContext, inputs: Seen) -> Count:
+    seen = await ctx.tool("look", lambda: inputs.seen)
+    return Count(count=len(seen) * SCALE["factor"])  # depends on state outside the journal
+
+
+def scaled_plan() -> Plan:
+    plan = Plan("scaled", inputs=Seen)
+    plan.add(scaled, seen=plan.input("seen"))
+    return plan
+
+
+async def test_replay_catches_same_effects_with_different_outputs(rt: Runtime) -> None:
+    state = await rt.start(scaled_plan(), {"seen": "abc"})
+    assert state.nodes["scaled"].outputs == {"count": 3}
+    assert (await rt.replay(state.run_id, scaled_plan())).ok
+    SCALE["factor"] = 2
+    try:
+        report = await rt.replay(state.run_id, scaled_plan())
+    finally:
+        SCALE["factor"] = 1
+    assert report.code_changed == []  # same code, same effects: only the outputs differ
+    d = report.divergence
+    assert d is not None and d.node == "scaled" and d.effect_index is None
+    assert "NodeSucceeded" in d.expected and "'count': 3" in d.expected
+    assert "'count': 6" in d.got
+
+
+async def test_replay_catches_a_changed_event_body_with_a_rechained_ledger(
+    rt: Runtime,
+) -> None:
+    from tests.plans.basic import words_plan
+
+    state = await rt.start(words_plan(), {"text": "one two three"})
+
+    def forge(bodies: list[dict[str, Any]]) -> None:
+        done = next(b for b in bodies if b["kind"] == "NodeSucceeded" and b["node"] == "join")
+        done["outputs"] = {"count": 4}
+        forged.append(done["seq"])
+
+    forged: list[int] = []
+    _rewrite(rt, state.run_id, forge)
+    report = await rt.replay(state.run_id, words_plan())
+    d = report.divergence
+    assert d is not None and d.seq == forged[0] and d.node == "join"
+    assert "'count': 4" in d.expected and "'count': 3" in d.got
+
+
+async def test_replay_catches_a_different_order_of_dispatch(rt: Runtime) -> None:
+    from tests.plans.basic import words_plan
+
+    state = await rt.start(words_plan(), {"text": "one two three"})
+
+    def reorder(bodies: list[dict[str, Any]]) -> None:
+        # The record now says shout[1] went first, carrying the inputs shout[0] had.
+        first, second = [
+            b
+            for b in bodies
+            if b["kind"] == "NodeDispatched" and b["node"] in ("shout[0]", "shout[1]")
+        ]
+        first["node"], second["node"] = second["node"], first["node"]
+        swapped.append(first["seq"])
+
+    swapped: list[int] = []
+    _rewrite(rt, state.run_id, reorder)
+    report = await rt.replay(state.run_id, words_plan())
+    d = report.divergence
+    assert d is not None and d.seq == swapped[0]
+    assert "NodeDispatched" in d.expected and "'one'" in d.expected and "'two'" in d.got

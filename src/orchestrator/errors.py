@@ -2,7 +2,7 @@
 
 OrchestratorError
 ├── UserError               something the user can fix; the CLI prints it, no traceback
-│   ├── ConfigError         bad option, URL or config value
+│   ├── ConfigError         bad option, URL, config value, run id or home directory
 │   ├── PlanLoadError       FILE.py:ATTR missing, not importable, or not a Plan
 │   ├── PlanInvalid         Plan.validate() found problems (carries them all)
 │   ├── InputError          run inputs that do not fit the plan's declared inputs
@@ -10,9 +10,9 @@ OrchestratorError
 │   ├── RunBusy             another live process owns the run
 │   ├── RunStateError       the run is not in a state that allows the request
 │   └── DecisionRefused     a gate decision that is forged, stale or for something else
-├── LedgerError
+├── LedgerError             the ledger cannot be opened or written (sqlite3 errors mapped)
 │   ├── LedgerConflict      two writers raced on one run's chain
-│   └── LedgerCorrupt       a stored event does not hash to its recorded chain
+│   └── LedgerCorrupt       a stored event does not hash, decode or parse; a damaged file
 └── NodeError               raised inside node bodies, recorded in the ledger
     ├── EffectFailed        an effect raised; re-raised identically on resume/replay
     ├── NodeTimeout         a node exceeded its declared timeout

@@ -51,12 +51,15 @@ def generate() -> Signer:
 
 def save(signer: Signer, path: Path) -> None:
     """Write ``path`` (private, 0600, created exclusively) and ``path.pub``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = signer.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(raw.hex() + "\n")
-    path.with_suffix(".pub").write_text(signer.public + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(raw.hex() + "\n")
+        path.with_suffix(".pub").write_text(signer.public + "\n")
+    except OSError as exc:
+        raise SigningError(f"cannot write signing key {path} ({exc.strerror})") from None
 
 
 def load(path: Path) -> Signer:
@@ -65,6 +68,8 @@ def load(path: Path) -> Signer:
         key = Ed25519PrivateKey.from_private_bytes(raw)
     except FileNotFoundError:
         raise SigningError(f"signing key {path} is missing") from None
+    except OSError as exc:
+        raise SigningError(f"signing key {path} cannot be read ({exc.strerror})") from None
     except ValueError as exc:
         raise SigningError(f"signing key {path} is not a valid Ed25519 key: {exc}") from None
     return Signer(key, _public_hex(key.public_key()))

@@ -8,17 +8,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.options import JsonOpt
+from orchestrator.cli.options import JsonOpt, RunArg
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
 from orchestrator.errors import ConfigError
+from orchestrator.runid import check_run_id
 
 
 @app.command()
-def replay(
-    ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN"), as_json: bool = JsonOpt
-) -> None:
+def replay(ctx: typer.Context, run_id: str = RunArg, as_json: bool = JsonOpt) -> None:
     """Re-execute the run's node code against its ledger; check it byte for byte."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="read")
     report = asyncio.run(rt.replay(run_id))
     if as_json:
         d = report.divergence
@@ -60,8 +59,9 @@ def checkpoints(
             "usage: orchestrator checkpoints RUN  |  orchestrator checkpoints verify RUN  |  "
             "orchestrator checkpoints sync RUN"
         )
-    rt = _runtime(ctx)
-    reports = rt.checkpoints(args[-1])
+    run_id = check_run_id(args[-1])
+    rt = _runtime(ctx, access="read")
+    reports = rt.checkpoints(run_id)
     bad = [r for r in reports if not r.ok]
     if as_json:
         out.print_json(
@@ -91,7 +91,7 @@ def checkpoints(
             )
         out.print(table)
         if not reports:
-            out.print(f"run {args[-1]} has no checkpoints in {rt.objects.url}")
+            out.print(f"run {run_id} has no checkpoints in {rt.objects.url}")
         elif verify and not bad:
             out.print(f"checkpoints OK: {len(reports)} verified in {rt.objects.url}")
     if verify and (bad or not reports):

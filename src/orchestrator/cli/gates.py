@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import gates, receipts, signing
-from orchestrator.cli.options import JsonOpt
+from orchestrator.cli.options import JsonOpt, RunArg
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, keys_app, out
 from orchestrator.errors import ConfigError
@@ -50,7 +50,7 @@ def keys_init(
 @app.command()
 def approve(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., metavar="RUN"),
+    run_id: str = RunArg,
     gate: str = typer.Argument(..., metavar="GATE"),
     node: str | None = typer.Option(None, "--node", help="Only this node (default: all at GATE)"),
     reject: bool = typer.Option(False, "--reject", help="Reject instead of approving"),
@@ -62,7 +62,7 @@ def approve(
 ) -> None:
     """Sign a decision on a parked gate and hand it to the run; a run no process drives
     continues here."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="existing")
     state = rt.state(run_id, verify=True)
     if show:
         for ns in gates.awaiting_at(state, gate):
@@ -96,7 +96,7 @@ def approve(
 @app.command("receipts")
 def show_receipts(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., metavar="RUN"),
+    run_id: str = RunArg,
     verify: bool = typer.Option(False, "--verify", help="Check every receipt's signature"),
     source: Path | None = typer.Option(
         None, "--from", help="Read receipts from a JSONL file sink instead of the ledger"
@@ -104,7 +104,7 @@ def show_receipts(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a run's signed budget receipts (from the ledger, or a file sink's copy)."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="read")
     key = rt.signer_public(run_id)
     if source is None:
         found = [r.model_dump(mode="json") for r in rt.state(run_id).receipts]

@@ -14,6 +14,7 @@ from orchestrator.budget import Prices
 from orchestrator.errors import ConfigError
 from orchestrator.node import Budget
 from orchestrator.plan import RunConfig
+from orchestrator.runid import check_run_id
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -126,6 +127,11 @@ def _prices(path: Path | None) -> Prices | None:
         ) from None
 
 
+def _run_id(value: str) -> str:
+    return check_run_id(value)
+
+
+RunArg = typer.Argument(..., metavar="RUN", callback=_run_id)
 AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
 ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)")
 BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")

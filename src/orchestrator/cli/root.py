@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.errors import LedgerError, OrchestratorError, UserError
-from orchestrator.runtime.engine import Runtime
+from orchestrator.runtime.engine import Runtime, default_home
 
 app = typer.Typer(
     name="orchestrator",
@@ -68,14 +68,28 @@ def _global(
     ctx.obj = {"home": home, "ledger": ledger, "objects": objects, "store_grace": store_grace}
 
 
-def _runtime(ctx: typer.Context, objects: str | None = None) -> Runtime:
+Access = Literal["read", "existing", "write"]
+
+
+def _runtime(
+    ctx: typer.Context, objects: str | None = None, *, access: Access = "write"
+) -> Runtime:
+    """The runtime a command works with. ``read``: never creates the home or its ledger;
+    ``existing``: writes to a run that must already exist, so a missing home is read
+    (and the run not found) rather than created; ``write``: creates the home if needed.
+    The runtime is closed when the command ends."""
     obj = ctx.find_root().obj or {}
-    return Runtime(
-        home=obj.get("home"),
+    home = obj.get("home") or default_home()
+    create = access == "write" or (access == "existing" and home.exists())
+    rt = Runtime(
+        home=home,
         ledger=obj.get("ledger"),
         objects=objects or obj.get("objects"),
         store_grace=obj.get("store_grace"),
+        create=create,
     )
+    ctx.call_on_close(rt.close)  # also on errors: SQLite then removes its WAL files
+    return rt
 
 
 def _row(summary: Any) -> dict[str, Any]:
@@ -87,13 +101,20 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        _paragraph("error", exc)
         sys.exit(exc.exit_code)
     except LedgerError as exc:
-        err.print(f"[red]ledger error:[/] {escape(str(exc))}", highlight=False)
+        _paragraph("ledger error", exc)
         sys.exit(EXIT_FAILED)
     except OrchestratorError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        _paragraph("error", exc)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _paragraph(label: str, exc: Exception) -> None:
+    """Print an error; text from outside (paths, ids) may hold undecodable bytes (as
+    surrogates), which are shown escaped rather than failing the print."""
+    text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+    err.print(f"[red]{label}:[/] {escape(text)}", highlight=False)

@@ -12,18 +12,22 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.options import JsonOpt, _parse_budget
+from orchestrator.cli.options import JsonOpt, RunArg, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, LedgerCorrupt
+from orchestrator.ledger.codec import parse
+from orchestrator.ledger.events import decode
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
+from orchestrator.ledger.store import StoredEvent
+from orchestrator.runid import check_run_id
 from orchestrator.views import node_table, state_json
 
 
 @app.command("ls")
 def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List runs, newest last."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="read")
     runs = rt.runs()
     if as_json:
         out.print_json(data=[_row(r) for r in runs])
@@ -42,13 +46,13 @@ def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 @app.command()
 def status(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., metavar="RUN"),
+    run_id: str = RunArg,
     watch: bool = typer.Option(True, "--watch/--once", help="Refresh while the run is live"),
     show_all: bool = typer.Option(False, "--all", help="Every node, however many"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a run: nodes by state, progress, elapsed (live while it runs)."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="read")
     state = rt.state(run_id)
     if as_json:
         out.print_json(data=state_json(state, rt.live_status(state)))
@@ -84,18 +88,19 @@ def ledger(
 ) -> None:
     """List a run's events, or `ledger verify RUN` to re-hash its chain."""
     if len(args) == 2 and args[0] == "verify":
-        _verify(ctx, args[1], as_json)
+        _verify(ctx, check_run_id(args[1]), as_json)
         return
     if len(args) != 1:
         raise ConfigError("usage: orchestrator ledger RUN  |  orchestrator ledger verify RUN")
-    rt = _runtime(ctx)
-    rows = rt.rows(args[0])
+    run_id = check_run_id(args[0])
+    rt = _runtime(ctx, access="read")
+    rows = rt.rows(run_id)
     table = None if as_json else Table(show_edge=False, pad_edge=False)
     if table is not None:
         for col in ("seq", "time", "kind", "node", "detail"):
             table.add_column(col, overflow="fold")
     for row in rows:
-        data = json.loads(row.body)
+        data = _event_data(run_id, row)
         if (node and data.get("node") != node) or (kind and row.kind != kind):
             continue
         if table is None:
@@ -106,6 +111,16 @@ def ledger(
         )
     if table is not None:
         out.print(table)
+
+
+def _event_data(run_id: str, row: StoredEvent) -> dict[str, Any]:
+    """A stored event's JSON as recorded, once it decodes as a ledger event."""
+    where = f"run {run_id} seq {row.seq}"
+    try:
+        decode(row.body)
+    except LedgerCorrupt as exc:
+        raise LedgerCorrupt(f"{where}: {exc}") from exc
+    return parse(row.body, where)
 
 
 def _detail(data: dict[str, Any]) -> str:
@@ -140,7 +155,7 @@ def _detail(data: dict[str, Any]) -> str:
 
 
 def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="read")
     report = rt.verify(run_id)
     if as_json:
         out.print_json(data=report.as_dict())
@@ -159,12 +174,12 @@ def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
 @app.command()
 def pause(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., metavar="RUN"),
+    run_id: str = RunArg,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has parked"),
     timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait for the drain"),
 ) -> None:
     """Ask a running run to drain its in-flight nodes and park."""
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, access="existing")
     rt.pause(run_id)
     err.print(f"pause requested for {run_id}; in-flight nodes drain first")
     if not wait:
@@ -182,7 +197,7 @@ def pause(
 @app.command()
 def resume(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., metavar="RUN"),
+    run_id: str = RunArg,
     source: str | None = typer.Option(
         None, "--from", help="Object store holding the run's checkpoints (directory or s3://…)"
     ),
@@ -199,7 +214,7 @@ def resume(
     with --from, from its checkpoints in object storage when the local ledger has lost it.
     After a budget abort, --budget gives it a fresh envelope."""
     envelope = _parse_budget(budget)
-    rt = _runtime(ctx, objects=source)
+    rt = _runtime(ctx, objects=source, access="existing" if source is None else "write")
     restored = 0
     if source is not None:
         restored = rt.restore_ledger(run_id, signer)

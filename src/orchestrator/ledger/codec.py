@@ -13,6 +13,8 @@ import hashlib
 import json
 from typing import Any
 
+from orchestrator.errors import LedgerCorrupt
+
 GENESIS = "0" * 64
 
 
@@ -21,6 +23,24 @@ def canonical_bytes(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+def parse(body: bytes, where: str) -> dict[str, Any]:
+    """A stored event's JSON object; bytes that are not one raise LedgerCorrupt naming
+    ``where``."""
+    try:
+        value = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise LedgerCorrupt(
+            f"{where}: a stored event is not JSON ({exc}); "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        ) from exc
+    if not isinstance(value, dict):
+        raise LedgerCorrupt(
+            f"{where}: a stored event is a JSON {type(value).__name__}, not an object; "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        )
+    return value
 
 
 def digest(value: Any) -> str:

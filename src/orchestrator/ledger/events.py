@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.node import Budget
 
@@ -321,8 +322,15 @@ def encode(event: BaseEvent) -> bytes:
 
 
 def decode(body: bytes) -> Event:
-    """Parse stored canonical bytes back into a typed event."""
-    return EVENT_ADAPTER.validate_json(body)
+    """Parse stored canonical bytes back into a typed event; bytes that are not one raise
+    LedgerCorrupt (the validation error is its ``__cause__``)."""
+    try:
+        return EVENT_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise LedgerCorrupt(
+            f"a stored event does not decode ({str(exc).splitlines()[0]}); "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        ) from exc
 
 
 def abort_payload(run_id: str, ts: str, reason: str, last_gate: dict[str, Any] | None) -> bytes:

@@ -86,8 +86,9 @@ class LedgerStore(Protocol):
     ) -> None: ...
 
 
-def open_store(url: str) -> LedgerStore:
-    """Open a ledger store from a URL: ``sqlite:///path/to/ledger.db`` (the default)."""
+def open_store(url: str, *, create: bool = True) -> LedgerStore:
+    """Open a ledger store from a URL: ``sqlite:///path/to/ledger.db`` (the default).
+    With ``create=False`` a ledger that does not exist yet reads as empty and is not made."""
     if url.startswith("sqlite:///"):
         from orchestrator.ledger.sqlite import SqliteLedgerStore
 
@@ -98,7 +99,7 @@ def open_store(url: str) -> LedgerStore:
             if key != "synchronous" or value.lower() not in ("normal", "full"):
                 raise ConfigError(f"unknown SQLite ledger option {part!r} in {url!r}")
             sync = value.lower()
-        return SqliteLedgerStore(Path(path), sync)
+        return SqliteLedgerStore(Path(path), sync, create=create)
     raise ConfigError(
         f"cannot open ledger {url!r}: the supported form is sqlite:///PATH "
         "(Postgres arrives with a later release)"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
+from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.codec import GENESIS, chain_hash
 from orchestrator.ledger.events import Event, decode
 from orchestrator.ledger.store import StoredEvent
@@ -46,8 +45,8 @@ def verify_chain(events: Sequence[StoredEvent]) -> ChainReport:
         else:
             try:
                 event = decode(row.body)
-            except (ValidationError, ValueError) as exc:
-                problem = f"body does not decode: {str(exc).splitlines()[0]}"
+            except LedgerCorrupt as exc:
+                problem = f"body does not decode: {str(exc.__cause__).splitlines()[0]}"
             else:
                 if event.seq != row.seq or event.kind != row.kind:
                     problem = (

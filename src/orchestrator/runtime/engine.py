@@ -57,6 +57,7 @@ from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.node import Budget
 from orchestrator.plan import Plan, RunConfig
 from orchestrator.runtime.clock import Clock, SystemClock, iso
+from orchestrator.runtime.home import check_home
 from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.loader import load_plan
 from orchestrator.runtime.lock import RunLock, owner_pid
@@ -117,8 +118,13 @@ class Runtime:
         sandbox: str | None = None,
         objects: str | None = None,
         store_grace: float | None = None,
+        *,
+        create: bool = True,
     ) -> None:
+        """``create=False`` for callers that only read: the home and its ledger are then
+        never created (a missing ledger reads as empty)."""
         self.home = (Path(home) if home is not None else default_home()).absolute()
+        check_home(self.home, create=create)
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         self.objects_url = (
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
@@ -127,7 +133,7 @@ class Runtime:
         self.store_grace = store_grace if store_grace is not None else default_store_grace()
         if isinstance(ledger, str) or ledger is None:
             url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
-            ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db")
+            ledger = open_store(url or f"sqlite:///{self.home.resolve()}/ledger.db", create=create)
         self.store: LedgerStore = ledger
         self.clock: Clock = clock or SystemClock()
 

@@ -1,4 +1,9 @@
-"""Load a Plan from ``FILE.py:ATTR`` or ``package.module:ATTR``."""
+"""Load a Plan from ``FILE.py:ATTR`` or ``package.module:ATTR``.
+
+Importing a plan runs the user's module code; whatever escapes it (an exception,
+``SystemExit``, ``KeyboardInterrupt``) becomes a PlanLoadError naming the module, so a plan
+that calls ``sys.exit(0)`` at import cannot end the command as if it had succeeded.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,13 @@ def normalize_ref(ref: str) -> str:
 def load_plan(ref: str) -> Plan:
     """Import the module or file named by ``ref`` and return its Plan attribute."""
     target, sep, attr = ref.rpartition(":")
+    try:
+        ref.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PlanLoadError(
+            f"cannot load plan {ref!a}: the reference is not UTF-8 text "
+            "(the ledger records it); rename the file or module"
+        ) from None
     if not sep or not target or not attr:
         raise PlanLoadError(
             f"cannot load plan {ref!r}: expected FILE.py:ATTR or package.module:ATTR, "
@@ -42,33 +54,34 @@ def load_plan(ref: str) -> Plan:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 del sys.modules[name]
-                raise PlanLoadError(
-                    f"cannot load plan {ref!r}: importing {target!r} raised "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise _escaped(ref, f"importing {target!r}", exc) from exc
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as exc:
-            raise PlanLoadError(
-                f"cannot load plan {ref!r}: importing module {target!r} raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            raise _escaped(ref, f"importing module {target!r}", exc) from exc
     if not hasattr(module, attr):
         raise PlanLoadError(f"cannot load plan {ref!r}: {target!r} has no attribute {attr!r}")
     value = getattr(module, attr)
     if callable(value) and not isinstance(value, Plan):
         try:
             value = value()
-        except Exception as exc:
-            raise PlanLoadError(
-                f"cannot load plan {ref!r}: calling {attr}() raised {type(exc).__name__}: {exc}"
-            ) from exc
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            raise _escaped(ref, f"calling {attr}()", exc) from exc
     if not isinstance(value, Plan):
         raise PlanLoadError(
             f"cannot load plan {ref!r}: {attr!r} is a {type(value).__name__}, not a Plan "
             "(build one with orchestrator.Plan)"
         )
     return value
+
+
+def _escaped(ref: str, doing: str, exc: BaseException) -> PlanLoadError:
+    """The error for user code that raised (or exited) while a plan was loaded."""
+    if isinstance(exc, SystemExit):
+        what = f"called exit({exc.code!r}); a plan module must define a plan, not exit"
+    else:
+        what = f"raised {type(exc).__name__}: {exc}"
+    return PlanLoadError(f"cannot load plan {ref!r}: {doing} {what}")
