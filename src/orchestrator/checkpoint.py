@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,21 +308,87 @@ def latest_manifest(
 
 
 def verify_checkpoints(
-    objects: ObjectStore, chunks: ChunkStore, run_id: str, signer: str | None = None
+    objects: ObjectStore, chunks: ChunkStore, run_id: str, signers: Collection[str]
 ) -> list[CheckpointReport]:
-    """Check every checkpoint of a run: signature, run, chain of manifests, the ledger
-    segments chaining up to each head, and every workspace chunk's hash."""
+    """Check every checkpoint of a run: signature by one of ``signers`` (the run's pinned
+    keys), run, chain of manifests, the ledger segments chaining up to each head, and
+    every workspace chunk's hash."""
     reports: list[CheckpointReport] = []
     previous: Manifest | None = None
     for key in list_checkpoints(objects, run_id):
-        problem, manifest = _verify_one(objects, chunks, run_id, key, previous, signer)
+        problem, manifest = _verify_one(objects, chunks, run_id, key, previous, signers)
         reports.append(CheckpointReport(key, manifest, problem))
         if manifest is not None:
             # Chain on what was recorded, so one bad checkpoint is reported once and does
             # not make every later one fail too.
             previous = manifest
-            signer = signer or manifest.signer
     return reports
+
+
+def against_ledger(
+    run_id: str,
+    reports: Sequence[CheckpointReport],
+    rows: Sequence[StoredEvent],
+    listed: Collection[str],
+    signed_checkpoint: int | None,
+) -> list[CheckpointReport]:
+    """Cross-check a run's checkpoints with its ledger: a checkpoint newer than the ledger
+    or disagreeing with it means the ledger lost or changed events; a manifest the ledger
+    (or its signed head) names but the object store lacks was deleted."""
+    last = len(rows) - 1
+    out: list[CheckpointReport] = []
+    for report in reports:
+        m = report.manifest
+        if report.ok and m is not None:
+            if m.seq > last:
+                report = CheckpointReport(
+                    report.key,
+                    m,
+                    f"checkpoint {report.key} (cut at seq {m.seq}) is newer than the ledger, "
+                    f"which ends at seq {last}: the ledger lost events",
+                )
+            elif rows[m.seq].hash != m.head_hash:
+                report = CheckpointReport(
+                    report.key,
+                    m,
+                    f"the ledger at seq {m.seq} differs from checkpoint {report.key}'s head: "
+                    "one of them was rewritten",
+                )
+        out.append(report)
+    named = {}
+    for row in rows:
+        if row.kind == "CheckpointTaken":
+            event = json.loads(row.body)
+            named[str(event["manifest"])] = (row.seq, str(event["digest"]))
+    by_key = {r.key: r.manifest for r in reports}
+    for key, (seq, expected) in sorted(named.items()):
+        if key not in listed:
+            out.append(
+                CheckpointReport(
+                    key,
+                    None,
+                    f"manifest {key}, recorded in the ledger at seq {seq}, is missing from the "
+                    "object store (deleted?)",
+                )
+            )
+        elif (found := by_key.get(key)) is not None and found.digest != expected:
+            out.append(
+                CheckpointReport(
+                    key, found, f"manifest {key} is not the one the ledger recorded at seq {seq}"
+                )
+            )
+    if signed_checkpoint is not None:
+        key = manifest_key(run_id, signed_checkpoint)
+        if key not in listed and key not in named:
+            out.append(
+                CheckpointReport(
+                    key,
+                    None,
+                    f"manifest {key}, named by the run's signed head, is missing from the "
+                    "object store (deleted?)",
+                )
+            )
+    return out
 
 
 def _verify_one(
@@ -331,7 +397,7 @@ def _verify_one(
     run_id: str,
     key: str,
     previous: Manifest | None,
-    signer: str | None,
+    signers: Collection[str],
 ) -> tuple[str | None, Manifest | None]:
     try:
         signed = read_manifest(objects, key)
@@ -340,8 +406,12 @@ def _verify_one(
     manifest = signed.manifest
     if manifest.run_id != run_id:
         return f"manifest {key} belongs to run {manifest.run_id}, not {run_id}", manifest
-    if signer is not None and manifest.signer != signer:
-        return f"manifest {key} is signed by an unknown key {manifest.signer[:16]}…", manifest
+    if manifest.signer not in signers:
+        return (
+            f"manifest {key} is signed by key {manifest.signer[:16]}…, which is not pinned for "
+            f"run {run_id}",
+            manifest,
+        )
     if not verify(manifest.signer, manifest.canonical(), signed.signature):
         return f"manifest {key}: the signature does not verify", manifest
     expected_prev = (

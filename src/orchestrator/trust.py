@@ -1,0 +1,137 @@
+"""The trust directory: what authenticates a run's ledger, kept outside that ledger.
+
+Per run, two files in a per-user directory outside the orchestrator home
+(``$ORCHESTRATOR_TRUST``, else ``$XDG_CONFIG_HOME/orchestrator/trust``, else
+``~/.config/orchestrator/trust``):
+
+    pins/RUN.pub     the run's public keys (hex), one a line, oldest first; the last one
+                     signs the run's heads from now on (a run restored on another machine
+                     gets a new key, appended)
+    heads/RUN.json   the newest signed head: run, sequence number and chained hash of the
+                     last committed event, the newest checkpoint's cut, and the signature
+
+A signed head is Ed25519 over the canonical JSON of ``{"kind": "orchestrator-head/1",
+"run_id", "seq", "hash", "checkpoint"}``. The ledger keeps a copy of the newest signed
+head in the same transaction as the events it covers; this directory keeps one too, so
+a ledger rolled back or truncated to an older state (with its older signed head) is
+caught by the head kept here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from orchestrator import signing
+from orchestrator.ledger.codec import canonical_bytes
+
+HEAD_KIND = "orchestrator-head/1"
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class SignedHead(BaseModel):
+    """The run key's signature over the head of the run's chain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    seq: int
+    hash: str
+    checkpoint: int | None
+    key: str
+    signature: str = ""
+
+    def payload(self) -> bytes:
+        return canonical_bytes(
+            {
+                "kind": HEAD_KIND,
+                "run_id": self.run_id,
+                "seq": self.seq,
+                "hash": self.hash,
+                "checkpoint": self.checkpoint,
+            }
+        )
+
+    @classmethod
+    def sign(
+        cls, signer: signing.Signer, run_id: str, seq: int, hash: str, checkpoint: int | None
+    ) -> SignedHead:
+        head = cls(run_id=run_id, seq=seq, hash=hash, checkpoint=checkpoint, key=signer.public)
+        return head.model_copy(update={"signature": signer.sign(head.payload())})
+
+    def verifies(self, keys: list[str]) -> bool:
+        """Whether it is signed by its key, and that key is one of ``keys``."""
+        return self.key in keys and signing.verify(self.key, self.payload(), self.signature)
+
+
+def fingerprint(public: str) -> str:
+    """A short, stable name for a public key: ``SHA256:`` and 16 hex digits of its hash."""
+    return "SHA256:" + hashlib.sha256(bytes.fromhex(public)).hexdigest()[:16]
+
+
+def default_dir() -> Path:
+    explicit = os.environ.get("ORCHESTRATOR_TRUST")
+    if explicit:
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "orchestrator" / "trust"
+
+
+class TrustStore:
+    """Pins and newest signed heads of runs, one directory per user."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_dir()).absolute()
+
+    def pinned(self, run_id: str) -> list[str]:
+        """The run's pinned public keys, oldest first (empty if it has none)."""
+        try:
+            text = self._path("pins", run_id, ".pub").read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def pin(self, run_id: str, public: str) -> None:
+        """Add ``public`` as the run's current key (no-op if it already is)."""
+        keys = self.pinned(run_id)
+        if keys and keys[-1] == public:
+            return
+        keys = [k for k in keys if k != public] + [public]
+        self._write(self._path("pins", run_id, ".pub"), "".join(k + "\n" for k in keys))
+
+    def head(self, run_id: str) -> SignedHead | None:
+        """The newest signed head kept here, or None (a damaged file counts as none:
+        the ledger's own signed head is then the one checked)."""
+        try:
+            return SignedHead.model_validate_json(self._path("heads", run_id, ".json").read_bytes())
+        except (FileNotFoundError, NotADirectoryError, ValidationError):
+            return None
+
+    def put_head(self, head: SignedHead) -> None:
+        self._write(
+            self._path("heads", head.run_id, ".json"), head.model_dump_json() + "\n", fresh=False
+        )
+
+    def _path(self, kind: str, run_id: str, suffix: str) -> Path:
+        name = run_id if _SAFE.fullmatch(run_id) else "x-" + hashlib.sha256(
+            run_id.encode("utf-8", "surrogateescape")
+        ).hexdigest()
+        return self.root / kind / (name + suffix)
+
+    def _write(self, path: Path, text: str, *, fresh: bool = True) -> None:
+        """Replace ``path`` atomically (write a temporary file, rename it over)."""
+        try:
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            if fresh:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(path.with_suffix(".tmp"), path)
