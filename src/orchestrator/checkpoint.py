@@ -408,8 +408,8 @@ def _verify_one(
         return f"manifest {key} belongs to run {manifest.run_id}, not {run_id}", manifest
     if manifest.signer not in signers:
         return (
-            f"manifest {key} is signed by key {manifest.signer[:16]}…, which is not pinned for "
-            f"run {run_id}",
+            f"manifest {key} is signed by key {manifest.signer[:16]}…, which is not a key trusted "
+            f"for run {run_id}",
             manifest,
         )
     if not verify(manifest.signer, manifest.canonical(), signed.signature):
