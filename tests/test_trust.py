@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime, gates, signing
+from orchestrator.cli.root import EXIT_PARKED
 from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
 from orchestrator.plan import RunConfig
 from orchestrator.trust import SignedHead, TrustStore, fingerprint
-from orchestrator.cli.root import EXIT_PARKED
 from tests.conftest import PLANS, cli
 from tests.plans.gated import plan
 
@@ -244,9 +244,8 @@ def test_resume_refuses_a_tampered_ledger_before_writing(
         conn.execute("DELETE FROM events WHERE run_id=? AND seq=?", (run_id, rows[-1][0]))
 
     async def go() -> None:
-        with Runtime(home=home) as rt:
-            with pytest.raises(LedgerCorrupt, match="truncated"):
-                await rt.resume(run_id)
+        with Runtime(home=home) as rt, pytest.raises(LedgerCorrupt, match="truncated"):
+            await rt.resume(run_id)
 
     asyncio.run(go())
     assert ledger_rows(db, run_id) == rows[:-1]

@@ -336,32 +336,33 @@ def against_ledger(
     or disagreeing with it means the ledger lost or changed events; a manifest the ledger
     (or its signed head) names but the object store lacks was deleted."""
     last = len(rows) - 1
-    out: list[CheckpointReport] = []
-    for report in reports:
-        m = report.manifest
-        if report.ok and m is not None:
-            if m.seq > last:
-                report = CheckpointReport(
-                    report.key,
-                    m,
-                    f"checkpoint {report.key} (cut at seq {m.seq}) is newer than the ledger, "
-                    f"which ends at seq {last}: the ledger lost events",
-                )
-            elif rows[m.seq].hash != m.head_hash:
-                report = CheckpointReport(
-                    report.key,
-                    m,
-                    f"the ledger at seq {m.seq} differs from checkpoint {report.key}'s head: "
-                    "one of them was rewritten",
-                )
-        out.append(report)
     named = {}
     for row in rows:
         if row.kind == "CheckpointTaken":
             event = json.loads(row.body)
             named[str(event["manifest"])] = (row.seq, str(event["digest"]))
-    by_key = {r.key: r.manifest for r in reports}
-    for key, (seq, expected) in sorted(named.items()):
+    out: list[CheckpointReport] = []
+    for report in reports:
+        m, key = report.manifest, report.key
+        if report.ok and m is not None:
+            problem = None
+            if m.seq > last:
+                problem = (
+                    f"checkpoint {key} (cut at seq {m.seq}) is newer than the ledger, which "
+                    f"ends at seq {last}: the ledger lost events"
+                )
+            elif rows[m.seq].hash != m.head_hash:
+                problem = (
+                    f"the ledger at seq {m.seq} differs from checkpoint {key}'s head: one of "
+                    "them was rewritten"
+                )
+            elif key in named and named[key][1] != m.digest:
+                problem = (
+                    f"manifest {key} is not the one the ledger recorded at seq {named[key][0]}"
+                )
+            report = CheckpointReport(key, m, problem)
+        out.append(report)
+    for key, (seq, _) in sorted(named.items()):
         if key not in listed:
             out.append(
                 CheckpointReport(
@@ -369,12 +370,6 @@ def against_ledger(
                     None,
                     f"manifest {key}, recorded in the ledger at seq {seq}, is missing from the "
                     "object store (deleted?)",
-                )
-            )
-        elif (found := by_key.get(key)) is not None and found.digest != expected:
-            out.append(
-                CheckpointReport(
-                    key, found, f"manifest {key} is not the one the ledger recorded at seq {seq}"
                 )
             )
     if signed_checkpoint is not None:

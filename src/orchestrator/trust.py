@@ -117,9 +117,11 @@ class TrustStore:
         )
 
     def _path(self, kind: str, run_id: str, suffix: str) -> Path:
-        name = run_id if _SAFE.fullmatch(run_id) else "x-" + hashlib.sha256(
-            run_id.encode("utf-8", "surrogateescape")
-        ).hexdigest()
+        name = (
+            run_id
+            if _SAFE.fullmatch(run_id)
+            else "x-" + hashlib.sha256(run_id.encode("utf-8", "surrogateescape")).hexdigest()
+        )
         return self.root / kind / (name + suffix)
 
     def _write(self, path: Path, text: str, *, fresh: bool = True) -> None:

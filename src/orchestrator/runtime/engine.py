@@ -485,9 +485,7 @@ class Runtime:
         """Every checkpoint of a run, verified (signatures by a pinned key, chunks, ledger
         segments) and cross-checked with the ledger, itself verified."""
         rows = self.rows(run_id)
-        reports = verify_checkpoints(
-            self.objects, self.chunks(), run_id, self.trust.pinned(run_id)
-        )
+        reports = verify_checkpoints(self.objects, self.chunks(), run_id, self.trust.pinned(run_id))
         ledger = self._verify_rows(run_id, rows)
         listed = set(list_checkpoints(self.objects, run_id))
         out = against_ledger(run_id, reports, rows, listed, ledger.checkpoint)
