@@ -224,8 +224,10 @@ def test_a_checkpoint_newer_than_the_ledger_is_detected(
     head = SignedHead.sign(signer, run_id, keep, rows[keep].hash, None)
     with sqlite3.connect(home / "ledger.db") as conn:
         conn.execute("DELETE FROM events WHERE run_id=? AND seq>?", (run_id, keep))
-        conn.execute("UPDATE heads SET head=? WHERE run_id=?", (head.model_dump_json(), run_id))
-    TrustStore(trust_dir).put_head(head)
+        conn.execute("UPDATE heads SET head=? WHERE run_id=?", (head.to_json(), run_id))
+    kept = TrustStore(trust_dir)
+    kept.put_head(head)
+    kept.close()
     with Runtime(home=home) as rt:
         assert rt.verify(run_id).ok  # the key holder can forge: only the checkpoint shows it
         problems = [r.problem or "" for r in rt.checkpoints(run_id) if not r.ok]

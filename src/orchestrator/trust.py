@@ -20,23 +20,22 @@ caught by the head kept here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from orchestrator import signing
-from orchestrator.ledger.codec import canonical_bytes
 
 HEAD_KIND = "orchestrator-head/1"
+HEAD_SIZE = 1024  # a kept head is padded to this many bytes, so each write covers the last
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class SignedHead(BaseModel):
+@dataclass(frozen=True, slots=True)
+class SignedHead:
     """The run key's signature over the head of the run's chain."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
     seq: int
@@ -46,26 +45,51 @@ class SignedHead(BaseModel):
     signature: str = ""
 
     def payload(self) -> bytes:
-        return canonical_bytes(
-            {
-                "kind": HEAD_KIND,
-                "run_id": self.run_id,
-                "seq": self.seq,
-                "hash": self.hash,
-                "checkpoint": self.checkpoint,
-            }
+        """The canonical JSON (keys sorted) of what is signed, built directly: this runs
+        at every commit."""
+        checkpoint = "null" if self.checkpoint is None else str(int(self.checkpoint))
+        text = (
+            f'{{"checkpoint":{checkpoint},"hash":{_text(self.hash)},"kind":"{HEAD_KIND}",'
+            f'"run_id":{_text(self.run_id)},"seq":{int(self.seq)}}}'
         )
+        return text.encode()
 
     @classmethod
     def sign(
         cls, signer: signing.Signer, run_id: str, seq: int, hash: str, checkpoint: int | None
     ) -> SignedHead:
-        head = cls(run_id=run_id, seq=seq, hash=hash, checkpoint=checkpoint, key=signer.public)
-        return head.model_copy(update={"signature": signer.sign(head.payload())})
+        unsigned = cls(run_id, seq, hash, checkpoint, signer.public)
+        return cls(run_id, seq, hash, checkpoint, signer.public, signer.sign(unsigned.payload()))
 
     def verifies(self, keys: list[str]) -> bool:
         """Whether it is signed by its key, and that key is one of ``keys``."""
         return self.key in keys and signing.verify(self.key, self.payload(), self.signature)
+
+    def to_json(self) -> str:
+        checkpoint = "null" if self.checkpoint is None else str(int(self.checkpoint))
+        return (
+            f'{{"run_id":{_text(self.run_id)},"seq":{int(self.seq)},"hash":{_text(self.hash)},'
+            f'"checkpoint":{checkpoint},"key":{_text(self.key)},'
+            f'"signature":{_text(self.signature)}}}'
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SignedHead | None:
+        """The head a JSON text holds, or None if it is not one (damaged, torn)."""
+        try:
+            data = json.loads(text)
+            head = cls(**data)
+        except (ValueError, TypeError):
+            return None
+        texts = (head.run_id, head.hash, head.key, head.signature)
+        numbers = (head.seq, 0 if head.checkpoint is None else head.checkpoint)
+        if not all(isinstance(v, str) for v in texts) or not all(type(n) is int for n in numbers):
+            return None
+        return head
+
+
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def fingerprint(public: str) -> str:
@@ -86,6 +110,7 @@ class TrustStore:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_dir()).absolute()
+        self._heads: dict[str, int] = {}
 
     def pinned(self, run_id: str) -> list[str]:
         """The run's pinned public keys, oldest first (empty if it has none)."""
@@ -107,14 +132,28 @@ class TrustStore:
         """The newest signed head kept here, or None (a damaged file counts as none:
         the ledger's own signed head is then the one checked)."""
         try:
-            return SignedHead.model_validate_json(self._path("heads", run_id, ".json").read_bytes())
-        except (FileNotFoundError, NotADirectoryError, ValidationError):
+            return SignedHead.from_json(self._path("heads", run_id, ".json").read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def put_head(self, head: SignedHead) -> None:
-        self._write(
-            self._path("heads", head.run_id, ".json"), head.model_dump_json() + "\n", fresh=False
-        )
+        """Overwrite the run's kept head in place: one ``pwrite`` into a file kept open,
+        padded to a fixed size (a rename per commit would cost a millisecond). A process
+        kill cannot tear it; a power loss can, and a torn head reads as none."""
+        fd = self._heads.get(head.run_id)
+        if fd is None:
+            path = self._path("heads", head.run_id, ".json")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = self._heads[head.run_id] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        data = head.to_json().encode().ljust(HEAD_SIZE - 1) + b"\n"
+        os.pwrite(fd, data, 0)
+        if len(data) > HEAD_SIZE:
+            os.ftruncate(fd, len(data))
+
+    def close(self) -> None:
+        for fd in self._heads.values():
+            os.close(fd)
+        self._heads.clear()
 
     def _path(self, kind: str, run_id: str, suffix: str) -> Path:
         name = (
@@ -124,8 +163,8 @@ class TrustStore:
         )
         return self.root / kind / (name + suffix)
 
-    def _write(self, path: Path, text: str, *, fresh: bool = True) -> None:
-        """Replace ``path`` atomically (write a temporary file, rename it over)."""
+    def _write(self, path: Path, text: str) -> None:
+        """Replace ``path`` atomically and durably (temporary file, fsync, rename)."""
         try:
             fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except FileNotFoundError:
@@ -133,7 +172,6 @@ class TrustStore:
             fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-            if fresh:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(path.with_suffix(".tmp"), path)

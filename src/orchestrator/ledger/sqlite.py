@@ -17,8 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pydantic import ValidationError
-
 from orchestrator.errors import LedgerConflict, LedgerError
 from orchestrator.ledger.store import Control, RunRow, StoredEvent
 from orchestrator.trust import SignedHead
@@ -60,9 +58,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     CREATE TABLE heads (
-        run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+        run_id TEXT PRIMARY KEY,
         head TEXT NOT NULL
-    );
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -124,10 +122,7 @@ class SqliteLedgerStore:
         row = self._db.execute("SELECT head FROM heads WHERE run_id=?", (run_id,)).fetchone()
         if row is None:
             return None
-        try:
-            return SignedHead.model_validate_json(row[0])
-        except ValidationError:
-            return None
+        return SignedHead.from_json(row[0])
 
     def _write(
         self,
@@ -151,7 +146,7 @@ class SqliteLedgerStore:
             if head is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO heads(run_id, head) VALUES (?, ?)",
-                    (run_id, head.model_dump_json()),
+                    (run_id, head.to_json()),
                 )
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:

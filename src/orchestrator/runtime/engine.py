@@ -128,6 +128,7 @@ class Runtime:
 
     def close(self) -> None:
         self.store.close()
+        self.trust.close()
         if self._objects is not None:
             self._objects.close()
 
