@@ -118,6 +118,14 @@ class SqliteLedgerStore:
     ) -> None:
         self._write(run_id, events, head)
 
+    def read_signed(self, run_id: str) -> tuple[list[StoredEvent], SignedHead | None]:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            return self.read(run_id), self.signed_head(run_id)
+        finally:
+            db.execute("COMMIT")
+
     def signed_head(self, run_id: str) -> SignedHead | None:
         row = self._db.execute("SELECT head FROM heads WHERE run_id=?", (run_id,)).fetchone()
         if row is None:

@@ -73,6 +73,9 @@ class LedgerStore(Protocol):
     def signed_head(self, run_id: str) -> SignedHead | None:
         """The newest signed head stored with the run's events, if any."""
 
+    def read_signed(self, run_id: str) -> tuple[list[StoredEvent], SignedHead | None]:
+        """The run's events and its signed head, as of one moment."""
+
     def read(self, run_id: str, after_seq: int = -1) -> list[StoredEvent]: ...
 
     def head(self, run_id: str) -> StoredEvent | None: ...

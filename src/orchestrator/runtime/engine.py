@@ -148,10 +148,9 @@ class Runtime:
         return self.store.read(run_id)
 
     def state(self, run_id: str, *, verify: bool = False) -> RunState:
-        rows = self.rows(run_id)
         if verify:
-            return RunState.fold(self._require_whole(run_id, rows))
-        return RunState.fold(decode(r.body) for r in rows)
+            return RunState.fold(self._require_whole(run_id)[1])
+        return RunState.fold(decode(r.body) for r in self.rows(run_id))
 
     def runs(self) -> list[RunSummary]:
         """Every run in the ledger with its status, without folding whole histories."""
@@ -180,26 +179,32 @@ class Runtime:
 
     def verify(self, run_id: str) -> ChainReport:
         """The run's chain re-hashed and checked against its signed heads and pinned key."""
-        return self._verify_rows(run_id, self.rows(run_id))
+        return self._verified(run_id)[1]
 
-    def _verify_rows(self, run_id: str, rows: list[StoredEvent]) -> ChainReport:
-        return verify_signed(
-            rows, self.trust.pinned(run_id), self.store.signed_head(run_id), self.trust.head(run_id)
-        )
+    def _verified(self, run_id: str) -> tuple[list[StoredEvent], ChainReport]:
+        """The run's events and their verification, read consistently while a live run
+        commits: the trust directory's head first (it is written after each commit, so it
+        never names more than the ledger holds), then events and the ledger's signed head
+        in one read transaction."""
+        self.rows(run_id)  # a run that does not exist is named as such
+        kept = self.trust.head(run_id)
+        rows, stored = self.store.read_signed(run_id)
+        return rows, verify_signed(rows, self.trust.pinned(run_id), stored, kept)
 
     def owner(self, run_id: str) -> int | None:
         """The pid of the live process driving the run, if any."""
         return owner_pid(self.home, run_id)
 
-    def _require_whole(self, run_id: str, rows: list[StoredEvent]) -> tuple[Event, ...]:
-        """The run's events, decoded, once the chain and its signed heads are verified."""
-        report = self._verify_rows(run_id, rows)
+    def _require_whole(self, run_id: str) -> tuple[list[StoredEvent], tuple[Event, ...]]:
+        """The run's events, raw and decoded, once the chain and its signed heads are
+        verified."""
+        rows, report = self._verified(run_id)
         if not report.ok:
             raise LedgerCorrupt(
                 f"run {run_id}'s ledger fails verification at seq {report.bad_seq}: "
                 f"{report.problem}; refusing to use a tampered history"
             )
-        return report.decoded
+        return rows, report.decoded
 
     # ---- running --------------------------------------------------------------------------
 
@@ -264,11 +269,11 @@ class Runtime:
         ``decisions`` are gate decisions to record first (each verified: a refused one
         raises DecisionRefused before anything is written)."""
         lock = RunLock(self.home, run_id)
-        rows = self.rows(run_id)
+        self.rows(run_id)  # a run that does not exist is named before the lock
         lock.acquire()
         try:
-            rows = self.store.read(run_id)
-            state = RunState.fold(self._require_whole(run_id, rows))
+            rows, events = self._require_whole(run_id)
+            state = RunState.fold(events)
             if state.status in TERMINAL_RUN:
                 raise RunStateError(
                     f"run {run_id} already ended ({state.status}); nothing to resume"
@@ -485,9 +490,12 @@ class Runtime:
     def checkpoints(self, run_id: str) -> list[CheckpointReport]:
         """Every checkpoint of a run, verified (signatures by a pinned key, chunks, ledger
         segments) and cross-checked with the ledger, itself verified."""
-        rows = self.rows(run_id)
+        self.rows(run_id)
+        # Manifests, then the ledger, then the listing: of a live run, every manifest read
+        # is covered by the ledger read after it, and every manifest that ledger names is
+        # in the listing made after it.
         reports = verify_checkpoints(self.objects, self.chunks(), run_id, self.trust.pinned(run_id))
-        ledger = self._verify_rows(run_id, rows)
+        rows, ledger = self._verified(run_id)
         listed = set(list_checkpoints(self.objects, run_id))
         out = against_ledger(run_id, reports, rows, listed, ledger.checkpoint)
         if not ledger.ok:
@@ -535,8 +543,7 @@ class Runtime:
 
     async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
         with gc_paused():
-            rows = self.rows(run_id)
-            events = self._require_whole(run_id, rows)
+            rows, events = self._require_whole(run_id)
             if plan is None:
                 first = events[0]
                 assert isinstance(first, RunStarted)
