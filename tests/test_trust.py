@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from orchestrator import Runtime, gates, signing
+from orchestrator import NodeContext, Plan, Runtime, gates, node, signing
 from orchestrator.cli.root import EXIT_PARKED
 from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
@@ -26,6 +27,15 @@ from tests.conftest import PLANS, cli
 from tests.plans.gated import plan
 
 PLAN_REF = f"{PLANS / 'gated.py'}:plan"
+
+
+class Num(BaseModel):
+    x: int
+
+
+@node()
+async def step(ctx: NodeContext, inputs: Num) -> Num:
+    return Num(x=inputs.x + 1)
 
 
 def one_paragraph_error(result: subprocess.CompletedProcess[str], says: str) -> None:
@@ -251,3 +261,40 @@ def test_resume_refuses_a_tampered_ledger_before_writing(
 
     asyncio.run(go())
     assert ledger_rows(db, run_id) == rows[:-1]
+
+
+def test_a_live_run_verifies_while_it_commits(home: Path) -> None:
+    """Another reader verifying between the writer's commits never sees a false
+    truncation: heads and events are read as of one moment."""
+    import threading
+
+    reports: list[str | None] = []
+    done = threading.Event()
+
+    def reader(run_id: str) -> None:
+        with Runtime(home=home) as other:
+            while not done.is_set():
+                reports.append(other.verify(run_id).problem)
+
+    async def go() -> None:
+        with Runtime(home=home) as rt:
+            threads: list[threading.Thread] = []
+
+            def started(run_id: str) -> None:
+                thread = threading.Thread(target=reader, args=(run_id,))
+                thread.start()
+                threads.append(thread)
+
+            chain = Plan("chain")
+            previous = chain.add(step, name="n0", x=0)
+            for i in range(1, 300):
+                previous = chain.add(step, name=f"n{i}", x=previous.out.x)
+            state = await rt.start(chain, on_start=started)
+            done.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert state.status == "succeeded"
+
+    asyncio.run(go())
+    assert len(reports) > 5
+    assert [p for p in reports if p is not None] == []
