@@ -288,10 +288,10 @@ def read_manifest(objects: ObjectStore, key: str) -> SignedManifest:
 
 
 def latest_manifest(
-    objects: ObjectStore, run_id: str, max_seq: int, signer: str | None
+    objects: ObjectStore, run_id: str, max_seq: int, signers: Collection[str]
 ) -> Manifest | None:
     """The newest checkpoint of the run at or before ``max_seq`` whose manifest is whole
-    and signed by ``signer`` (any signer when None); older ones are fallbacks."""
+    and signed by one of ``signers`` (the run's pinned keys); older ones are fallbacks."""
     for key in reversed(list_checkpoints(objects, run_id)):
         try:
             signed = read_manifest(objects, key)
@@ -300,7 +300,7 @@ def latest_manifest(
         manifest = signed.manifest
         if manifest.run_id != run_id or manifest.seq > max_seq:
             continue
-        if signer is not None and manifest.signer != signer:
+        if manifest.signer not in signers:
             continue
         if verify(manifest.signer, manifest.canonical(), signed.signature):
             return manifest
@@ -333,8 +333,9 @@ def against_ledger(
     signed_checkpoint: int | None,
 ) -> list[CheckpointReport]:
     """Cross-check a run's checkpoints with its ledger: a checkpoint newer than the ledger
-    or disagreeing with it means the ledger lost or changed events; a manifest the ledger
-    (or its signed head) names but the object store lacks was deleted."""
+    or disagreeing with it means the ledger lost or changed events; the newest manifest
+    the ledger (or its signed head) names must be in the object store, else it was
+    deleted (older ones may go to retention)."""
     last = len(rows) - 1
     named = {}
     for row in rows:
@@ -362,7 +363,11 @@ def against_ledger(
                 )
             report = CheckpointReport(key, m, problem)
         out.append(report)
-    for key, (seq, _) in sorted(named.items()):
+    # Older manifests may be dropped by retention (the next one then no longer chains);
+    # the newest one the ledger recorded must be there.
+    newest = max(named.items(), key=lambda item: item[1][0], default=None)
+    if newest is not None:
+        key, (seq, _) = newest
         if key not in listed:
             out.append(
                 CheckpointReport(
@@ -374,7 +379,7 @@ def against_ledger(
             )
     if signed_checkpoint is not None:
         key = manifest_key(run_id, signed_checkpoint)
-        if key not in listed and key not in named:
+        if key not in listed and (newest is None or key != newest[0]):
             out.append(
                 CheckpointReport(
                     key,

@@ -350,7 +350,9 @@ class Runtime:
         )
         points = {}
         if resumed:
-            latest = latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+            latest = latest_manifest(
+                self.objects, run_id, writer.head_seq, self.trust.pinned(run_id)
+            )
             points = latest.workspaces if latest is not None else {}
         try:
             return await scheduler.run(resumed=resumed, restore_points=points, decisions=decisions)
@@ -402,7 +404,7 @@ class Runtime:
 
     def _checkpointer(self, writer: LedgerWriter, signer: signing.Signer) -> Checkpointer:
         run_id = writer.run_id
-        latest = latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+        latest = latest_manifest(self.objects, run_id, writer.head_seq, self.trust.pinned(run_id))
         previous = None if latest is None else PreviousRef(seq=latest.seq, digest=latest.digest)
         head = GENESIS if latest is None else latest.head_hash
         return Checkpointer(
