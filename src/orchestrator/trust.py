@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import signing
+from orchestrator.errors import ConfigError
 
 HEAD_KIND = "orchestrator-head/1"
 HEAD_SIZE = 1024  # a kept head is padded to this many bytes, so each write covers the last
@@ -114,10 +115,13 @@ class TrustStore:
 
     def pinned(self, run_id: str) -> list[str]:
         """The run's pinned public keys, oldest first (empty if it has none)."""
+        path = self._path("pins", run_id, ".pub")
         try:
-            text = self._path("pins", run_id, ".pub").read_text()
+            text = path.read_text()
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._unusable(path, exc) from None
         return [line.strip() for line in text.splitlines() if line.strip()]
 
     def pin(self, run_id: str, public: str) -> None:
@@ -131,24 +135,30 @@ class TrustStore:
     def head(self, run_id: str) -> SignedHead | None:
         """The newest signed head kept here, or None (a damaged file counts as none:
         the ledger's own signed head is then the one checked)."""
+        path = self._path("heads", run_id, ".json")
         try:
-            return SignedHead.from_json(self._path("heads", run_id, ".json").read_bytes())
+            return SignedHead.from_json(path.read_bytes())
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
 
     def put_head(self, head: SignedHead) -> None:
         """Overwrite the run's kept head in place: one ``pwrite`` into a file kept open,
         padded to a fixed size (a rename per commit would cost a millisecond). A process
         kill cannot tear it; a power loss can, and a torn head reads as none."""
-        fd = self._heads.get(head.run_id)
-        if fd is None:
-            path = self._path("heads", head.run_id, ".json")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = self._heads[head.run_id] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self._path("heads", head.run_id, ".json")
         data = head.to_json().encode().ljust(HEAD_SIZE - 1) + b"\n"
-        os.pwrite(fd, data, 0)
-        if len(data) > HEAD_SIZE:
-            os.ftruncate(fd, len(data))
+        try:
+            fd = self._heads.get(head.run_id)
+            if fd is None:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = self._heads[head.run_id] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(fd, data, 0)
+            if len(data) > HEAD_SIZE or os.fstat(fd).st_size > HEAD_SIZE:
+                os.ftruncate(fd, len(data))  # only for run ids too long for the usual size
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
 
     def close(self) -> None:
         for fd in self._heads.values():
@@ -165,13 +175,21 @@ class TrustStore:
 
     def _write(self, path: Path, text: str) -> None:
         """Replace ``path`` atomically and durably (temporary file, fsync, rename)."""
+        temporary = path.with_suffix(".tmp")
         try:
-            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(path.with_suffix(".tmp"), path)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
+
+    def _unusable(self, path: Path, exc: Exception) -> ConfigError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ConfigError(
+            f"the trust directory {self.root} (which pins run keys) cannot be used: {path}: "
+            f"{reason}; fix it, or point ORCHESTRATOR_TRUST at a private directory"
+        )
