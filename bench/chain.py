@@ -58,7 +58,7 @@ def run_once(ledger_query: str, profile: bool = False, n: int = N) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp:
         home = Path(tmp)
         url = f"sqlite:///{home.resolve()}/ledger.db{ledger_query}" if ledger_query else None
-        with Runtime(home=home, ledger=url, trust=home / "trust") as rt:
+        with Runtime(home=home, ledger=url) as rt:
             modes = getattr(rt.store, "durability", "unknown")
             profiler = cProfile.Profile() if profile else None
             t0 = time.perf_counter()
