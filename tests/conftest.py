@@ -16,6 +16,14 @@ from orchestrator.sandbox.disk import unmount_under
 PLANS = Path(__file__).parent / "plans"
 
 
+@pytest.fixture(autouse=True)
+def trust_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test pins run keys in its own trust directory, never the user's."""
+    path = tmp_path / "trust"
+    monkeypatch.setenv("ORCHESTRATOR_TRUST", str(path))
+    return path
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

@@ -49,7 +49,11 @@ class Child:
     def __init__(self, workdir: Path, home: Path, mode: str, incarnation: int) -> None:
         self.incarnation = incarnation
         self.err_path = workdir / f"child-{incarnation}.err"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ORCHESTRATOR_") or k == "ORCHESTRATOR_TRUST"
+        }
         env.update(
             CHAOS_SIDE=str(workdir / "side.jsonl"),
             CHAOS_STARTS=str(workdir / "starts.log"),

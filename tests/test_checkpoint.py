@@ -127,7 +127,7 @@ def test_a_manifest_signed_by_another_key_or_run_is_refused(
     )
     rt.objects.put(key, forged.model_dump_json().encode())
     problem = {r.key: r.problem for r in rt.checkpoints(run_id)}[key]
-    assert problem is not None and "unknown key" in problem
+    assert problem is not None and "which is not a key trusted for run" in problem
 
 
 def test_cli_lists_and_verifies(finished: tuple[Runtime, str], home: Path) -> None:

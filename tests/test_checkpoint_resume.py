@@ -120,11 +120,17 @@ def test_on_a_new_machine_the_signer_can_be_pinned(home: Path, tmp_path: Path) -
     run_id = crashed_run(home, objects)
     key_dir = home / "keys" / "runs"
     public = (key_dir / f"{run_id}.pub").read_text().strip()
-    new_home = tmp_path / "elsewhere"  # no ledger, no keys: only the object store
+    new_home = tmp_path / "elsewhere"  # no ledger, no keys, no pins: only the object store
+    there = {"ORCHESTRATOR_TRUST": str(tmp_path / "elsewhere-trust")}
+    unpinned = cli(new_home, "resume", run_id, "--from", objects, env=there)
+    assert unpinned.returncode == 1
+    assert f"--signer {public}" in " ".join(unpinned.stderr.split())
     stranger = signing.generate().public
-    refused = cli(new_home, "resume", run_id, "--from", objects, "--signer", stranger)
+    refused = cli(new_home, "resume", run_id, "--from", objects, "--signer", stranger, env=there)
     assert refused.returncode == 1
-    assert "unknown key" in " ".join(refused.stderr.split())
-    pinned = cli(new_home, "resume", "--json", run_id, "--from", objects, "--signer", public)
+    assert "which is not a key trusted" in " ".join(refused.stderr.split())
+    pinned = cli(
+        new_home, "resume", "--json", run_id, "--from", objects, "--signer", public, env=there
+    )
     assert pinned.returncode == 0, pinned.stderr
     assert json.loads(pinned.stdout)["status"] == "succeeded"

@@ -708,3 +708,26 @@ async def test_status_shows_the_waiting_node_and_how_to_decide(
     line = next(row for row in shown.stdout.splitlines() if row.startswith("propose"))
     assert "awaiting" in line
     assert f"orchestrator approve {state.run_id} review" in shown.stdout
+
+
+async def test_a_decision_dated_in_the_future_is_refused(
+    rt: Runtime, approver: signing.Signer
+) -> None:
+    a = await start(rt, plan, config(approver), PLAN_REF)
+    [good] = gates.decide(a, "review", True, "fine", approver, rt.clock.now())
+
+    def dated(moment: str) -> Decision:
+        return good.model_copy(update={"decided_at": moment}).signed_by(approver)
+
+    await refused(
+        rt,
+        a.run_id,
+        dated("2099-01-01T00:00:00.000000Z"),
+        "is dated 2099-01-01T00:00:00.000000Z, more than 5 minutes after now",
+    )
+    ten_minutes = iso(rt.clock.now() + timedelta(minutes=10))
+    await refused(rt, a.run_id, dated(ten_minutes), "a decision cannot be made in the future")
+    # a signer's clock a little ahead of the run's is within the allowed skew
+    soon = dated(iso(rt.clock.now() + timedelta(minutes=4)))
+    assert await rt.decide(a.run_id, [soon]) == "resumed"
+    assert rt.state(a.run_id).status == "succeeded"

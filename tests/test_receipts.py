@@ -14,18 +14,30 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator import Budget, NodeContext, Plan, RunConfig, Runtime, node, receipts, signing
+from orchestrator import (
+    Budget,
+    NodeContext,
+    Plan,
+    RunConfig,
+    Runtime,
+    gates,
+    node,
+    receipts,
+    signing,
+)
 from orchestrator.budget import ModelPrice, Prices
-from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.ledger.codec import canonical_bytes, digest
 from orchestrator.ledger.events import NoticeDelivered, ReceiptIssued, decode
 from orchestrator.runtime.clock import ManualClock, iso
 from orchestrator.sinks import SinkConfig
-from tests.conftest import cli
+from tests.conftest import PLANS, cli
 from tests.http_peer import HttpPeer
+from tests.plans.gated import plan as gated_plan
 from tests.s3server import BUCKET, Moto
 
 PRICES = Prices(models={"scripted/*": ModelPrice(input_per_mtok=1000, output_per_mtok=2000)})
 CEILING = Budget(tokens=10_000, compute_h=1, spend_usd=5)
+GATED_REF = f"{PLANS / 'gated.py'}:plan"
 
 
 class Nothing(BaseModel):
@@ -213,6 +225,48 @@ def test_receipts_verify_and_a_changed_or_foreign_one_is_refused(
     assert refused.returncode == 1
     assert f"#1: signed by {other.public[:16]}" in refused.stderr
     assert "not by the run's key" in refused.stderr
+
+
+def test_a_receipts_copy_with_a_line_deleted_duplicated_or_moved_is_refused(
+    home: Path, tmp_path: Path
+) -> None:
+    approver = signing.generate()
+
+    async def go() -> str:
+        with Runtime(home=home) as rt:
+            config = RunConfig(approvers={"review": [approver.public]})
+            state = await rt.start(gated_plan, {"topic": "docs"}, config, plan_ref=GATED_REF)
+            run_id = state.run_id  # parked: receipt 1
+            [no] = gates.decide(state, "review", False, "again", approver, rt.clock.now())
+            await rt.decide(run_id, [no])  # parked again: receipt 2
+            [yes] = gates.decide(rt.state(run_id), "review", True, "", approver, rt.clock.now())
+            await rt.decide(run_id, [yes])  # done: receipt 3
+            assert rt.state(run_id).status == "succeeded"
+            return run_id
+
+    run_id = asyncio.run(go())
+    sink = home / "receipts" / f"{run_id}.jsonl"
+    lines = sink.read_text().splitlines(keepends=True)
+    bodies = [json.loads(line)["body"] for line in lines]
+    assert [b["number"] for b in bodies] == [1, 2, 3]
+    assert bodies[0]["previous"] is None
+    assert bodies[2]["previous"] == {"number": 2, "digest": digest(bodies[1])}
+    assert cli(home, "receipts", run_id, "--verify", "--from", str(sink)).returncode == 0
+
+    first, second, third = lines
+    cases = {
+        "deleted": ([first, third], "receipt #3 is in position 2"),
+        "duplicated": ([first, first, second, third], "receipt #1 is in position 2"),
+        "moved": ([second, first, third], "receipt #2 is in position 1"),
+        "last deleted": ([first, second], "the ledger's newest receipt is #3"),
+        "first deleted": ([second, third], "receipt #2 is in position 1"),
+    }
+    for name, (kept, says) in cases.items():
+        copy = tmp_path / f"{name}.jsonl"
+        copy.write_text("".join(kept))
+        result = cli(home, "receipts", run_id, "--verify", "--from", str(copy))
+        assert result.returncode == 1, name
+        assert says in " ".join(result.stderr.split()), (name, result.stderr)
 
 
 # ---- 8. sinks: retries, S3 -----------------------------------------------------------------

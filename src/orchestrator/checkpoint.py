@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,10 +350,10 @@ def read_manifest(objects: ObjectStore, key: str) -> SignedManifest:
 
 
 def latest_manifest(
-    objects: ObjectStore, run_id: str, max_seq: int, signer: str | None
+    objects: ObjectStore, run_id: str, max_seq: int, signers: Collection[str]
 ) -> Manifest | None:
     """The newest checkpoint of the run at or before ``max_seq`` whose manifest is whole
-    and signed by ``signer`` (any signer when None); older ones are fallbacks."""
+    and signed by one of ``signers`` (the run's pinned keys); older ones are fallbacks."""
     for key in reversed(list_checkpoints(objects, run_id)):
         try:
             signed = read_manifest(objects, key)
@@ -362,7 +362,7 @@ def latest_manifest(
         manifest = signed.manifest
         if manifest.run_id != run_id or manifest.seq > max_seq:
             continue
-        if signer is not None and manifest.signer != signer:
+        if manifest.signer not in signers:
             continue
         if verify(manifest.signer, manifest.canonical(), signed.signature):
             return manifest
@@ -370,21 +370,87 @@ def latest_manifest(
 
 
 def verify_checkpoints(
-    objects: ObjectStore, chunks: ChunkStore, run_id: str, signer: str | None = None
+    objects: ObjectStore, chunks: ChunkStore, run_id: str, signers: Collection[str]
 ) -> list[CheckpointReport]:
-    """Check every checkpoint of a run: signature, run, chain of manifests, the ledger
-    segments chaining up to each head, and every workspace chunk's hash."""
+    """Check every checkpoint of a run: signature by one of ``signers`` (the run's pinned
+    keys), run, chain of manifests, the ledger segments chaining up to each head, and
+    every workspace chunk's hash."""
     reports: list[CheckpointReport] = []
     previous: Manifest | None = None
     for key in list_checkpoints(objects, run_id):
-        problem, manifest = _verify_one(objects, chunks, run_id, key, previous, signer)
+        problem, manifest = _verify_one(objects, chunks, run_id, key, previous, signers)
         reports.append(CheckpointReport(key, manifest, problem))
         if manifest is not None:
             # Chain on what was recorded, so one bad checkpoint is reported once and does
             # not make every later one fail too.
             previous = manifest
-            signer = signer or manifest.signer
     return reports
+
+
+def against_ledger(
+    run_id: str,
+    reports: Sequence[CheckpointReport],
+    rows: Sequence[StoredEvent],
+    listed: Collection[str],
+    signed_checkpoint: int | None,
+) -> list[CheckpointReport]:
+    """Cross-check a run's checkpoints with its ledger: a checkpoint newer than the ledger
+    or disagreeing with it means the ledger lost or changed events; the newest manifest
+    the ledger (or its signed head) names must be in the object store, else it was
+    deleted (older ones may go to retention)."""
+    last = len(rows) - 1
+    named = {}
+    for row in rows:
+        if row.kind == "CheckpointTaken":
+            event = json.loads(row.body)
+            named[str(event["manifest"])] = (row.seq, str(event["digest"]))
+    out: list[CheckpointReport] = []
+    for report in reports:
+        m, key = report.manifest, report.key
+        if report.ok and m is not None:
+            problem = None
+            if m.seq > last:
+                problem = (
+                    f"checkpoint {key} (cut at seq {m.seq}) is newer than the ledger, which "
+                    f"ends at seq {last}: the ledger lost events"
+                )
+            elif rows[m.seq].hash != m.head_hash:
+                problem = (
+                    f"the ledger at seq {m.seq} differs from checkpoint {key}'s head: one of "
+                    "them was rewritten"
+                )
+            elif key in named and named[key][1] != m.digest:
+                problem = (
+                    f"manifest {key} is not the one the ledger recorded at seq {named[key][0]}"
+                )
+            report = CheckpointReport(key, m, problem)
+        out.append(report)
+    # Older manifests may be dropped by retention (the next one then no longer chains);
+    # the newest one the ledger recorded must be there.
+    newest = max(named.items(), key=lambda item: item[1][0], default=None)
+    if newest is not None:
+        key, (seq, _) = newest
+        if key not in listed:
+            out.append(
+                CheckpointReport(
+                    key,
+                    None,
+                    f"manifest {key}, recorded in the ledger at seq {seq}, is missing from the "
+                    "object store (deleted?)",
+                )
+            )
+    if signed_checkpoint is not None:
+        key = manifest_key(run_id, signed_checkpoint)
+        if key not in listed and (newest is None or key != newest[0]):
+            out.append(
+                CheckpointReport(
+                    key,
+                    None,
+                    f"manifest {key}, named by the run's signed head, is missing from the "
+                    "object store (deleted?)",
+                )
+            )
+    return out
 
 
 def _verify_one(
@@ -393,7 +459,7 @@ def _verify_one(
     run_id: str,
     key: str,
     previous: Manifest | None,
-    signer: str | None,
+    signers: Collection[str],
 ) -> tuple[str | None, Manifest | None]:
     try:
         signed = read_manifest(objects, key)
@@ -402,8 +468,12 @@ def _verify_one(
     manifest = signed.manifest
     if manifest.run_id != run_id:
         return f"manifest {key} belongs to run {manifest.run_id}, not {run_id}", manifest
-    if signer is not None and manifest.signer != signer:
-        return f"manifest {key} is signed by an unknown key {manifest.signer[:16]}…", manifest
+    if manifest.signer not in signers:
+        return (
+            f"manifest {key} is signed by key {manifest.signer[:16]}…, which is not a key trusted "
+            f"for run {run_id}",
+            manifest,
+        )
     if not verify(manifest.signer, manifest.canonical(), signed.signature):
         return f"manifest {key}: the signature does not verify", manifest
     expected_prev = (

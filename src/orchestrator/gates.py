@@ -4,15 +4,16 @@ checks a decision must pass before the runtime records it.
 A decision binds (run, node, attempt, gate, digest of the held outputs and review,
 approve or reject, comment, time, approver's key) under the approver's Ed25519
 signature. The runtime accepts it only if the key is one of the gate's approvers in the
-run's config, the node is parked at that gate in that attempt with that digest, and the
-signature has not been used before; anything else is refused and changes nothing.
+run's config, the node is parked at that gate in that attempt with that digest, it is not
+dated in the future (beyond a small clock skew, by the run's clock), and the signature has
+not been used before; anything else is refused and changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -26,6 +27,7 @@ from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.runtime.clock import iso, parse_iso
 
 REVIEW_PORT = "diff"
+CLOCK_SKEW = timedelta(minutes=5)  # how far ahead of the run's clock a decision may be dated
 
 
 def review_of(outputs: dict[str, Any]) -> str:
@@ -105,8 +107,9 @@ def decide(
     return decisions
 
 
-def check(state: RunState, decision: Decision) -> None:
-    """Refuse (DecisionRefused) a decision the run must not accept; return if it may."""
+def check(state: RunState, decision: Decision, now: datetime) -> None:
+    """Refuse (DecisionRefused) a decision the run must not accept; return if it may.
+    ``now`` is the run's clock."""
     d = decision
     if d.run_id != state.run_id:
         raise DecisionRefused(f"this decision is for run {d.run_id}, not {state.run_id}")
@@ -148,6 +151,13 @@ def check(state: RunState, decision: Decision) -> None:
         raise DecisionRefused(
             f"this decision is dated {d.decided_at}, before node {d.node} parked at gate "
             f"{d.gate!r} ({held.ts}); it cannot be about these outputs"
+        )
+    if parse_iso(d.decided_at) > now + CLOCK_SKEW:
+        raise DecisionRefused(
+            f"this decision on gate {d.gate!r} (node {d.node}) is dated {d.decided_at}, more "
+            f"than {CLOCK_SKEW.seconds // 60} minutes after now ({iso(now)} by the run's "
+            "clock); a decision cannot be made in the future. Check the clock of the machine "
+            "that signed it and sign a new decision"
         )
 
 

@@ -5,14 +5,19 @@ sandbox, a line item per node, the period's usage, totals and what the envelope 
 left. Its body is canonical JSON signed with the run's Ed25519 key; the ReceiptIssued
 event records body and signature, and sinks get copies. Because the body is a function
 of the fold, replay rebuilds it and compares.
+
+Receipts form a chain: each body names the previous receipt's number and the digest of
+its body (``previous``, null for receipt 1), so a copy with a receipt deleted,
+duplicated or moved does not verify; the last one is checked against the ledger's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator import signing
-from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.ledger.codec import canonical_bytes, digest
 from orchestrator.ledger.state import RunState
 
 
@@ -46,7 +51,47 @@ def build(state: RunState, number: int, period_end: str) -> dict[str, Any]:
         "totals": totals,
         "ceiling": None if book.ceiling is None else book.ceiling.model_dump(),
         "remaining": None if remaining is None else _rounded(remaining.model_dump()),
+        "previous": link(previous),
     }
+
+
+def link(body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a receipt names the one before it (``body``): its number and body digest."""
+    return None if body is None else {"number": body.get("number"), "digest": digest(body)}
+
+
+def chain_problems(
+    found: Sequence[dict[str, Any]], last: dict[str, Any] | None = None
+) -> list[str]:
+    """What is wrong with the order of a run's receipts: they must be numbered 1, 2, …
+    with each naming the one before it, and end with ``last`` (the body of the ledger's
+    newest receipt) when it is known. Receipts recorded before chaining (no ``previous``
+    key) are checked by number only."""
+    problems: list[str] = []
+    before: dict[str, Any] | None = None
+    for position, receipt in enumerate(found, 1):
+        body = receipt.get("body")
+        if not isinstance(body, dict):
+            continue  # reported as not a receipt
+        number = body.get("number")
+        if number != position:
+            problems.append(
+                f"receipt #{number} is in position {position}: a receipt was deleted, "
+                "duplicated or moved"
+            )
+        elif "previous" in body and body["previous"] != link(before):
+            problems.append(
+                f"receipt #{number} does not name the receipt before it: a receipt was "
+                "replaced or moved"
+            )
+        before = body
+    if last is not None and (before is None or link(before) != link(last)):
+        have = "none" if before is None else f"#{before.get('number')}"
+        problems.append(
+            f"the ledger's newest receipt is #{last['number']}, but the last one here is "
+            f"{have}: receipts were deleted from the end, or this copy is not the run's"
+        )
+    return problems
 
 
 def sign(body: dict[str, Any], signer: signing.Signer) -> str:

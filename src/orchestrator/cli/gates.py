@@ -73,7 +73,7 @@ def approve(
     signer = signing.load(key or default_key())
     decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
     for decision in decisions:  # refuse (e.g. a key that is no approver) before saying "approved"
-        gates.check(state, decision)
+        gates.check(state, decision, rt.clock.now())
     verb = "rejected" if reject else "approved"
     if rt.owner(run_id) is not None:
         if asyncio.run(rt.decide(run_id, decisions)) == "delivered":
@@ -97,7 +97,9 @@ def approve(
 def show_receipts(
     ctx: typer.Context,
     run_id: str = RunArg,
-    verify: bool = typer.Option(False, "--verify", help="Check every receipt's signature"),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check every receipt's signature, and that none is missing"
+    ),
     source: Path | None = typer.Option(
         None, "--from", help="Read receipts from a JSONL file sink instead of the ledger"
     ),
@@ -106,11 +108,14 @@ def show_receipts(
     """Show a run's signed budget receipts (from the ledger, or a file sink's copy)."""
     rt = _runtime(ctx, access="read")
     key = rt.signer_public(run_id)
+    recorded = rt.state(run_id).receipts
     if source is None:
-        found = [r.model_dump(mode="json") for r in rt.state(run_id).receipts]
+        found = [r.model_dump(mode="json") for r in recorded]
     else:
         found = _read_receipts(source, run_id)
     problems = {r.get("number"): receipts.problem(r, key) for r in found} if verify else {}
+    last = recorded[-1].body if recorded else None
+    order = receipts.chain_problems(found, last) if verify else []
     if as_json:
         out.print_json(data=[{**r, "problem": problems.get(r.get("number"))} for r in found])
     else:
@@ -136,9 +141,9 @@ def show_receipts(
         out.print(table)
     if not found:
         err.print(f"run {run_id} has no receipts yet")
-    if any(problems.values()):
-        bad = ", ".join(f"#{n}: {p}" for n, p in problems.items() if p)
-        err.print(f"[red]receipts fail verification[/]: {escape(bad)}", highlight=False)
+    if any(problems.values()) or order:
+        bad = [f"#{n}: {p}" for n, p in problems.items() if p] + order
+        err.print(f"[red]receipts fail verification[/]: {escape('; '.join(bad))}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
 
 

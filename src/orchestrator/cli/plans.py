@@ -27,6 +27,7 @@ from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_INVALID, _runtime, app, err, out, plan_app
 from orchestrator.runtime.loader import load_plan, normalize_ref
 from orchestrator.sinks import SinkConfig
+from orchestrator.trust import fingerprint
 
 
 @app.command()
@@ -72,7 +73,12 @@ def run(
 
     def announce(run_id: str) -> None:
         if not as_json:
-            err.print(f"run [bold]{run_id}[/] started", highlight=False)
+            key = rt.trust.pinned(run_id)[-1]
+            err.print(
+                f"run [bold]{run_id}[/] started; run key {fingerprint(key)} "
+                f"(pinned in {rt.trust.root})",
+                highlight=False,
+            )
 
     state = _drive(
         rt,

@@ -21,6 +21,7 @@ from orchestrator.ledger.events import decode
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import StoredEvent
 from orchestrator.runid import check_run_id
+from orchestrator.trust import fingerprint
 from orchestrator.views import node_table, state_json
 
 
@@ -160,7 +161,11 @@ def _verify(ctx: typer.Context, run_id: str, as_json: bool) -> None:
     if as_json:
         out.print_json(data=report.as_dict())
     elif report.ok:
-        out.print(f"ledger OK: {report.events} events, head {report.head_hash}")
+        signer = fingerprint(report.signed_by) if report.signed_by else "?"
+        out.print(
+            f"ledger OK: {report.events} events, head {report.head_hash}, signed by the run's "
+            f"pinned key {signer}"
+        )
     else:
         err.print(
             f"[red]ledger verification FAILED[/] for run {run_id} at seq {report.bad_seq}: "

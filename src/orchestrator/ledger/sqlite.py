@@ -25,6 +25,7 @@ from typing import Self
 from orchestrator.errors import LedgerConflict, LedgerCorrupt, LedgerError
 from orchestrator.ledger.codec import parse
 from orchestrator.ledger.store import Control, RunRow, StoredEvent
+from orchestrator.trust import SignedHead
 
 # The events that change a run's status; ``runs()`` reports the latest of them.
 LIFECYCLE_KINDS = (
@@ -60,6 +61,12 @@ MIGRATIONS: tuple[str, ...] = (
         handled INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX controls_pending ON controls(run_id, handled);
+    """,
+    """
+    CREATE TABLE heads (
+        run_id TEXT PRIMARY KEY,
+        head TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -170,15 +177,40 @@ class SqliteLedgerStore:
         return f"journal_mode={journal.upper()} synchronous={names.get(sync, sync)}"
 
     def create_run(
-        self, run_id: str, plan_name: str, created_at: str, first: Sequence[StoredEvent]
+        self,
+        run_id: str,
+        plan_name: str,
+        created_at: str,
+        first: Sequence[StoredEvent],
+        head: SignedHead | None = None,
     ) -> None:
-        self._write(run_id, first, (plan_name, created_at))
+        self._write(run_id, first, head, (plan_name, created_at))
 
-    def append(self, run_id: str, events: Sequence[StoredEvent]) -> None:
-        self._write(run_id, events)
+    def append(
+        self, run_id: str, events: Sequence[StoredEvent], head: SignedHead | None = None
+    ) -> None:
+        self._write(run_id, events, head)
+
+    def read_signed(self, run_id: str) -> tuple[list[StoredEvent], SignedHead | None]:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            return self.read(run_id), self.signed_head(run_id)
+        finally:
+            db.execute("COMMIT")
+
+    def signed_head(self, run_id: str) -> SignedHead | None:
+        row = self._db.execute("SELECT head FROM heads WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        return SignedHead.from_json(row[0])
 
     def _write(
-        self, run_id: str, events: Sequence[StoredEvent], new_run: tuple[str, str] | None = None
+        self,
+        run_id: str,
+        events: Sequence[StoredEvent],
+        head: SignedHead | None,
+        new_run: tuple[str, str] | None = None,
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -192,6 +224,11 @@ class SqliteLedgerStore:
                 "INSERT INTO events(run_id, seq, kind, body, hash) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, e.seq, e.kind, e.body, e.hash) for e in events],
             )
+            if head is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO heads(run_id, head) VALUES (?, ?)",
+                    (run_id, head.to_json()),
+                )
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")

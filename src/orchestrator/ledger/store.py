@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from orchestrator.errors import ConfigError
+from orchestrator.trust import SignedHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +55,26 @@ class LedgerStore(Protocol):
     url: str
 
     def create_run(
-        self, run_id: str, plan_name: str, created_at: str, first: Sequence[StoredEvent]
+        self,
+        run_id: str,
+        plan_name: str,
+        created_at: str,
+        first: Sequence[StoredEvent],
+        head: SignedHead | None = None,
     ) -> None:
         """Register a run and append its first events in one transaction."""
 
-    def append(self, run_id: str, events: Sequence[StoredEvent]) -> None:
-        """Durably append events in one transaction; a seq clash raises LedgerConflict."""
+    def append(
+        self, run_id: str, events: Sequence[StoredEvent], head: SignedHead | None = None
+    ) -> None:
+        """Durably append events in one transaction, replacing the run's signed head with
+        ``head`` (if given) in the same transaction; a seq clash raises LedgerConflict."""
+
+    def signed_head(self, run_id: str) -> SignedHead | None:
+        """The newest signed head stored with the run's events, if any."""
+
+    def read_signed(self, run_id: str) -> tuple[list[StoredEvent], SignedHead | None]:
+        """The run's events and its signed head, as of one moment."""
 
     def read(self, run_id: str, after_seq: int = -1) -> list[StoredEvent]: ...
 

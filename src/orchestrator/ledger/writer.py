@@ -4,6 +4,10 @@ Events are staged (sequence number, timestamp, canonical bytes, chained hash) an
 to the run's state at once; ``commit()`` makes everything staged durable in one
 transaction. Callers that stage in the same event-loop tick share one commit, so 200
 parallel completions cost one SQLite transaction, not 200.
+
+With a signer, every commit also signs the new head of the chain (see
+:mod:`orchestrator.trust`): the signed head is stored with the events in the same
+transaction, then kept in the trust directory, outside the ledger.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from orchestrator.ledger.events import BaseEvent, encode
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.runtime.clock import Clock, iso
+from orchestrator.signing import Signer
+from orchestrator.trust import SignedHead, TrustStore
 
 E = TypeVar("E", bound=BaseEvent)
 
@@ -30,6 +36,8 @@ class LedgerWriter:
         clock: Clock,
         head_seq: int = -1,
         head_hash: str | None = None,
+        signer: Signer | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
         from orchestrator.ledger.codec import GENESIS
 
@@ -42,6 +50,8 @@ class LedgerWriter:
         self._staged: list[StoredEvent] = []
         self._pending: asyncio.Future[None] | None = None
         self.listeners: list[Any] = []
+        self.signer = signer
+        self.trust = trust
 
     def stage(self, cls: type[E], **fields: Any) -> E:
         """Build the next event, chain it, apply it to the state and buffer it."""
@@ -62,11 +72,26 @@ class LedgerWriter:
         staged, self._staged = self._staged, []
         return staged
 
+    def signed_head(self) -> SignedHead | None:
+        """The current head, signed with the run key (None without a signer)."""
+        if self.signer is None:
+            return None
+        last = self.state.checkpoint if self.state is not None else None
+        checkpoint = None if last is None else last.cut
+        return SignedHead.sign(self.signer, self.run_id, self.head_seq, self.head_hash, checkpoint)
+
+    def publish(self, head: SignedHead | None) -> None:
+        """Keep a committed signed head in the trust directory too."""
+        if head is not None and self.trust is not None:
+            self.trust.put_head(head)
+
     def flush(self) -> None:
-        """Write everything staged, in one transaction, now."""
+        """Write everything staged, and the signed head, in one transaction, now."""
         if self._staged:
             batch, self._staged = self._staged, []
-            self.store.append(self.run_id, batch)
+            head = self.signed_head()
+            self.store.append(self.run_id, batch, head)
+            self.publish(head)
 
     async def commit(self) -> None:
         """Durably commit what is staged, sharing the commit with this tick's other callers."""

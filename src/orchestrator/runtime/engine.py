@@ -25,8 +25,11 @@ from orchestrator.checkpoint import (
     CheckpointReport,
     Manifest,
     PreviousRef,
+    against_ledger,
     latest_manifest,
+    list_checkpoints,
     parse_segment,
+    read_manifest,
     verify_checkpoints,
 )
 from orchestrator.errors import (
@@ -52,7 +55,7 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
-from orchestrator.ledger.verify import ChainReport, verify_chain
+from orchestrator.ledger.verify import ChainReport, verify_signed
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.node import Budget
 from orchestrator.plan import Plan, RunConfig
@@ -68,6 +71,7 @@ from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
+from orchestrator.trust import SignedHead, TrustStore, fingerprint
 
 Listener = Callable[[BaseEvent], None]
 DEFAULT_STORE_GRACE = 60.0
@@ -118,6 +122,7 @@ class Runtime:
         sandbox: str | None = None,
         objects: str | None = None,
         store_grace: float | None = None,
+        trust: Path | str | None = None,
         *,
         create: bool = True,
     ) -> None:
@@ -125,6 +130,7 @@ class Runtime:
         never created (a missing ledger reads as empty)."""
         self.home = (Path(home) if home is not None else default_home()).absolute()
         check_home(self.home, create=create)
+        self.trust = TrustStore(None if trust is None else Path(trust))
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         self.objects_url = (
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
@@ -161,6 +167,7 @@ class Runtime:
 
     def close(self) -> None:
         self.store.close()
+        self.trust.close()
         if self._objects is not None:
             self._objects.close()
 
@@ -180,10 +187,9 @@ class Runtime:
         return self.store.read(run_id)
 
     def state(self, run_id: str, *, verify: bool = False) -> RunState:
-        rows = self.rows(run_id)
         if verify:
-            return RunState.fold(self._require_whole(run_id, rows))
-        return RunState.fold(decode(r.body) for r in rows)
+            return RunState.fold(self._require_whole(run_id)[1])
+        return RunState.fold(decode(r.body) for r in self.rows(run_id))
 
     def runs(self) -> list[RunSummary]:
         """Every run in the ledger with its status, without folding whole histories."""
@@ -211,21 +217,33 @@ class Runtime:
         return state.status
 
     def verify(self, run_id: str) -> ChainReport:
-        return verify_chain(self.rows(run_id))
+        """The run's chain re-hashed and checked against its signed heads and pinned key."""
+        return self._verified(run_id)[1]
+
+    def _verified(self, run_id: str) -> tuple[list[StoredEvent], ChainReport]:
+        """The run's events and their verification, read consistently while a live run
+        commits: the trust directory's head first (it is written after each commit, so it
+        never names more than the ledger holds), then events and the ledger's signed head
+        in one read transaction."""
+        self.rows(run_id)  # a run that does not exist is named as such
+        kept = self.trust.head(run_id)
+        rows, stored = self.store.read_signed(run_id)
+        return rows, verify_signed(rows, self.trust.pinned(run_id), stored, kept)
 
     def owner(self, run_id: str) -> int | None:
         """The pid of the live process driving the run, if any."""
         return owner_pid(self.home, run_id)
 
-    def _require_whole(self, run_id: str, rows: list[StoredEvent]) -> tuple[Event, ...]:
-        """The run's events, decoded, once the chain is verified whole."""
-        report = verify_chain(rows)
+    def _require_whole(self, run_id: str) -> tuple[list[StoredEvent], tuple[Event, ...]]:
+        """The run's events, raw and decoded, once the chain and its signed heads are
+        verified."""
+        rows, report = self._verified(run_id)
         if not report.ok:
             raise LedgerCorrupt(
                 f"run {run_id}'s ledger fails verification at seq {report.bad_seq}: "
-                f"{report.problem}; refusing to continue from a tampered history"
+                f"{report.problem}; refusing to use a tampered history"
             )
-        return report.decoded
+        return rows, report.decoded
 
     # ---- running --------------------------------------------------------------------------
 
@@ -251,7 +269,9 @@ class Runtime:
         lock = RunLock(self.home, run_id)
         lock.acquire()
         try:
-            writer = LedgerWriter(self.store, run_id, self.clock)
+            signer = signing.load_or_create(self._key_path(run_id))
+            self.trust.pin(run_id, signer.public)
+            writer = LedgerWriter(self.store, run_id, self.clock, signer=signer, trust=self.trust)
             writer.listeners.extend(listeners)
             started = writer.stage(
                 RunStarted,
@@ -264,7 +284,9 @@ class Runtime:
                 seed=secrets.randbits(62),
             )
             writer.state = RunState.start(started)
-            self.store.create_run(run_id, plan.name, iso(now), writer.take_staged())
+            head = writer.signed_head()
+            self.store.create_run(run_id, plan.name, iso(now), writer.take_staged(), head)
+            writer.publish(head)
             if on_start is not None:
                 on_start(run_id)
             return await self._drive(plan, writer, config, resumed=False)
@@ -287,11 +309,11 @@ class Runtime:
         ``decisions`` are gate decisions to record first (each verified: a refused one
         raises DecisionRefused before anything is written)."""
         lock = RunLock(self.home, run_id)
-        rows = self.rows(run_id)
+        self.rows(run_id)  # a run that does not exist is named before the lock
         lock.acquire()
         try:
-            rows = self.store.read(run_id)
-            state = RunState.fold(self._require_whole(run_id, rows))
+            rows, events = self._require_whole(run_id)
+            state = RunState.fold(events)
             if state.status in TERMINAL_RUN:
                 raise RunStateError(
                     f"run {run_id} already ended ({state.status}); nothing to resume"
@@ -303,7 +325,7 @@ class Runtime:
                     "tokens=N,compute_h=H,spend=USD"
                 )
             for decision in decisions or ():
-                gates.check(state, decision)
+                gates.check(state, decision, self.clock.now())
             self.check_objects(f"resume run {run_id}")
             plan = plan or load_plan(state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
@@ -311,7 +333,16 @@ class Runtime:
                     f"run {run_id} was started with a differently wired plan; code changes "
                     "inside nodes are fine, but nodes and wiring must stay as recorded"
                 )
-            writer = LedgerWriter(self.store, run_id, self.clock, rows[-1].seq, rows[-1].hash)
+            signer = self._run_signer(run_id)
+            writer = LedgerWriter(
+                self.store,
+                run_id,
+                self.clock,
+                rows[-1].seq,
+                rows[-1].hash,
+                signer=signer,
+                trust=self.trust,
+            )
             writer.listeners.extend(listeners)
             writer.state = state
             writer.stage(RunResumed, reason=reason)
@@ -342,7 +373,8 @@ class Runtime:
             writer.stage(SandboxChosen, backend=backend, reason=reason)
 
         broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
-        signer = signing.load_or_create(self._key_path(run_id))
+        signer = writer.signer
+        assert signer is not None
         models = RunModels(config.llm, config.model) if config.llm else None
         scheduler = Scheduler(
             plan,
@@ -360,7 +392,9 @@ class Runtime:
         )
         points = {}
         if resumed:
-            latest = latest_manifest(self.objects, run_id, writer.head_seq, self._signer_of(run_id))
+            latest = latest_manifest(
+                self.objects, run_id, writer.head_seq, self.trust.pinned(run_id)
+            )
             points = latest.workspaces if latest is not None else {}
         try:
             final = await scheduler.run(resumed=resumed, restore_points=points, decisions=decisions)
@@ -382,7 +416,7 @@ class Runtime:
         this process. Every decision is checked first; a refused one changes nothing."""
         state = self.state(run_id, verify=True)
         for decision in decisions:
-            gates.check(state, decision)
+            gates.check(state, decision, self.clock.now())
         if self.owner(run_id) is None:
             await self.resume(run_id, decisions=decisions, reason="gate decision")
             return "resumed"
@@ -420,7 +454,7 @@ class Runtime:
         nothing is asked of the store after its RunStarted is recorded)."""
         run_id = writer.run_id
         latest = (
-            latest_manifest(self.objects, run_id, writer.head_seq, signer.public)
+            latest_manifest(self.objects, run_id, writer.head_seq, self.trust.pinned(run_id))
             if resumed
             else None
         )
@@ -449,17 +483,24 @@ class Runtime:
         lock.acquire()
         try:
             self.check_objects(f"sync run {run_id}'s checkpoints")
-            rows = self.store.read(run_id)
-            state = RunState.fold(self._require_whole(run_id, rows))
-            writer = LedgerWriter(self.store, run_id, self.clock, rows[-1].seq, rows[-1].hash)
-            writer.state = state
+            rows, events = self._require_whole(run_id)
             try:
-                signer = signing.load(self._key_path(run_id))
-            except signing.SigningError as exc:
+                signer = self._run_signer(run_id)
+            except RunStateError as exc:
                 raise CheckpointError(
                     f"cannot sync run {run_id}'s checkpoints: {exc}; sync from the home "
                     "that ran it, which holds the run's key"
                 ) from None
+            writer = LedgerWriter(
+                self.store,
+                run_id,
+                self.clock,
+                rows[-1].seq,
+                rows[-1].hash,
+                signer=signer,
+                trust=self.trust,
+            )
+            writer.state = RunState.fold(events)
             checkpointer = self._checkpointer(writer, signer, 0.0, resumed=True)
             covered = -1 if checkpointer.previous is None else checkpointer.previous.seq
             if all(r.kind == "CheckpointTaken" for r in rows[covered + 1 :]):
@@ -476,12 +517,15 @@ class Runtime:
         the local ledger has lost it; returns the number of events restored (0 if the
         local ledger already has the run). Every checkpoint up to the one used must verify,
         since together their segments are the ledger. Manifests must be signed by
-        ``signer`` (hex public key) or else by the run's key this home knows; with neither,
-        the key that signed the first checkpoint is trusted."""
+        ``signer`` (hex public key, which the caller vouches for) or else by a key pinned
+        for the run in the trust directory; with neither, nothing is restored. The
+        restored ledger is signed with this home's key for the run, which is pinned."""
         if self.store.has_run(run_id):
             return 0
-        expected = signer or self._signer_of(run_id)
-        reports = verify_checkpoints(self.objects, self.chunks(), run_id, expected)
+        trusted = [signer] if signer else self.trust.pinned(run_id)
+        if not trusted:
+            raise CheckpointError(self._unpinned(run_id))
+        reports = verify_checkpoints(self.objects, self.chunks(), run_id, trusted)
         if not reports:
             raise RunNotFound(
                 f"there is no run {run_id!r} and no checkpoint of it in {self.objects.url}"
@@ -495,6 +539,15 @@ class Runtime:
                     )
                 break  # a later checkpoint is damaged or half-written: use the ones before
             usable.append(report.manifest)
+        kept = self.trust.head(run_id)
+        named = None if kept is None or not kept.verifies(trusted) else kept.checkpoint
+        if named is not None and named > usable[-1].seq:
+            raise CheckpointError(
+                f"cannot restore run {run_id} from {self.objects.url}: the run's signed head "
+                f"names a checkpoint cut at seq {named}, but the newest usable checkpoint "
+                f"there is cut at seq {usable[-1].seq}; the newest manifest was deleted or "
+                "damaged. Nothing was written."
+            )
         rows = [
             row
             for manifest in usable
@@ -505,18 +558,76 @@ class Runtime:
         first = decode(rows[0].body)
         if not isinstance(first, RunStarted):
             raise CheckpointError(f"run {run_id}'s ledger in {self.objects.url} lacks RunStarted")
-        self.store.create_run(run_id, str(first.plan["name"]), first.ts, rows)
+        for key in trusted:
+            self.trust.pin(run_id, key)
+        own = signing.load_or_create(self._key_path(run_id))
+        self.trust.pin(run_id, own.public)
+        last = decode(rows[-1].body)
+        checkpoint = usable[-1].seq
+        head = SignedHead.sign(own, run_id, last.seq, rows[-1].hash, checkpoint)
+        self.store.create_run(run_id, str(first.plan["name"]), first.ts, rows, head)
+        self.trust.put_head(head)
         return len(rows)
 
+    def _unpinned(self, run_id: str) -> str:
+        """Why a run whose key is not pinned is not restored, naming the key it carries."""
+        named = ""
+        try:
+            keys = list_checkpoints(self.objects, run_id)
+            if keys:
+                public = read_manifest(self.objects, keys[0]).manifest.signer
+                named = (
+                    f" Its checkpoints say they are signed by {fingerprint(public)} "
+                    f"({public}); if you started this run, or trust whoever did, run the "
+                    f"command again with --signer {public}."
+                )
+        except (CheckpointError, StorageError, ValueError):
+            pass
+        return (
+            f"refusing to restore run {run_id} from {self.objects.url}: no key is pinned for "
+            f"it in {self.trust.root}, so nothing says which key its checkpoints must carry, "
+            "and anyone who can write to the object store could have planted it."
+            f"{named or ' Pass --signer KEY with the run key you trust.'} Nothing was written."
+        )
+
     def checkpoints(self, run_id: str) -> list[CheckpointReport]:
-        """Every checkpoint of a run, verified (signatures, chunks, ledger segments)."""
+        """Every checkpoint of a run, verified (signatures by a pinned key, chunks, ledger
+        segments) and cross-checked with the ledger, itself verified."""
         self.rows(run_id)
-        return verify_checkpoints(self.objects, self.chunks(), run_id, self._signer_of(run_id))
+        # Manifests, then the ledger, then the listing: of a live run, every manifest read
+        # is covered by the ledger read after it, and every manifest that ledger names is
+        # in the listing made after it.
+        reports = verify_checkpoints(self.objects, self.chunks(), run_id, self.trust.pinned(run_id))
+        rows, ledger = self._verified(run_id)
+        listed = set(list_checkpoints(self.objects, run_id))
+        out = against_ledger(run_id, reports, rows, listed, ledger.checkpoint)
+        if not ledger.ok:
+            problem = f"the run's ledger fails verification at seq {ledger.bad_seq}: "
+            out.append(CheckpointReport("ledger", None, problem + str(ledger.problem)))
+        return out
+
+    def _run_signer(self, run_id: str) -> signing.Signer:
+        """The run's private key from this home; it must be the key pinned for the run."""
+        path = self._key_path(run_id)
+        pinned = self.trust.pinned(run_id)
+        if not path.exists() or not pinned:
+            raise RunStateError(
+                f"run {run_id} cannot continue here: its signing key {path} is missing "
+                f"or no key is pinned for it in {self.trust.root}"
+            )
+        signer = signing.load(path)
+        if signer.public != pinned[-1]:
+            raise RunStateError(
+                f"run {run_id} cannot continue here: the key in {path} "
+                f"({fingerprint(signer.public)}) is not the run's pinned key "
+                f"({fingerprint(pinned[-1])}); it was replaced"
+            )
+        return signer
 
     def _signer_of(self, run_id: str) -> str | None:
-        """The run's public key as this home knows it (the trust anchor for its manifests)."""
-        public = self._key_path(run_id).with_suffix(".pub")
-        return public.read_text().strip() if public.exists() else None
+        """The run's current public key as pinned in the trust directory."""
+        pinned = self.trust.pinned(run_id)
+        return pinned[-1] if pinned else None
 
     def _key_path(self, run_id: str) -> Path:
         return self.home / "keys" / "runs" / f"{run_id}.key"
@@ -535,8 +646,7 @@ class Runtime:
 
     async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
         with gc_paused():
-            rows = self.rows(run_id)
-            events = self._require_whole(run_id, rows)
+            rows, events = self._require_whole(run_id)
             if plan is None:
                 first = events[0]
                 assert isinstance(first, RunStarted)

@@ -494,7 +494,7 @@ class Scheduler:
     def apply_decision(self, decision: gates.Decision) -> None:
         """Record a verified decision: approval releases the held outputs, rejection fails
         the attempt with the comment (retried, comment in hand, if the policy allows)."""
-        gates.check(self.state, decision)
+        gates.check(self.state, decision, self.clock.now())
         held = self.state.nodes[decision.node].held
         assert held is not None
         self.writer.stage(GateDecided, **decision.event_fields())

@@ -1,0 +1,195 @@
+"""The trust directory: what authenticates a run's ledger, kept outside that ledger.
+
+Per run, two files in a per-user directory outside the orchestrator home
+(``$ORCHESTRATOR_TRUST``, else ``$XDG_CONFIG_HOME/orchestrator/trust``, else
+``~/.config/orchestrator/trust``):
+
+    pins/RUN.pub     the run's public keys (hex), one a line, oldest first; the last one
+                     signs the run's heads from now on (a run restored on another machine
+                     gets a new key, appended)
+    heads/RUN.json   the newest signed head: run, sequence number and chained hash of the
+                     last committed event, the newest checkpoint's cut, and the signature
+
+A signed head is Ed25519 over the canonical JSON of ``{"kind": "orchestrator-head/1",
+"run_id", "seq", "hash", "checkpoint"}``. The ledger keeps a copy of the newest signed
+head in the same transaction as the events it covers; this directory keeps one too, so
+a ledger rolled back or truncated to an older state (with its older signed head) is
+caught by the head kept here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import signing
+from orchestrator.errors import ConfigError
+
+HEAD_KIND = "orchestrator-head/1"
+HEAD_SIZE = 1024  # a kept head is padded to this many bytes, so each write covers the last
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """The run key's signature over the head of the run's chain."""
+
+    run_id: str
+    seq: int
+    hash: str
+    checkpoint: int | None
+    key: str
+    signature: str = ""
+
+    def payload(self) -> bytes:
+        """The canonical JSON (keys sorted) of what is signed, built directly: this runs
+        at every commit."""
+        checkpoint = "null" if self.checkpoint is None else str(int(self.checkpoint))
+        text = (
+            f'{{"checkpoint":{checkpoint},"hash":{_text(self.hash)},"kind":"{HEAD_KIND}",'
+            f'"run_id":{_text(self.run_id)},"seq":{int(self.seq)}}}'
+        )
+        return text.encode()
+
+    @classmethod
+    def sign(
+        cls, signer: signing.Signer, run_id: str, seq: int, hash: str, checkpoint: int | None
+    ) -> SignedHead:
+        unsigned = cls(run_id, seq, hash, checkpoint, signer.public)
+        return cls(run_id, seq, hash, checkpoint, signer.public, signer.sign(unsigned.payload()))
+
+    def verifies(self, keys: list[str]) -> bool:
+        """Whether it is signed by its key, and that key is one of ``keys``."""
+        return self.key in keys and signing.verify(self.key, self.payload(), self.signature)
+
+    def to_json(self) -> str:
+        checkpoint = "null" if self.checkpoint is None else str(int(self.checkpoint))
+        return (
+            f'{{"run_id":{_text(self.run_id)},"seq":{int(self.seq)},"hash":{_text(self.hash)},'
+            f'"checkpoint":{checkpoint},"key":{_text(self.key)},'
+            f'"signature":{_text(self.signature)}}}'
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SignedHead | None:
+        """The head a JSON text holds, or None if it is not one (damaged, torn)."""
+        try:
+            data = json.loads(text)
+            head = cls(**data)
+        except (ValueError, TypeError):
+            return None
+        texts = (head.run_id, head.hash, head.key, head.signature)
+        numbers = (head.seq, 0 if head.checkpoint is None else head.checkpoint)
+        if not all(isinstance(v, str) for v in texts) or not all(type(n) is int for n in numbers):
+            return None
+        return head
+
+
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def fingerprint(public: str) -> str:
+    """A short, stable name for a public key: ``SHA256:`` and 16 hex digits of its hash."""
+    return "SHA256:" + hashlib.sha256(bytes.fromhex(public)).hexdigest()[:16]
+
+
+def default_dir() -> Path:
+    explicit = os.environ.get("ORCHESTRATOR_TRUST")
+    if explicit:
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "orchestrator" / "trust"
+
+
+class TrustStore:
+    """Pins and newest signed heads of runs, one directory per user."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_dir()).absolute()
+        self._heads: dict[str, int] = {}
+
+    def pinned(self, run_id: str) -> list[str]:
+        """The run's pinned public keys, oldest first (empty if it has none)."""
+        path = self._path("pins", run_id, ".pub")
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._unusable(path, exc) from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def pin(self, run_id: str, public: str) -> None:
+        """Add ``public`` as the run's current key (no-op if it already is)."""
+        keys = self.pinned(run_id)
+        if keys and keys[-1] == public:
+            return
+        keys = [k for k in keys if k != public] + [public]
+        self._write(self._path("pins", run_id, ".pub"), "".join(k + "\n" for k in keys))
+
+    def head(self, run_id: str) -> SignedHead | None:
+        """The newest signed head kept here, or None (a damaged file counts as none:
+        the ledger's own signed head is then the one checked)."""
+        path = self._path("heads", run_id, ".json")
+        try:
+            return SignedHead.from_json(path.read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
+
+    def put_head(self, head: SignedHead) -> None:
+        """Overwrite the run's kept head in place: one ``pwrite`` into a file kept open,
+        padded to a fixed size (a rename per commit would cost a millisecond). A process
+        kill cannot tear it; a power loss can, and a torn head reads as none."""
+        path = self._path("heads", head.run_id, ".json")
+        data = head.to_json().encode().ljust(HEAD_SIZE - 1) + b"\n"
+        try:
+            fd = self._heads.get(head.run_id)
+            if fd is None:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = self._heads[head.run_id] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(fd, data, 0)
+            if len(data) > HEAD_SIZE or os.fstat(fd).st_size > HEAD_SIZE:
+                os.ftruncate(fd, len(data))  # only for run ids too long for the usual size
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
+
+    def close(self) -> None:
+        for fd in self._heads.values():
+            os.close(fd)
+        self._heads.clear()
+
+    def _path(self, kind: str, run_id: str, suffix: str) -> Path:
+        name = (
+            run_id
+            if _SAFE.fullmatch(run_id)
+            else "x-" + hashlib.sha256(run_id.encode("utf-8", "surrogateescape")).hexdigest()
+        )
+        return self.root / kind / (name + suffix)
+
+    def _write(self, path: Path, text: str) -> None:
+        """Replace ``path`` atomically and durably (temporary file, fsync, rename)."""
+        temporary = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise self._unusable(path, exc) from None
+
+    def _unusable(self, path: Path, exc: Exception) -> ConfigError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ConfigError(
+            f"the trust directory {self.root} (which pins run keys) cannot be used: {path}: "
+            f"{reason}; fix it, or point ORCHESTRATOR_TRUST at a private directory"
+        )
