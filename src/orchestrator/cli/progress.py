@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 
 from orchestrator import gates
-from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, out
+from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARKED, out
 from orchestrator.ledger.events import BaseEvent, RunStarted
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.engine import Runtime
@@ -58,16 +58,18 @@ def _finish(rt: Runtime, state: RunState, as_json: bool) -> None:
     if as_json:
         out.print_json(data=state_json(state, status))
     else:
-        _summary(state)
+        _summary(state, status)
     if status == "failed":
         raise typer.Exit(EXIT_FAILED)
     if status == "parked":
         raise typer.Exit(EXIT_PARKED)
     if status == "aborted":
         raise typer.Exit(EXIT_ABORTED)
+    if status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _summary(state: RunState) -> None:
+def _summary(state: RunState, status: str | None = None) -> None:
     rid = state.run_id
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
@@ -86,6 +88,11 @@ def _summary(state: RunState) -> None:
                 out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
     elif state.status == "parked":
         out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+    elif status == "interrupted":
+        out.print(
+            f"[yellow]run {rid} stopped[/] with {len(state.in_flight())} node(s) in flight; "
+            f"continue with `orchestrator resume {rid}`"
+        )
     elif state.status == "aborted":
         refused = state.refused
         why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
