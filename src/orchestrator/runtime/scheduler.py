@@ -355,7 +355,7 @@ class Scheduler:
         task = asyncio.create_task(
             self._attempt(spec, ctx, dict(ns.inputs or {}), handle, self._compute_limit(spec))
         )
-        task.add_done_callback(self._on_done)
+        task.add_done_callback(lambda done: self._on_done(done, node_id, ns.attempt))
         self._tasks[ns.id] = task
 
     def _compute_limit(self, spec: NodeSpec) -> float | None:
@@ -440,9 +440,13 @@ class Scheduler:
         except Exception as exc:
             return Outcome(node, attempt, error=ErrorInfo.of(exc))
 
-    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+    def _on_done(self, task: asyncio.Task[Outcome], node: str, attempt: int) -> None:
         if not task.cancelled():
-            self._finished.append(task.result())
+            error = task.exception()
+            if error is None:
+                self._finished.append(task.result())
+            else:  # never leave a node in flight with nothing left to settle it
+                self._finished.append(Outcome(node, attempt, error=ErrorInfo.of(error)))
         self._wake.set()
 
     def _drain_finished(self) -> list[Outcome]:

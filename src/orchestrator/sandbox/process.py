@@ -312,7 +312,7 @@ class AgentSandbox:
         stopped = cleaned = True
         try:
             if proc is not None:
-                stopped = await stop_process(proc, None if cgroup is None else cgroup.kill_all)
+                stopped = await stop_process(proc, cgroup)
             if cgroup is not None:
                 with contextlib.suppress(CgroupError):
                     self._cpu_s = cgroup.usage().cpu_s

@@ -70,21 +70,37 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
             send(pid, sig)
 
 
-async def stop_process(
-    proc: asyncio.subprocess.Process, kill_tree: Callable[[], None] | None
-) -> bool:
-    """Escalate until ``proc`` is gone with its pipes closed: EOF, SIGTERM, SIGKILL of
-    ``kill_tree`` (its cgroup) and of its process group. False if it outlived every step."""
+def _terminate(proc: asyncio.subprocess.Process, cgroup: Cgroup | None) -> None:
+    """SIGTERM to what runs inside the sandbox: its cgroup's processes but the backend's
+    own (a bwrap that dies kills its namespace at once, leaving no time to clean up), or
+    without a cgroup the process group."""
+    if cgroup is None:
+        if proc.returncode is None:
+            signal_group(proc.pid, signal.SIGTERM)
+        return
+    with contextlib.suppress(CgroupError):
+        for pid in cgroup.pids():
+            if pid != proc.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, cgroup: Cgroup | None) -> bool:
+    """Escalate until ``proc`` is gone with its pipes closed: EOF, SIGTERM, then SIGKILL of
+    its cgroup and its process group. False if it outlived every step."""
     if proc.stdin is not None:
         proc.stdin.close()
     if await _gone(proc, EOF_GRACE_S):
         return True
-    if proc.returncode is None:
-        signal_group(proc.pid, signal.SIGTERM)
-        if await _gone(proc, TERM_GRACE_S):
-            return True
-    if kill_tree is not None:
-        await bounded(asyncio.to_thread(kill_tree), KILL_GRACE_S, f"killing pid {proc.pid}'s tree")
+    _terminate(proc, cgroup)
+    if await _gone(proc, TERM_GRACE_S):
+        return True
+    if cgroup is not None:
+        await bounded(
+            asyncio.to_thread(cgroup.kill_all, KILL_GRACE_S),
+            KILL_GRACE_S + 1,
+            f"killing cgroup {cgroup.name}",
+        )
     if proc.returncode is None:
         signal_group(proc.pid, signal.SIGKILL)
     return await _gone(proc, KILL_GRACE_S)
