@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from orchestrator import Runtime
 from orchestrator.ledger.events import SandboxMetered
 from orchestrator.ledger.events import decode as decode_event
+from orchestrator.ledger.state import RunState
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S, leaks, leaks_dir
 from tests.conftest import cli
 from tests.crashing import PLANS, wait_until
@@ -113,29 +115,8 @@ def test_ctrl_c_parks_and_a_second_ctrl_c_stops_at_once_leaving_it_resumable(
     assert done.nodes["sandboxed-wait"].outputs == {"text": "before|open|before"}
 
 
-def test_ctrl_c_parks_a_run_of_sandboxed_nodes_promptly(home: Path) -> None:
-    proc = _spawn(
-        home,
-        "run",
-        "-q",
-        f"{PLANS / 'load.py'}:plan",
-        "--sandbox",
-        "bwrap",
-        "--concurrency",
-        "2",
-    )
-    try:
-        state = wait_until(home, lambda s: s.nodes["echo[3]"].status == "succeeded", 120)
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 3  # parked
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    with Runtime(home=home) as rt:
-        parked = rt.state(state.run_id)
-    assert parked.status == "parked" and parked.nodes["sum"].status == "pending"
-    resumed = cli(home, "resume", state.run_id, "--json", timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+def _echoed(count: int) -> Callable[[RunState], bool]:
+    return lambda s: sum(ns.status == "succeeded" for ns in s.nodes.values()) > count
 
 
 def _sandboxes_of(home: Path) -> list[int]:
@@ -153,6 +134,7 @@ def _sandboxes_of(home: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_twenty_concurrent_runs_of_a_hundred_sandboxed_nodes_in_one_home_all_finish(
     home: Path,
 ) -> None:

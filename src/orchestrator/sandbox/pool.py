@@ -25,7 +25,13 @@ from orchestrator.sandbox.process import (
     AgentSandbox,
     owner_alive,
 )
-from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S, bounded, leaks_dir, sweep_leaks
+from orchestrator.sandbox.teardown import (
+    TEARDOWN_GRACE_S,
+    bounded,
+    in_own_thread,
+    leaks_dir,
+    sweep_leaks,
+)
 
 
 class SandboxPool:
@@ -106,7 +112,7 @@ class SandboxPool:
         await asyncio.gather(*(self.release(s) for s in everything), return_exceptions=True)
         if self.leaks_dir.is_dir():  # what would not die earlier may be gone by now
             await bounded(
-                asyncio.to_thread(sweep_leaks, self.leaks_dir, self._cleanup),
+                in_own_thread(lambda: sweep_leaks(self.leaks_dir, self._cleanup)),
                 TEARDOWN_GRACE_S,
                 "sweeping leaked sandboxes",
             )

@@ -38,6 +38,8 @@ from orchestrator.sandbox.teardown import (
     CLEANUP_GRACE_S,
     KILL_GRACE_S,
     bounded,
+    in_own_thread,
+    kill_cgroup,
     kill_now,
     record_leak,
     stop_process,
@@ -207,7 +209,7 @@ class AgentSandbox:
                 if done:
                     return reply.result()
                 if self._cgroup is not None and self._cgroup.breach() is not None:
-                    await asyncio.to_thread(self._cgroup.kill_all)
+                    await kill_cgroup(self._cgroup, KILL_GRACE_S)
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError
         finally:
@@ -317,13 +319,9 @@ class AgentSandbox:
                 with contextlib.suppress(CgroupError):
                     self._cpu_s = cgroup.usage().cpu_s
                 if stopped:
-                    stopped, _ = await bounded(
-                        asyncio.to_thread(cgroup.remove, KILL_GRACE_S),
-                        KILL_GRACE_S + 1,
-                        f"removing cgroup {cgroup.name}",
-                    )
+                    stopped = await kill_cgroup(cgroup, KILL_GRACE_S, remove=True)
             cleaned, _ = await bounded(
-                asyncio.to_thread(self._launcher.cleanup, self.id),
+                in_own_thread(lambda: self._launcher.cleanup(self.id)),
                 CLEANUP_GRACE_S,
                 f"{self.backend} cleanup of {self.id}",
             )

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,6 +51,56 @@ async def bounded(work: Awaitable[T], seconds: float, what: str) -> tuple[bool, 
     except Exception as exc:
         log.warning("%s failed: %s", what, exc)
     return False, None
+
+
+def in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``fn()`` in a fresh daemon thread: a teardown step never queues behind other work
+    in the loop's shared executor (which a busy run keeps full), and one that wedges
+    keeps neither the loop nor the interpreter's exit waiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="sandbox-teardown", daemon=True).start()
+    return future
+
+
+async def kill_cgroup(cgroup: Cgroup, seconds: float, *, remove: bool = False) -> bool:
+    """SIGKILL everything in ``cgroup`` (and remove it, if ``remove``) until that holds or
+    ``seconds`` pass. Each round is a few syscalls on the loop; the waits between are
+    the loop's, so nothing queues for a thread."""
+    deadline = time.monotonic() + seconds
+    delay = 0.002
+    while True:
+        try:
+            if remove:
+                cgroup.remove(timeout=0)
+            else:
+                cgroup.kill_all(timeout=0)
+            return True
+        except CgroupError as exc:
+            if time.monotonic() > deadline:
+                log.warning("cgroup %s still busy after %gs: %s", cgroup.name, seconds, exc)
+                return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 async def _gone(proc: asyncio.subprocess.Process, seconds: float) -> bool:
@@ -96,11 +147,7 @@ async def stop_process(proc: asyncio.subprocess.Process, cgroup: Cgroup | None) 
     if await _gone(proc, TERM_GRACE_S):
         return True
     if cgroup is not None:
-        await bounded(
-            asyncio.to_thread(cgroup.kill_all, KILL_GRACE_S),
-            KILL_GRACE_S + 1,
-            f"killing cgroup {cgroup.name}",
-        )
+        await kill_cgroup(cgroup, KILL_GRACE_S)
     if proc.returncode is None:
         signal_group(proc.pid, signal.SIGKILL)
     return await _gone(proc, KILL_GRACE_S)
