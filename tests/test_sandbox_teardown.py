@@ -1,9 +1,9 @@
 """Closing a sandbox always ends, within the stated grace, whatever its processes do.
 
 Real backends and real processes: an agent that ignores end of input and SIGTERM and
-leaves a child holding its pipes, an agent stopped with SIGSTOP, one whose child escapes
+leaves a child holding its pipes, one whose child escapes
 every signal the teardown can aim (no cgroup, a session of its own: it is recorded as
-leaked and swept later), and concurrent backend probes sharing one home.
+leaked and swept later), and backend probes of many processes sharing one home.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.sandbox.base import BackendName, SandboxError, SandboxSpec
-from orchestrator.sandbox.factory import launcher_for, limiter_for, probe_backend
+from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.process import AgentSandbox, Launcher
 from orchestrator.sandbox.teardown import (
@@ -136,26 +138,6 @@ async def test_an_agent_ignoring_eof_and_sigterm_is_killed_within_the_grace(
     assert leaks(leaks_dir(home)) == []
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap", "gvisor"))
-async def test_a_stopped_sandbox_breaks_and_is_torn_down_within_the_grace(
-    tmp_path: Path, backend: BackendName
-) -> None:
-    home = tmp_path / "home"
-    sandbox = AgentSandbox(
-        launcher_for(backend, home), SandboxSpec(), tmp_path / "ws", limiter_for(home)
-    )
-    sandbox.leaks = leaks_dir(home)
-    await sandbox.start()
-    pids = sandbox.pids()
-    assert pids
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    with pytest.raises(SandboxError, match="stopped answering"):
-        await asyncio.wait_for(sandbox.exec(["true"], timeout=1), BOUND_S)
-    assert _alive(pids) == []
-    assert leaks(leaks_dir(home)) == []
-
-
 async def test_a_process_that_escapes_every_signal_is_recorded_as_leaked_then_swept(
     tmp_path: Path,
 ) -> None:
@@ -183,13 +165,27 @@ async def test_a_process_that_escapes_every_signal_is_recorded_as_leaked_then_sw
     assert leaks(leaks_dir(home)) == []
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap", "gvisor"))
-async def test_concurrent_probes_in_one_home_do_not_pull_each_others_workspace(
+PROBES = """
+import asyncio, sys
+from pathlib import Path
+from orchestrator.sandbox.factory import probe_backend
+for _ in range(3):
+    probe = asyncio.run(probe_backend(sys.argv[1], Path(sys.argv[2])))
+    print(probe.ok, probe.reason)
+"""
+
+
+@pytest.mark.parametrize("backend", _backends("bwrap"))
+def test_concurrent_probes_in_one_home_do_not_pull_each_others_workspace(
     tmp_path: Path, backend: BackendName
 ) -> None:
     home = tmp_path / "home"
-    probes = await asyncio.gather(*(probe_backend(backend, home) for _ in range(6)))
-    assert [p.reason for p in probes if not p.ok] == []
+    argv = [sys.executable, "-c", PROBES, backend, str(home)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(10)]
+    lines = [line for p in procs for line in p.communicate(timeout=300)[0].splitlines()]
+    assert [p.returncode for p in procs] == [0] * 10
+    assert len(lines) == 30
+    assert [line for line in lines if not line.startswith("True")] == []
     assert not any((home / "sandbox" / "probe").iterdir())
 
 
