@@ -318,8 +318,12 @@ class AgentSandbox:
             if cgroup is not None:
                 with contextlib.suppress(CgroupError):
                     self._cpu_s = cgroup.usage().cpu_s
-                if stopped:
-                    stopped = await kill_cgroup(cgroup, KILL_GRACE_S, remove=True)
+                if stopped:  # rmdir of a cgroup can take tens of ms: not on the loop
+                    stopped, _ = await bounded(
+                        in_own_thread(lambda: cgroup.remove(KILL_GRACE_S)),
+                        KILL_GRACE_S + 1,
+                        f"removing cgroup {cgroup.name}",
+                    )
             cleaned, _ = await bounded(
                 in_own_thread(lambda: self._launcher.cleanup(self.id)),
                 CLEANUP_GRACE_S,

@@ -82,18 +82,15 @@ def in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return future
 
 
-async def kill_cgroup(cgroup: Cgroup, seconds: float, *, remove: bool = False) -> bool:
-    """SIGKILL everything in ``cgroup`` (and remove it, if ``remove``) until that holds or
-    ``seconds`` pass. Each round is a few syscalls on the loop; the waits between are
-    the loop's, so nothing queues for a thread."""
+async def kill_cgroup(cgroup: Cgroup, seconds: float) -> bool:
+    """SIGKILL everything in ``cgroup`` until it is empty or ``seconds`` pass. Each round
+    is a few reads and signals on the loop; the waits between are the loop's, so nothing
+    queues for a thread."""
     deadline = time.monotonic() + seconds
     delay = 0.002
     while True:
         try:
-            if remove:
-                cgroup.remove(timeout=0)
-            else:
-                cgroup.kill_all(timeout=0)
+            cgroup.kill_all(timeout=0)
             return True
         except CgroupError as exc:
             if time.monotonic() > deadline:
