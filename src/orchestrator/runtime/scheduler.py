@@ -723,12 +723,6 @@ class Scheduler:
         for timer in self._timers.values():  # a retry just settled armed one
             timer.cancel()
         self.writer.flush()
-        log.warning(
-            "run %s stopped with %d node(s) in flight; continue it with `orchestrator resume %s`",
-            self.state.run_id,
-            len(self.state.in_flight()),
-            self.state.run_id,
-        )
 
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
