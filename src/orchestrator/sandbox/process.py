@@ -37,6 +37,7 @@ from orchestrator.sandbox.snapshot import snapshot as take_snapshot
 from orchestrator.sandbox.teardown import (
     CLEANUP_GRACE_S,
     KILL_GRACE_S,
+    REMOVE_GRACE_S,
     bounded,
     in_own_thread,
     kill_cgroup,
@@ -320,8 +321,8 @@ class AgentSandbox:
                     self._cpu_s = cgroup.usage().cpu_s
                 if stopped:  # rmdir of a cgroup can take tens of ms: not on the loop
                     stopped, _ = await bounded(
-                        in_own_thread(lambda: cgroup.remove(KILL_GRACE_S)),
-                        KILL_GRACE_S + 1,
+                        in_own_thread(lambda: cgroup.remove(REMOVE_GRACE_S / 2)),
+                        REMOVE_GRACE_S,
                         f"removing cgroup {cgroup.name}",
                     )
             cleaned, _ = await bounded(

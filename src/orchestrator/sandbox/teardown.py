@@ -2,9 +2,10 @@
 
 Stopping a sandbox escalates, each step bounded: end of input to the agent
 (``EOF_GRACE_S`` to exit), SIGTERM to its process group (``TERM_GRACE_S``), then SIGKILL
-to everything in its cgroup and process group (``KILL_GRACE_S`` for the processes to go
-and the pipes to close). The backend's own cleanup (``runsc delete``) gets
-``CLEANUP_GRACE_S``. So closing a sandbox never takes longer than ``TEARDOWN_GRACE_S``.
+to everything in its cgroup and process group (``KILL_GRACE_S`` for the processes to go,
+as much for the pipes to close). Removing the cgroup gets ``REMOVE_GRACE_S``, the
+backend's own cleanup (``runsc delete``) ``CLEANUP_GRACE_S``. So closing a sandbox never
+takes longer than ``TEARDOWN_GRACE_S``; a sandbox that behaves takes milliseconds.
 
 What survives is given up on and *leaked*: a record under ``HOME/sandbox/leaked/ID.json``
 names its pid, process group, cgroup directories and backend, and :func:`sweep_leaks`
@@ -32,10 +33,11 @@ log = logging.getLogger("orchestrator.sandbox")
 
 EOF_GRACE_S = 2.0
 TERM_GRACE_S = 2.0
-KILL_GRACE_S = 3.0
-CLEANUP_GRACE_S = 10.0
-TEARDOWN_GRACE_S = EOF_GRACE_S + TERM_GRACE_S + 2 * KILL_GRACE_S + CLEANUP_GRACE_S
-"""The most closing one sandbox waits, all steps together."""
+KILL_GRACE_S = 5.0
+REMOVE_GRACE_S = 10.0  # a v1 cgroup stays busy a while after its last task, under load
+CLEANUP_GRACE_S = 30.0
+TEARDOWN_GRACE_S = EOF_GRACE_S + TERM_GRACE_S + 2 * KILL_GRACE_S + REMOVE_GRACE_S + CLEANUP_GRACE_S
+"""The most closing one sandbox waits, all steps together (normally: milliseconds)."""
 
 T = TypeVar("T")
 
