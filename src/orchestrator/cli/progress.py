@@ -10,7 +10,14 @@ from rich.live import Live
 from rich.markup import escape
 
 from orchestrator import gates
-from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, err, out
+from orchestrator.cli.root import (
+    EXIT_ABORTED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_PARKED,
+    err,
+    out,
+)
 from orchestrator.ledger.events import BaseEvent, RunStarted
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.engine import Runtime
@@ -60,7 +67,7 @@ def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True)
     if as_json:
         out.print_json(data=state_json(state, status))
     else:
-        _summary(state)
+        _summary(state, status)
     if driven and state.unsynced is not None:
         _warn_unsynced(rt, state)
     if status == "failed":
@@ -69,6 +76,8 @@ def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True)
         raise typer.Exit(EXIT_PARKED)
     if status == "aborted":
         raise typer.Exit(EXIT_ABORTED)
+    if status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _warn_unsynced(rt: Runtime, state: RunState) -> None:
@@ -85,7 +94,7 @@ def _warn_unsynced(rt: Runtime, state: RunState) -> None:
     )
 
 
-def _summary(state: RunState) -> None:
+def _summary(state: RunState, status: str | None = None) -> None:
     rid = state.run_id
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
@@ -104,6 +113,11 @@ def _summary(state: RunState) -> None:
                 out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
     elif state.status == "parked":
         out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+    elif status == "interrupted":
+        out.print(
+            f"[yellow]run {rid} stopped[/] with {len(state.in_flight())} node(s) in flight; "
+            f"continue with `orchestrator resume {rid}`"
+        )
     elif state.status == "aborted":
         refused = state.refused
         why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"

@@ -33,8 +33,10 @@ err = Console(stderr=True)
 
 # Exit codes: 0 success, 1 run failed or error, 2 invalid plan (``plan check``, ``run``),
 # 3 run parked (paused, or waiting at a gate; resume or approve it later), 4 run aborted at
-# its budget ceiling (resume it with ``--budget``).
+# its budget ceiling (resume it with ``--budget``), 130 run stopped by a second Ctrl-C
+# (or SIGTERM) with nodes in flight (resume it).
 EXIT_FAILED, EXIT_INVALID, EXIT_PARKED, EXIT_ABORTED = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 
 
 @app.callback()
@@ -110,7 +112,7 @@ def main() -> None:
         _paragraph("error", exc)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _paragraph(label: str, exc: Exception) -> None:

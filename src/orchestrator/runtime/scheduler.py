@@ -60,12 +60,14 @@ from orchestrator.runtime.context import (
 from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
 from orchestrator.sandbox.process import AgentSandbox
+from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig
 
 log = logging.getLogger("orchestrator.scheduler")
 
 CONTROL_POLL_S = 0.1
+STOP_CHECKPOINT_S = 10.0
 SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
 FINAL_RETRY_BASE = 1.0  # seconds before the first retry of a run's last checkpoint
 
@@ -174,6 +176,9 @@ class Scheduler:
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self._fatal: Exception | None = None
+        self._signals = 0
+        self.interrupted = False
+        """Set by a second SIGINT/SIGTERM: attempts were stopped, the run left resumable."""
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -203,6 +208,10 @@ class Scheduler:
             final = await self._loop()
             if periodic is not None:
                 stop_periodic.set()
+            if self.interrupted:
+                await self._last_checkpoint(periodic)
+                return final
+            if periodic is not None:
                 await periodic  # a checkpoint under way finishes; it is never cut short
             await self._final_checkpoint(final.status)
             return final
@@ -245,6 +254,9 @@ class Scheduler:
             self._wake.clear()
             if self._fatal is not None:
                 raise self._fatal
+            if self.interrupted:
+                await self._stop_now()
+                return state
 
     def _dispatch_ready(self) -> list[NodeState]:
         state, writer = self.state, self.writer
@@ -349,7 +361,7 @@ class Scheduler:
         task = asyncio.create_task(
             self._attempt(spec, ctx, dict(ns.inputs or {}), handle, self._compute_limit(spec))
         )
-        task.add_done_callback(self._on_done)
+        task.add_done_callback(lambda done: self._on_done(done, node_id, ns.attempt))
         self._tasks[ns.id] = task
 
     def _compute_limit(self, spec: NodeSpec) -> float | None:
@@ -374,9 +386,13 @@ class Scheduler:
         finally:
             self._live.pop(ctx.node, None)
             if handle is not None:
-                # A checkpoint snapshotting this workspace finishes before its disk goes.
-                async with ctx.gate:
-                    metered = await handle.release()
+                try:
+                    # A checkpoint snapshotting this workspace finishes before its disk goes.
+                    async with ctx.gate:
+                        metered = await handle.release()  # bounded: see sandbox.teardown
+                except Exception as exc:  # the outcome stands; the sandbox is swept later
+                    log.warning("node %s: releasing its sandbox failed: %s", ctx.node, exc)
+                    metered = None
                 if metered is not None:
                     backend, meter = metered
                     self.writer.stage(
@@ -432,9 +448,13 @@ class Scheduler:
         except Exception as exc:
             return Outcome(node, attempt, error=ErrorInfo.of(exc))
 
-    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+    def _on_done(self, task: asyncio.Task[Outcome], node: str, attempt: int) -> None:
         if not task.cancelled():
-            self._finished.append(task.result())
+            error = task.exception()
+            if error is None:
+                self._finished.append(task.result())
+            else:  # never leave a node in flight with nothing left to settle it
+                self._finished.append(Outcome(node, attempt, error=ErrorInfo.of(error)))
         self._wake.set()
 
     def _drain_finished(self) -> list[Outcome]:
@@ -583,6 +603,18 @@ class Scheduler:
             return None  # recorded; the next checkpoint covers what this one would have
         return {"manifest": event.manifest, "digest": event.digest}
 
+    async def _last_checkpoint(self, periodic: asyncio.Task[None] | None) -> None:
+        """After a stop: one more checkpoint, given ``STOP_CHECKPOINT_S`` at most (the
+        local ledger already holds everything; this only brings the object store up to
+        date)."""
+        try:
+            async with asyncio.timeout(STOP_CHECKPOINT_S):
+                if periodic is not None:
+                    await periodic
+                await self.checkpoint("interrupted", "stopped by a second signal")
+        except TimeoutError:
+            log.warning("the checkpoint after the stop took over %gs; skipped", STOP_CHECKPOINT_S)
+
     async def _periodic(self, interval: float, stop: asyncio.Event) -> None:
         assert self.checkpointer is not None
         while not stop.is_set():
@@ -672,12 +704,13 @@ class Scheduler:
             log.warning("gate decision refused: %s", exc)
 
     def _trap_signals(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM pause the run (drain in-flight nodes, then park)."""
+        """SIGINT/SIGTERM pause the run (drain in-flight nodes, then park); a second one
+        stops it now (see :meth:`_stop_now`)."""
         loop = asyncio.get_running_loop()
         trapped: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_pause, f"signal {sig.name}")
+                loop.add_signal_handler(sig, self._on_signal, sig)
                 trapped.append(sig)
 
         def restore() -> None:
@@ -685,6 +718,38 @@ class Scheduler:
                 loop.remove_signal_handler(sig)
 
         return restore
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.request_pause(f"signal {sig.name}")
+            log.warning(
+                "pausing run %s: %d in-flight node(s) drain, then it parks; "
+                "send %s again to stop now (it stays resumable)",
+                self.state.run_id,
+                len(self._tasks),
+                sig.name,
+            )
+        elif not self.interrupted:
+            self.interrupted = True
+            self._wake.set()
+
+    async def _stop_now(self) -> None:
+        """Stop every attempt at once (each sandbox torn down within its grace), keep
+        what finished, and leave the rest in flight on the record: ``resume`` re-enters
+        those attempts with their journals, as after a crash."""
+        for timer in self._timers.values():
+            timer.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=TEARDOWN_GRACE_S + 1)
+        for outcome in self._drain_finished():
+            self._settle(outcome)
+        for timer in self._timers.values():  # a retry just settled armed one
+            timer.cancel()
+        self.writer.flush()
 
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):

@@ -29,6 +29,7 @@ from typing import Any
 Request = dict[str, Any]
 
 WORKSPACE = os.environ.get("ORCHESTRATOR_WORKSPACE", "/workspace")
+DRAIN_S = 2.0  # after a timed-out command is killed, how long its output may still come
 
 
 def _path(relative: str) -> str:
@@ -74,7 +75,16 @@ def _exec(req: Request) -> Request:
         timed_out = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=DRAIN_S)
+        except subprocess.TimeoutExpired as exc:
+            # A process that left the group (setsid) still holds the pipes: keep what
+            # came so far and stop reading, or this agent would never answer again.
+            out, err = exc.stdout or b"", exc.stderr or b""
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
     return {
         "code": proc.returncode,
         "stdout_b64": base64.b64encode(out).decode(),

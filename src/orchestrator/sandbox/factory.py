@@ -14,6 +14,7 @@ from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.limits import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.local import LocalLauncher
 from orchestrator.sandbox.process import AgentSandbox, Launcher
+from orchestrator.sandbox.teardown import leaks_dir
 
 AUTO_ORDER: tuple[BackendName, ...] = ("gvisor", "bwrap")
 MICROVM_NOTE = (
@@ -45,17 +46,29 @@ def limiter_for(home: Path) -> CgroupLimiter | None:
     return CgroupLimiter() if ok else None
 
 
+# Probes that passed, per (backend, home): a backend that worked once in this process
+# keeps working, and every run of a long-lived process need not start a sandbox for it.
+_PASSED: dict[tuple[BackendName, Path], Probe] = {}
+
+
 async def probe_backend(backend: BackendName, home: Path) -> Probe:
-    """Start a real sandbox of this backend and run ``true`` in it."""
+    """Start a real sandbox of this backend and run ``true`` in it (once per process and
+    home when it passes). Each probe works in a directory of its own, so concurrent runs
+    sharing a home never pull one another's probe workspace away."""
     needed = {"gvisor": "runsc", "bwrap": "bwrap"}.get(backend)
     if needed and shutil.which(needed) is None:
         return Probe(
             backend, False, f"`{needed}` is not installed (Debian package: {_pkg(backend)})"
         )
+    key = (backend, home)
+    if key in _PASSED:
+        return _PASSED[key]
     started = time.monotonic()
-    workspace = home / "sandbox" / "probe" / backend
+    sandbox = AgentSandbox(
+        launcher_for(backend, home), SandboxSpec(), Path(), None, leaks=leaks_dir(home)
+    )
+    sandbox.workspace = home / "sandbox" / "probe" / sandbox.id
     try:
-        sandbox = AgentSandbox(launcher_for(backend, home), SandboxSpec(), workspace, None)
         async with sandbox:
             result = await sandbox.exec(["true"], timeout=30)
         if result.code != 0:
@@ -63,9 +76,10 @@ async def probe_backend(backend: BackendName, home: Path) -> Probe:
     except Exception as exc:
         return Probe(backend, False, f"a probe sandbox failed: {str(exc)[:300]}")
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(sandbox.workspace, ignore_errors=True)
     elapsed = round(time.monotonic() - started, 4)
-    return Probe(backend, True, "a probe sandbox started and ran `true`", elapsed)
+    _PASSED[key] = Probe(backend, True, "a probe sandbox started and ran `true`", elapsed)
+    return _PASSED[key]
 
 
 async def probe_all(home: Path) -> list[Probe]:

@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.sandbox.base import BackendName, SandboxSpec
 from orchestrator.sandbox.bwrap import USR_LINKS, system_binds
 from orchestrator.sandbox.limits import Limits
+from orchestrator.sandbox.teardown import CLEANUP_GRACE_S
 
 # The host cgroup's pids controller counts gVisor's own tasks, not the sandbox's
 # processes: ~100 threads for runsc, its gofer and the sentry before anything runs, and
@@ -96,10 +97,11 @@ class GvisorLauncher:
         return limits.model_copy(update={"pids": pids})
 
     def cleanup(self, sandbox_id: str) -> None:
+        """``runsc delete --force``, bounded: a wedged runsc raises TimeoutExpired."""
         subprocess.run(
             [*self._flags(), "delete", "--force", sandbox_id],
             capture_output=True,
-            timeout=30,
+            timeout=CLEANUP_GRACE_S - 1,
             check=False,
         )
         shutil.rmtree(self.state / "bundles" / sandbox_id, ignore_errors=True)

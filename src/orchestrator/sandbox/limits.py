@@ -211,7 +211,7 @@ def _tree(path: Path) -> Iterator[Path]:
     yield path
 
 
-def _starttime(pid: int) -> int | None:
+def starttime(pid: int) -> int | None:
     """A process's start time in clock ticks since boot; None when it does not exist."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -229,7 +229,7 @@ def _owner_alive(name: str) -> bool:
     match = _OWNER.match(name)
     if match is None:
         return True  # not ours to judge: never sweep it
-    return _starttime(int(match.group(1))) == int(match.group(2))
+    return starttime(int(match.group(1))) == int(match.group(2))
 
 
 def _make_preexec(procs_files: tuple[bytes, ...]) -> Callable[[], None]:
@@ -381,6 +381,11 @@ class Cgroup:
     def paths(self) -> tuple[Path, ...]:
         """The distinct directories of this cgroup (co-mounted controllers share one)."""
         return tuple(dict.fromkeys(self._dirs.values()))
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        """The directory per v1 controller (v2: under ``"unified"``)."""
+        return dict(self._dirs)
 
     def _dir(self, controller: str) -> Path | None:
         return self._dirs.get(UNIFIED if self.version == 2 else controller)
@@ -542,7 +547,7 @@ class CgroupLimiter:
     ) -> None:
         self._layout = _discover(parent, mountinfo, proc_cgroup)
         pid = os.getpid()
-        self.owner = f"o{pid}-{_starttime(pid) or 0}"
+        self.owner = f"o{pid}-{starttime(pid) or 0}"
         self._ready = False
         self._lock = threading.Lock()
 

@@ -5,15 +5,16 @@ spec's ``disk_mb``, see :mod:`orchestrator.sandbox.disk`) and its workspace
 ``disk/workspace`` on it. The pool
 keeps ``size`` ready sandboxes per spec (effects and limits), refills in the background
 after every acquire, and on close tears down everything it started. ``sweep`` removes what
-a killed orchestrator left behind (processes, cgroups, runsc containers, directories).
+a killed orchestrator left behind (processes, cgroups, runsc containers, directories) and
+the sandboxes that teardown gave up on (recorded under ``HOME/sandbox/leaked``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,19 @@ from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.limits import CgroupLimiter, sweep_stale
-from orchestrator.sandbox.process import SANDBOX_PREFIX, AgentSandbox, owner_alive
+from orchestrator.sandbox.process import (
+    SANDBOX_PREFIX,
+    START_TIMEOUT_S,
+    AgentSandbox,
+    owner_alive,
+)
+from orchestrator.sandbox.teardown import (
+    TEARDOWN_GRACE_S,
+    bounded,
+    in_own_thread,
+    leaks_dir,
+    sweep_leaks,
+)
 
 WORKSPACE = "workspace"
 
@@ -37,6 +50,7 @@ class SandboxPool:
         self.home = home
         self.size = size
         self.live_dir = home / "sandbox" / "live"
+        self.leaks_dir = leaks_dir(home)
         self._launcher = launcher_for(backend, home)
         self._limiter: CgroupLimiter | None = limiter_for(home)
         self._warm: dict[SandboxSpec, list[AgentSandbox]] = {}
@@ -46,7 +60,7 @@ class SandboxPool:
         self._closed = False
 
     async def _start_one(self, spec: SandboxSpec, workspace: Path | None = None) -> AgentSandbox:
-        sandbox = AgentSandbox(self._launcher, spec, Path(), self._limiter)
+        sandbox = AgentSandbox(self._launcher, spec, Path(), self._limiter, leaks=self.leaks_dir)
         try:
             if workspace is None:
                 disk = Disk(self.live_dir / sandbox.id, spec.limits.disk_mb)
@@ -100,13 +114,24 @@ class SandboxPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._refills):
+        refills = list(self._refills)
+        for task in refills:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if refills:  # a sandbox being started is torn down within its grace
+            await asyncio.wait(refills, timeout=START_TIMEOUT_S + TEARDOWN_GRACE_S)
         everything = [s for ready in self._warm.values() for s in ready] + list(self._leased)
         self._warm.clear()
         await asyncio.gather(*(self.release(s) for s in everything), return_exceptions=True)
+        if self.leaks_dir.is_dir():  # what would not die earlier may be gone by now
+            await bounded(
+                in_own_thread(lambda: sweep_leaks(self.leaks_dir, self._cleanup)),
+                TEARDOWN_GRACE_S,
+                "sweeping leaked sandboxes",
+            )
+
+    def _cleanup(self, backend: str, sandbox_id: str) -> None:
+        if backend == self.backend:
+            self._launcher.cleanup(sandbox_id)
 
     def counts(self) -> dict[str, int]:
         return {"warm": sum(len(r) for r in self._warm.values()), "leased": len(self._leased)}
@@ -122,12 +147,21 @@ def sweep(home: Path) -> list[str]:
     """Remove what killed orchestrators left: cgroups and their processes, runsc
     containers and sandbox directories — only those whose owning process is gone, never a
     live orchestrator's. Returns what it removed."""
-    removed = [f"cgroup {name}" for name in sweep_stale(SANDBOX_PREFIX)]
     gvisor = GvisorLauncher(home / "sandbox" / "gvisor")
+
+    def cleanup(backend: str, sandbox_id: str) -> None:
+        if backend == "gvisor" and shutil.which(gvisor.executable):
+            gvisor.cleanup(sandbox_id)
+
+    removed = [f"leaked sandbox {i}" for i in sweep_leaks(leaks_dir(home), cleanup)]
+    removed += [f"cgroup {name}" for name in sweep_stale(SANDBOX_PREFIX)]
     if shutil.which(gvisor.executable) and (gvisor.state / "runsc").exists():
         for container in gvisor.leftovers():
             if not owner_alive(container):
-                gvisor.cleanup(container)
+                try:
+                    gvisor.cleanup(container)
+                except subprocess.TimeoutExpired:
+                    continue  # runsc is wedged on it: the next sweep tries again
                 removed.append(f"runsc container {container}")
     # Bundles of containers that already exited (runsc no longer lists them).
     for bundle in _children(gvisor.state / "bundles"):

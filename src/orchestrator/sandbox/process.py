@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -30,15 +31,29 @@ from orchestrator.sandbox.base import (
     SandboxSpec,
 )
 from orchestrator.sandbox.disk import Disk
-from orchestrator.sandbox.limits import Cgroup, CgroupLimiter, Limits
+from orchestrator.sandbox.limits import Cgroup, CgroupError, CgroupLimiter, Limits
 from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
 from orchestrator.sandbox.snapshot import restore as restore_snapshot
 from orchestrator.sandbox.snapshot import snapshot as take_snapshot
+from orchestrator.sandbox.teardown import (
+    CLEANUP_GRACE_S,
+    KILL_GRACE_S,
+    REMOVE_GRACE_S,
+    bounded,
+    in_own_thread,
+    kill_cgroup,
+    kill_now,
+    record_leak,
+    stop_process,
+)
 
 AGENT = Path(__file__).with_name("agent.py")
 SANDBOX_PREFIX = "sbx-"
 STREAM_LIMIT = 1 << 30
 GRACE_S = 5.0
+START_TIMEOUT_S = 60.0
+OP_TIMEOUT_S = 120.0
+"""How long a ``read``/``write`` may take before the sandbox counts as broken."""
 BREACH_POLL_S = 0.25
 
 
@@ -105,11 +120,14 @@ class AgentSandbox:
         workspace: Path,
         limiter: CgroupLimiter | None,
         sandbox_id: str | None = None,
+        leaks: Path | None = None,
     ) -> None:
         self.backend: BackendName = launcher.name
         self.spec = spec
         self.workspace = workspace
         self.id = sandbox_id or f"{SANDBOX_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self.leaks = leaks
+        """Where a sandbox that cannot be stopped is recorded (None: nowhere)."""
         self._launcher = launcher
         self._limiter = limiter
         self._cgroup: Cgroup | None = None
@@ -146,7 +164,7 @@ class AgentSandbox:
                 # then park) and must not kill the sandboxes that are draining.
                 start_new_session=True,
             )
-            await self._call({"op": "ping"}, timeout=30)
+            await self._call({"op": "ping"}, timeout=START_TIMEOUT_S)
         except BaseException:
             await self.close()
             raise
@@ -154,17 +172,22 @@ class AgentSandbox:
     async def _call(
         self,
         request: dict[str, Any],
-        timeout: float | None = None,  # noqa: ASYNC109 - the command's own limit
+        timeout: float | None = OP_TIMEOUT_S,  # noqa: ASYNC109 - the command's own limit
     ) -> dict[str, Any]:
+        """Send one request and wait for its answer: ``timeout`` (None: no limit, for a
+        command without one) plus ``GRACE_S``, then the sandbox is closed as broken."""
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise SandboxError(f"sandbox {self.id} is not running")
         async with self._lock:
             request["id"] = next(self._ids)
             proc.stdin.write(json.dumps(request).encode() + b"\n")
+            deadline = None if timeout is None else time.monotonic() + timeout + GRACE_S
             try:
-                await proc.stdin.drain()
-                line = await self._answer(proc.stdout, timeout)
+                # A stopped agent reads nothing: a large request would fill the pipe.
+                async with asyncio.timeout(None if timeout is None else timeout + GRACE_S):
+                    await proc.stdin.drain()
+                line = await self._answer(proc.stdout, deadline)
             except (TimeoutError, ConnectionError):
                 line = b""
         if not line:
@@ -183,23 +206,18 @@ class AgentSandbox:
             raise SandboxError(f"{self.backend} sandbox {self.id}: {response['error']}")
         return response
 
-    async def _answer(
-        self,
-        stdout: asyncio.StreamReader,
-        timeout: float | None,  # noqa: ASYNC109 - the command's own limit
-    ) -> bytes:
+    async def _answer(self, stdout: asyncio.StreamReader, deadline: float | None) -> bytes:
         """The agent's reply line, watching the cgroup meanwhile: a breached limit kills
         everything in the sandbox at once, instead of when the command would have ended
         (a fork bomb's children would otherwise hold the pipes open)."""
         reply = asyncio.ensure_future(stdout.readline())
-        deadline = None if timeout is None else time.monotonic() + timeout + GRACE_S
         try:
             while True:
                 done, _ = await asyncio.wait({reply}, timeout=BREACH_POLL_S)
                 if done:
                     return reply.result()
                 if self._cgroup is not None and self._breach() is not None:
-                    await asyncio.to_thread(self._cgroup.kill_all)
+                    await kill_cgroup(self._cgroup, KILL_GRACE_S)
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError
         finally:
@@ -289,24 +307,49 @@ class AgentSandbox:
         text = self._stderr.read()[-2000:].decode(errors="replace").strip()
         return text[-500:] or f"exit code {proc.returncode if proc else '?'}"
 
+    def pids(self) -> list[int]:
+        """Host pids of the sandbox's processes (its cgroup's, else the agent's own)."""
+        if self._cgroup is not None:
+            return self._cgroup.pids()
+        return [self._proc.pid] if self._proc is not None else []
+
     async def close(self) -> None:
+        """Tear the sandbox down within ``TEARDOWN_GRACE_S``; never raises. What will not
+        die by then is recorded as leaked (when the sandbox has a ``leaks`` directory) for
+        the pool's sweep to remove later."""
         if self._closed_at is None and self._started:
             self._closed_at = time.monotonic()
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 2)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
         cgroup, self._cgroup = self._cgroup, None
-        if cgroup is not None:
-            self._cpu_s = cgroup.usage().cpu_s
-            await asyncio.to_thread(cgroup.remove)
-        await asyncio.to_thread(self._launcher.cleanup, self.id)
-        self._stderr.close()
+        if proc is None and cgroup is None and self._stderr.closed:
+            return
+        pid = proc.pid if proc is not None else None
+        stopped = cleaned = True
+        try:
+            if proc is not None:
+                stopped = await stop_process(proc, cgroup)
+            if cgroup is not None:
+                with contextlib.suppress(CgroupError):
+                    self._cpu_s = cgroup.usage().cpu_s
+                if stopped:  # rmdir of a cgroup can take tens of ms: not on the loop
+                    stopped, _ = await bounded(
+                        in_own_thread(lambda: cgroup.remove(REMOVE_GRACE_S / 2)),
+                        REMOVE_GRACE_S,
+                        f"removing cgroup {cgroup.name}",
+                    )
+            cleaned, _ = await bounded(
+                in_own_thread(lambda: self._launcher.cleanup(self.id)),
+                CLEANUP_GRACE_S,
+                f"{self.backend} cleanup of {self.id}",
+            )
+        except BaseException:  # cut short (cancelled at shutdown): kill, record, go
+            kill_now(pid, cgroup)
+            stopped = False
+            raise
+        finally:
+            self._stderr.close()
+            if (not stopped or not cleaned) and self.leaks is not None:
+                record_leak(self.leaks, self.id, self.backend, pid, cgroup)
 
     async def __aenter__(self) -> Self:
         await self.start()
