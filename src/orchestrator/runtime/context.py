@@ -34,13 +34,27 @@ from orchestrator.sandbox.base import Sandbox, SandboxError
 log = logging.getLogger("orchestrator.node")
 
 EffectFields = dict[str, Any]
-Recorder = Callable[[EffectFields], Awaitable[None]]
+Recorder = Callable[[EffectFields, str | None, str | None], Awaitable[None]]
+"""Journals one effect: its fields, and the workspace snapshots saved just before and
+just after it was performed (None when the workspace had not changed)."""
+
+SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
+"""Effects performed in the sandbox: a resume redoes them against a restored workspace.
+Every other effect is preceded by a save of a changed workspace, so it is never redone."""
 
 
 class SandboxSource(Protocol):
     """Where an attempt gets its sandbox from (started lazily, on first live use)."""
 
     async def get(self) -> Sandbox: ...
+
+    def touched(self) -> None:
+        """The workspace may have changed (a command ran, a file was written)."""
+        ...
+
+    async def save(self) -> str | None:
+        """Snapshot the workspace if it changed since the last save; its snapshot id."""
+        ...
 
 
 class ModelSource(Protocol):
@@ -188,14 +202,27 @@ class NodeContext:
             return _unwrap(kind, recorded.response), recorded.usage
         if self._record is None:
             raise JournalExhausted
+        handle = self._sandbox_handle
         async with self.gate:
+            # Before any effect a resume must not redo, the workspace is saved if it
+            # changed: a resume restores it and serves the journal from this index on.
+            before = None
+            if handle is not None and kind not in SANDBOX_EFFECTS:
+                before = await handle.save()
             try:
                 result, usage = await perform(fields["key"])
                 response: dict[str, Any] = {"ok": to_jsonable_python(result)}
             except Exception as exc:
                 response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
+            after = None
+            if handle is not None:
+                if kind in SANDBOX_EFFECTS:
+                    if kind != "read":
+                        handle.touched()
+                else:  # a tool handed the workspace may have changed it
+                    after = await handle.save()
             fields.update(response=response, usage=usage)
-            await self._record(fields)
+            await self._record(fields, before, after)
         return _unwrap(kind, response), usage
 
     # ---- effects ------------------------------------------------------------------------
@@ -262,6 +289,11 @@ class NodeContext:
             if "idempotency_key" in accepted:
                 extra["idempotency_key"] = key
             if "workspace" in accepted:
+                if self._sandbox_handle is not None:
+                    # the workspace exists (and is restored, after a resume) once the
+                    # sandbox runs; the tool may change it, so it is saved afterwards
+                    await self._sandbox()
+                    self._sandbox_handle.touched()
                 extra["workspace"] = str(self.workspace)
             result = fn(*args, **kwargs, **extra)
             if inspect.isawaitable(result):

@@ -9,6 +9,7 @@ node wrote survives a crash of the orchestrator and is there again when it resum
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,11 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
-from orchestrator.sandbox.snapshot import ChunkStore
+from orchestrator.sandbox.snapshot import ChunkStore, SnapshotError, SnapshotIndex
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
+from orchestrator.storage.objects import StorageError
+
+log = logging.getLogger("orchestrator.sandboxes")
 
 
 class SandboxBroker:
@@ -142,6 +146,8 @@ class SandboxHandle:
         self._sandbox: AgentSandbox | None = None
         self._overlay: OverlayWorkspace | None = None
         self._starting = asyncio.Lock()
+        self._changed = False
+        self._index: SnapshotIndex | None = None
 
     @property
     def started(self) -> AgentSandbox | None:
@@ -162,6 +168,26 @@ class SandboxHandle:
                 if self.on_start is not None:
                     self.on_start()
             return self._sandbox
+
+    def touched(self) -> None:
+        """The workspace may have changed since the last save."""
+        self._changed = True
+
+    async def save(self) -> str | None:
+        """Snapshot the workspace into the chunk store if it changed since the last save
+        (incrementally: unchanged files are not read again); its snapshot id, or None when
+        nothing changed or it could not be saved (then a resume redoes more, but the run
+        goes on: its outcome must not depend on the object store)."""
+        sandbox = self._sandbox
+        if not self._changed or sandbox is None or self._chunks is None:
+            return None
+        try:
+            snap, self._index = await sandbox.snapshot(self._chunks, self._index)
+        except (SnapshotError, StorageError, OSError) as exc:
+            log.warning("workspace of %s not saved: %s", self._durable.name, exc)
+            return None
+        self._changed = False
+        return snap.id
 
     async def release(self) -> tuple[BackendName, Meter] | None:
         sandbox, self._sandbox = self._sandbox, None
