@@ -34,9 +34,11 @@ from orchestrator.sandbox.base import Sandbox, SandboxError
 log = logging.getLogger("orchestrator.node")
 
 EffectFields = dict[str, Any]
-Recorder = Callable[[EffectFields, str | None, str | None], Awaitable[None]]
-"""Journals one effect: its fields, and the workspace snapshots saved just before and
-just after it was performed (None when the workspace had not changed)."""
+Recorder = Callable[[EffectFields, str | None], Awaitable[None]]
+"""Journals one effect (durably): its fields, and the snapshot of the workspace saved
+right after it was performed (None when the effect could not have changed it)."""
+SaveRecorder = Callable[[int, str], Awaitable[None]]
+"""Records (durably) that the workspace as the journal stood at an index is a snapshot."""
 
 SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
 """Effects performed in the sandbox: a resume redoes them against a restored workspace.
@@ -127,6 +129,7 @@ class NodeContext:
         on_checkpoint: Callable[[str], Awaitable[Any]] | None = None,
         models: ModelSource | None = None,
         allowance: Allowance | None = None,
+        record_save: SaveRecorder | None = None,
     ) -> None:
         self.run_id = site.run_id
         self.node = site.node
@@ -138,6 +141,7 @@ class NodeContext:
         self._journal = site.journal
         self._clock = clock
         self._record = record
+        self._record_save = record_save
         self._regenerated = regenerated
         self._sandbox_handle = sandbox
         self._on_checkpoint = on_checkpoint
@@ -206,9 +210,10 @@ class NodeContext:
         async with self.gate:
             # Before any effect a resume must not redo, the workspace is saved if it
             # changed: a resume restores it and serves the journal from this index on.
-            before = None
-            if handle is not None and kind not in SANDBOX_EFFECTS:
-                before = await handle.save()
+            if handle is not None and self._record_save and kind not in SANDBOX_EFFECTS:
+                saved = await handle.save()
+                if saved is not None:
+                    await self._record_save(index, saved)
             try:
                 result, usage = await perform(fields["key"])
                 response: dict[str, Any] = {"ok": to_jsonable_python(result)}
@@ -222,7 +227,7 @@ class NodeContext:
                 else:  # a tool handed the workspace may have changed it
                     after = await handle.save()
             fields.update(response=response, usage=usage)
-            await self._record(fields, before, after)
+            await self._record(fields, after)
         return _unwrap(kind, response), usage
 
     # ---- effects ------------------------------------------------------------------------

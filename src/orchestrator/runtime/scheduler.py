@@ -330,6 +330,12 @@ class Scheduler:
         async def on_checkpoint(label: str) -> Any:
             return await self.checkpoint(label, "node checkpoint", requester=node_id)
 
+        attempt = ns.attempt
+
+        async def record_save(index: int, snapshot: str) -> None:
+            self._stage_save(node_id, attempt, index, snapshot)
+            await self._commit()
+
         ctx = NodeContext(
             site,
             self.clock,
@@ -338,6 +344,7 @@ class Scheduler:
             on_checkpoint=on_checkpoint,
             models=self.models,
             allowance=allowance_for(self.state, spec),
+            record_save=record_save,
         )
         if handle is not None:
             self._live[node_id] = (ctx, handle)
@@ -436,19 +443,18 @@ class Scheduler:
             self._tasks.pop(outcome.node, None)
         return done
 
-    async def _record_effect(
-        self, fields: EffectFields, before: str | None, after: str | None
-    ) -> None:
-        node, attempt, index = fields["node"], fields["attempt"], fields["index"]
-        if before is not None:
-            self.writer.stage(
-                WorkspaceSaved, node=node, attempt=attempt, index=index, snapshot=before
-            )
+    async def _record_effect(self, fields: EffectFields, saved_after: str | None) -> None:
         self.writer.stage(EffectRecorded, **fields)
-        if after is not None:
-            self.writer.stage(
-                WorkspaceSaved, node=node, attempt=attempt, index=index + 1, snapshot=after
-            )
+        if saved_after is not None:
+            self._stage_save(fields["node"], fields["attempt"], fields["index"] + 1, saved_after)
+        await self._commit()
+
+    def _stage_save(self, node: str, attempt: int, index: int, snapshot: str) -> None:
+        self.writer.stage(
+            WorkspaceSaved, node=node, attempt=attempt, index=index, snapshot=snapshot
+        )
+
+    async def _commit(self) -> None:
         try:
             await self.writer.commit()
         except Exception as exc:

@@ -1,0 +1,48 @@
+"""SIGKILL a node after it journaled sandbox commands and a host tool: the resume restores
+its saved workspace and serves the journal, so the tool is not performed again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Runtime
+from orchestrator.ledger.events import NodeResumed, WorkspaceSaved, decode
+from tests.crashing import PLANS, sigkill, spawn_run, wait_until
+
+
+@pytest.mark.timeout(180)
+def test_a_resumed_node_does_not_perform_its_journaled_tool_again(
+    home: Path, tmp_path: Path
+) -> None:
+    side, release = tmp_path / "side.jsonl", tmp_path / "release"
+    proc = spawn_run(
+        home,
+        f"{PLANS / 'effects.py'}:plan",
+        f"side={side}",
+        f"release={release}",
+        env={"ORCHESTRATOR_SANDBOX": "bwrap"},
+    )
+    # killed inside `hold`: exec, tool, exec journaled, the workspace saved before `hold`
+    state = wait_until(home, lambda s: len(s.nodes["work"].journal) == 3, timeout=60)
+    wait_until(home, lambda s: s.nodes["work"].saved[0] == 3, timeout=30)
+    sigkill(proc)
+    release.touch()
+    with Runtime(home=home, sandbox="bwrap") as rt:
+        final = asyncio.run(rt.resume(state.run_id))
+        events = [decode(r.body) for r in rt.store.read(state.run_id)]
+        replayed = asyncio.run(rt.replay(state.run_id))
+    assert final.status == "succeeded", final.nodes["work"].error
+    # the tool ran once; the file holds both lines once, from the restored workspace
+    assert [json.loads(line)["key"] for line in side.read_text().splitlines()] == [
+        f"{state.run_id}/work/1/1"
+    ]
+    assert final.nodes["work"].outputs == {"text": "one\ntwo\n", "count": 1}
+    saved = [e for e in events if isinstance(e, WorkspaceSaved)]
+    resumed = [e for e in events if isinstance(e, NodeResumed)]
+    assert [e.index for e in saved][:2] == [1, 3]  # before the tool, before `hold`
+    assert [(e.from_index, e.snapshot) for e in resumed] == [(3, saved[1].snapshot)]
+    assert replayed.ok, str(replayed.divergence)
