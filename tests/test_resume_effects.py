@@ -1,5 +1,6 @@
 """SIGKILL a node after it journaled sandbox commands and a host tool: the resume restores
-its saved workspace and serves the journal, so the tool is not performed again."""
+its saved workspace (which gc keeps meanwhile) and serves the journal, so the tool is not
+performed again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from orchestrator import Runtime
 from orchestrator.ledger.events import NodeResumed, WorkspaceSaved, decode
+from tests.conftest import cli
 from tests.crashing import PLANS, sigkill, spawn_run, wait_until
 
 
@@ -31,6 +33,9 @@ def test_a_resumed_node_does_not_perform_its_journaled_tool_again(
     wait_until(home, lambda s: s.nodes["work"].saved[0] == 3, timeout=30)
     sigkill(proc)
     release.touch()
+    # no checkpoint names the saved workspace; gc must keep it all the same
+    collected = cli(home, "gc")
+    assert collected.returncode == 0, collected.stderr
     with Runtime(home=home, sandbox="bwrap") as rt:
         final = asyncio.run(rt.resume(state.run_id))
         events = [decode(r.body) for r in rt.store.read(state.run_id)]

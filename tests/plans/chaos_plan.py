@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Retry, node
 
-N_ITEMS = 8
+N_ITEMS = 6
 N_CHAINS = 3  # join takes end0..end2
 CHAIN_LEN = 8
 NAP = 0.05  # seconds per ctx.sleep

@@ -108,7 +108,11 @@ def collect_garbage(
     rt = _runtime(ctx)
     gc.require_idle(rt)
     report = gc.collect_garbage(
-        rt.objects, rt.chunks(), dry_run=dry_run, guard=lambda: gc.require_idle(rt)
+        rt.objects,
+        rt.chunks(),
+        dry_run=dry_run,
+        guard=lambda: gc.require_idle(rt),
+        keep=gc.resume_points(rt),
     )
     if as_json:
         out.print_json(data=report.as_dict())
