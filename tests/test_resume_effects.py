@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
-from orchestrator.ledger.events import NodeResumed, WorkspaceSaved, decode
+from orchestrator.checkpoint import WorkspaceRef
+from orchestrator.ledger.events import EffectRecorded, NodeResumed, WorkspaceSaved, decode
+from orchestrator.ledger.state import NodeState
+from orchestrator.runtime.resumption import resume_point
 from tests.conftest import cli
 from tests.crashing import PLANS, sigkill, spawn_run, wait_until
 
@@ -51,3 +54,34 @@ def test_a_resumed_node_does_not_perform_its_journaled_tool_again(
     assert [e.index for e in saved][:2] == [1, 3]  # before the tool, before `hold`
     assert [(e.from_index, e.snapshot) for e in resumed] == [(3, saved[1].snapshot)]
     assert replayed.ok, str(replayed.divergence)
+
+
+def journal_of(*kinds: str) -> list[EffectRecorded]:
+    return [
+        EffectRecorded(
+            seq=i,
+            ts="",
+            node="n",
+            attempt=1,
+            index=i,
+            effect=kind,
+            key=f"r/n/1/{i}",
+            request={},
+            request_digest="",
+            response={"ok": None},
+        )
+        for i, kind in enumerate(kinds)
+    ]
+
+
+def test_the_resume_point_serves_every_effect_up_to_the_next_workspace_change() -> None:
+    ns = NodeState("n", "n", status="running", attempt=1)
+    ns.journal = journal_of("tool", "exec", "read", "tool", "llm", "exec", "sleep")
+    # never saved: the initial workspace matches up to the first command
+    assert resume_point(ns, None) == (1, None)
+    ns.saved = (3, "s3")  # saved before the second tool: served through the model call
+    assert resume_point(ns, None) == (5, "s3")
+    # a later checkpoint snapshot of the same attempt wins; one of another attempt not
+    ns.saved = (1, "s1")
+    assert resume_point(ns, WorkspaceRef(attempt=1, snapshot="c6", journal_index=6)) == (7, "c6")
+    assert resume_point(ns, WorkspaceRef(attempt=2, snapshot="c6", journal_index=6)) == (1, "s1")

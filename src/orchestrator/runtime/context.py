@@ -41,8 +41,11 @@ SaveRecorder = Callable[[int, str], Awaitable[None]]
 """Records (durably) that the workspace as the journal stood at an index is a snapshot."""
 
 SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
-"""Effects performed in the sandbox: a resume redoes them against a restored workspace.
-Every other effect is preceded by a save of a changed workspace, so it is never redone."""
+"""Effects performed in the sandbox: a resume redoes them against a restored workspace."""
+UNREPEATABLE = frozenset({"tool", "llm"})
+"""Effects a resume must never redo: each is preceded by a save of a changed workspace.
+Other effects (sleep, log, ...) save one at most every so often, which bounds how much
+sandbox work a resume redoes."""
 
 
 class SandboxSource(Protocol):
@@ -54,8 +57,9 @@ class SandboxSource(Protocol):
         """The workspace may have changed (a command ran, a file was written)."""
         ...
 
-    async def save(self) -> str | None:
-        """Snapshot the workspace if it changed since the last save; its snapshot id."""
+    async def save(self, *, now: bool) -> str | None:
+        """Snapshot the workspace if it changed since the last save (and, unless ``now``,
+        the last save is not too recent); its snapshot id."""
         ...
 
 
@@ -211,7 +215,7 @@ class NodeContext:
             # Before any effect a resume must not redo, the workspace is saved if it
             # changed: a resume restores it and serves the journal from this index on.
             if handle is not None and self._record_save and kind not in SANDBOX_EFFECTS:
-                saved = await handle.save()
+                saved = await handle.save(now=kind in UNREPEATABLE)
                 if saved is not None:
                     await self._record_save(index, saved)
             try:
@@ -221,11 +225,10 @@ class NodeContext:
                 response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
             after = None
             if handle is not None:
-                if kind in SANDBOX_EFFECTS:
-                    if kind != "read":
-                        handle.touched()
-                else:  # a tool handed the workspace may have changed it
-                    after = await handle.save()
+                if kind in ("exec", "write"):
+                    handle.touched()
+                elif kind == "tool":  # one handed the workspace may have changed it
+                    after = await handle.save(now=True)
             fields.update(response=response, usage=usage)
             await self._record(fields, after)
         return _unwrap(kind, response), usage

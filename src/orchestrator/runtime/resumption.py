@@ -1,14 +1,14 @@
 """Where an attempt that was in flight at a crash goes on, so no journaled effect repeats.
 
 An attempt's workspace is known at a few journal indexes: its initial (empty) state at
-index 0, every ``WorkspaceSaved`` point (saved before each effect that is not a sandbox
-effect, whenever the workspace changed), what a ``NodeResumed`` reset it to, and the
-workspace snapshot of the latest checkpoint. The latest of them also matches every later
-index up to the next effect that may change the workspace (``exec``, ``write``): the
-journal is served up to there and what follows is performed again, against the restored
-workspace. By construction, only sandbox effects (and ``now``/``random``/``sleep``/
-``log``/``checkpoint`` after them) are ever performed again; ``tool`` and model calls
-are not.
+index 0, every ``WorkspaceSaved`` point (saved before each tool or model call when the
+workspace changed, and before other effects at most every ``SAVE_EVERY_S``), what a
+``NodeResumed`` reset it to, and the workspace snapshot of the latest checkpoint. The
+latest of them also matches every later index up to the next effect that may change the
+workspace (``exec``, ``write``): the journal is served up to there, and what follows is
+performed again against the restored workspace. So a resume redoes sandbox commands (and
+the ``now``/``random``/``sleep``/``log``/``checkpoint`` effects among them), never a
+tool or model call that was journaled.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 from orchestrator.storage.objects import StorageError
 
 log = logging.getLogger("orchestrator.sandboxes")
+
+SAVE_EVERY_S = 1.0
+"""A save that is not needed at once waits until the last one is this old (seconds)."""
 
 
 class SandboxBroker:
@@ -148,6 +152,7 @@ class SandboxHandle:
         self._starting = asyncio.Lock()
         self._changed = False
         self._index: SnapshotIndex | None = None
+        self._saved_at = 0.0
 
     @property
     def started(self) -> AgentSandbox | None:
@@ -173,20 +178,23 @@ class SandboxHandle:
         """The workspace may have changed since the last save."""
         self._changed = True
 
-    async def save(self) -> str | None:
+    async def save(self, *, now: bool) -> str | None:
         """Snapshot the workspace into the chunk store if it changed since the last save
-        (incrementally: unchanged files are not read again); its snapshot id, or None when
-        nothing changed or it could not be saved (then a resume redoes more, but the run
-        goes on: its outcome must not depend on the object store)."""
+        (incrementally: unchanged files are not read again) and, unless ``now``, that save
+        is SAVE_EVERY_S old; its snapshot id, or None when not saved (a resume then redoes
+        more). A save that fails is logged, not raised: the run's outcome must not depend
+        on the object store."""
         sandbox = self._sandbox
         if not self._changed or sandbox is None or self._chunks is None:
+            return None
+        if not now and time.monotonic() - self._saved_at < SAVE_EVERY_S:
             return None
         try:
             snap, self._index = await sandbox.snapshot(self._chunks, self._index)
         except (SnapshotError, StorageError, OSError) as exc:
             log.warning("workspace of %s not saved: %s", self._durable.name, exc)
             return None
-        self._changed = False
+        self._changed, self._saved_at = False, time.monotonic()
         return snap.id
 
     async def release(self) -> tuple[BackendName, Meter] | None:
