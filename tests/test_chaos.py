@@ -101,6 +101,7 @@ class Zygote:
         )
         assert self.proc.stdout is not None
         self.lines = Lines(self.proc.stdout)
+        self.child = 0  # pid of the current child, 0 once it is reaped
         assert self.lines.next() == ["zygote"], self.stderr("zygote")
 
     def spawn(self, mode: str, number: int) -> tuple[int, bool]:
@@ -112,11 +113,11 @@ class Zygote:
         while not pid or not began:
             word, *rest = self.lines.next()
             if word == "pid":
-                pid = int(rest[1])
+                pid = self.child = int(rest[1])
             elif word == "ready":
                 began = True
             elif word == "exit":
-                self.exited = int(rest[1])
+                self.child = 0
                 return pid, False
         return pid, True
 
@@ -125,9 +126,13 @@ class Zygote:
         while True:
             word, *rest = self.lines.next(timeout)
             if word == "exit":
+                self.child = 0
                 return int(rest[1])
 
     def close(self) -> None:
+        if self.child:  # a failed test left it running: it would outlive the zygote
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGKILL)
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
