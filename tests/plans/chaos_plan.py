@@ -27,9 +27,9 @@ from orchestrator import NodeContext, Plan, Retry, node
 
 N_ITEMS = 6
 N_CHAINS = 3  # join takes end0..end2
-CHAIN_LEN = 8
-NAP = 0.05  # seconds per ctx.sleep
-STEP_NAPS = 6
+CHAIN_LEN = 24
+NAP = 0.2  # seconds per ctx.sleep (the chains last ~40 s uncrashed: room for 100+ kills)
+STEP_NAPS = 8
 APPEND_HOLD = 0.01  # time between performing an append and its result reaching the ledger
 GATE = "merge"
 
@@ -169,9 +169,9 @@ async def work(ctx: NodeContext, inputs: WorkIn) -> Val:
     await sh(ctx, f"echo item {inputs.item} > w.txt")
     if ctx.attempt <= work_failures(inputs.item):
         raise Flaky(f"work {inputs.item} fails attempt {ctx.attempt}")
-    for i in range(2 + inputs.item % 3):
+    for i in range(4 + inputs.item % 3):
         await sh(ctx, f"echo part {i} >> w.txt; cp w.txt w{i}.txt")
-        for _ in range(2):
+        for _ in range(3):
             await ctx.sleep(NAP)
         seen = await sh(ctx, "cat w.txt; ls | wc -l")
         digests.append(await ask(ctx, f"part {i}: {seen}"))
