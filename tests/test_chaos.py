@@ -1,102 +1,154 @@
-"""Crash chaos: SIGKILL a child driving a 62-node plan at random moments, resume, compare.
+"""Crash chaos: SIGKILL the process driving a plan 100+ times at random moments, resume,
+compare with an uncrashed run.
 
-A child process (``plans/chaos_driver.py``) runs ``plans/chaos_plan.py`` — parallel
-chains beside a map fan-out, deterministic retries, and effects that append to a side
-file. The test SIGKILLs it at random moments at least ``MIN_KILLS`` times, reads the
-ledger post mortem after each kill, and resumes in a new child. At the end:
+The plan (``plans/chaos_plan.py``) has sandboxed shell work (bwrap), host tool calls that
+append to a side file, model calls to a loopback model server that counts them, retries
+and a gate the driver approves. A zygote (``plans/chaos_driver.py zygote``) forks one
+child per incarnation, so a hundred kills cost a hundred forks rather than a hundred
+interpreter starts; each child is SIGKILLed at a random moment after it began its work,
+the ledger is read post mortem, and the next child resumes. At the end:
 
 * the run succeeded, its outputs equal an uncrashed run's, its chain verifies and it
   replays byte for byte;
 * no node that had succeeded by some kill started again in a later process;
-* no effect whose result was journaled was performed again (the side file shows each
-  performance with the number of the process that did it); an effect in flight at a
-  kill may have been performed again, but only under the same idempotency key.
+* no journaled tool call or model call was performed again: each side-file line and each
+  model request is attributed to the process that made it, and none came after the
+  effect was journaled (an effect in flight at a kill may be performed again, under the
+  same idempotency key); no tool or model key is journaled twice;
+* every resume kept every journaled tool and model call (served from the journal, against
+  the workspace restored to where it stood), and every resume makes progress: every
+  ``PATIENT_EVERY``-th child is killed only after it journaled an effect no earlier
+  process had, or finished a node, which it must within ``PROGRESS_BOUND_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 import pytest
 
-from orchestrator import RunState, Runtime
+from orchestrator import RunState, Runtime, signing
 from orchestrator.errors import RunNotFound
-from orchestrator.ledger.events import EffectRecorded, NodeDispatched, NodeSucceeded, decode
+from orchestrator.ledger.events import (
+    EffectRecorded,
+    GateDecided,
+    NodeDispatched,
+    NodeResumed,
+    NodeSucceeded,
+    decode,
+)
+from orchestrator.runtime.context import SANDBOX_EFFECTS
+from tests.llm_peers import Peer, serve
 
 DRIVER = Path(__file__).parent / "plans" / "chaos_driver.py"
-MIN_KILLS = 20
-KILL_DELAY = (0.02, 0.3)  # seconds a child runs before it is killed
+MIN_KILLS = 100
+KILL_DELAY = (0.05, 0.6)  # seconds a child works (after it began) before it is killed
+PATIENT_EVERY = 5  # every so many resumes, the child is killed only once it made progress
+PROGRESS_BOUND_S = 60.0  # ... which it must within this long (a loaded machine is slow)
+WAIT_S = 120.0  # bound on any single wait for a child
 SEED = int(os.environ.get("CHAOS_SEED", "20240611"))  # vary it to explore
+UNREPEATABLE = ("tool", "llm")
 
 
-class Child:
-    """One driver process; ``incarnation`` numbers it (0 starts the run, k resumes it)."""
+class Lines:
+    """A child's stdout, read by a thread so every wait on it has a bound."""
 
-    live: ClassVar[list[Child]] = []
+    def __init__(self, stream: IO[str]) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
 
-    def __init__(self, workdir: Path, home: Path, mode: str, incarnation: int) -> None:
-        self.incarnation = incarnation
-        self.err_path = workdir / f"child-{incarnation}.err"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("ORCHESTRATOR_") or k == "ORCHESTRATOR_TRUST"
-        }
-        env.update(
-            CHAOS_SIDE=str(workdir / "side.jsonl"),
-            CHAOS_STARTS=str(workdir / "starts.log"),
-            CHAOS_INCARNATION=str(incarnation),
-        )
-        self._err: IO[str] = self.err_path.open("w")
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.strip())
+        self._queue.put(None)
+
+    def next(self, timeout: float = WAIT_S) -> list[str]:
+        line = self._queue.get(timeout=timeout)
+        if line is None:
+            raise EOFError("the process closed its output")
+        return line.split()
+
+
+class Zygote:
+    """The forking driver: one child per incarnation; numbers count from 0."""
+
+    def __init__(self, workdir: Path, home: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self._err = (workdir / "zygote.err").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(DRIVER), str(home), str(workdir / "run_id"), mode],
-            env=env,
-            stdin=subprocess.DEVNULL,
+            [sys.executable, str(DRIVER), str(home), str(workdir / "run_id"), "zygote"],
+            env={**env, "CHAOS_ERR_DIR": str(workdir)},
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
             text=True,
         )
-        Child.live.append(self)
-
-    def wait_ready(self) -> bool:
-        """Block until the child is about to touch the run; False if it exited first."""
         assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip() == "ready"
+        self.lines = Lines(self.proc.stdout)
+        self.child = 0  # pid of the current child, 0 once it is reaped
+        assert self.lines.next() == ["zygote"], self.stderr("zygote")
 
-    def finish(self, timeout: float | None = None) -> int:
+    def spawn(self, mode: str, number: int) -> tuple[int, bool]:
+        """Fork incarnation ``number``; its pid, and whether it began (False: it exited)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{mode} {number}\n")
+        self.proc.stdin.flush()
+        pid, began = 0, False
+        while not pid or not began:
+            word, *rest = self.lines.next()
+            if word == "pid":
+                pid = self.child = int(rest[1])
+            elif word == "ready":
+                began = True
+            elif word == "exit":
+                self.child = 0
+                return pid, False
+        return pid, True
+
+    def reap(self, timeout: float = WAIT_S) -> int:
+        """Wait for the current child's exit; its exit code (-9: SIGKILLed)."""
+        while True:
+            word, *rest = self.lines.next(timeout)
+            if word == "exit":
+                self.child = 0
+                return int(rest[1])
+
+    def close(self) -> None:
+        if self.child:  # a failed test left it running: it would outlive the zygote
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGKILL)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         try:
-            code = self.proc.wait(timeout)
+            self.proc.wait(10)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
             self._err.close()
-            Child.live.remove(self)
-        return code
 
-    @classmethod
-    def reap_all(cls) -> None:
-        """Kill and reap whatever a failed test left running."""
-        for child in list(cls.live):
-            child.proc.kill()
-            child.finish()
-
-    def stderr(self) -> str:
-        return self.err_path.read_text()[-3000:]
+    def stderr(self, number: int | str) -> str:
+        path = self.workdir / f"child-{number}.err"
+        if number == "zygote":
+            path = self.workdir / "zygote.err"
+        return path.read_text()[-3000:] if path.exists() else ""
 
 
 @dataclass
@@ -108,6 +160,8 @@ class PostMortem:
     status: str
     succeeded: set[str]
     journaled: set[str]
+    lengths: dict[tuple[str, int], int]  # journal length of every running attempt
+    requests: int  # model requests the server had seen
     events: int
 
 
@@ -120,7 +174,8 @@ def read_ledger(home: Path, run_id: str) -> tuple[RunState, list[Any]]:
     return RunState.fold(events), events
 
 
-def post_mortem(home: Path, run_id: str, killed: int, before: int) -> PostMortem:
+def post_mortem(home: Path, run_id: str, killed: int, before: int, peer: Peer) -> PostMortem:
+    requests = len(peer.requests)
     state, events = read_ledger(home, run_id)
     return PostMortem(
         killed=killed,
@@ -128,6 +183,12 @@ def post_mortem(home: Path, run_id: str, killed: int, before: int) -> PostMortem
         status=state.status,
         succeeded={k for k, ns in state.nodes.items() if ns.status == "succeeded"},
         journaled={e.key for e in events if isinstance(e, EffectRecorded)},
+        lengths={
+            (k, ns.attempt): len(ns.journal)
+            for k, ns in state.nodes.items()
+            if ns.status == "running"
+        },
+        requests=requests,
         events=len(events),
     )
 
@@ -145,7 +206,48 @@ def start_lines(path: Path) -> list[tuple[str, int, int]]:
     return out
 
 
-def run_chaos(workdir: Path, home: Path, rng: random.Random) -> tuple[str, list[PostMortem]]:
+def prompt_of(body: Any) -> str:
+    return str(body["messages"][-1]["content"])
+
+
+def child_env(workdir: Path, peer: Peer, approver: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ORCHESTRATOR_") or k == "ORCHESTRATOR_TRUST"
+    }
+    env.update(
+        CHAOS_SIDE=str(workdir / "side.jsonl"),
+        CHAOS_STARTS=str(workdir / "starts.log"),
+        CHAOS_LLM=peer.base_url,
+        CHAOS_APPROVER=str(approver),
+        OPENAI_API_KEY="sk-chaos",
+    )
+    return env
+
+
+def await_progress(home: Path, run_id: str, last: PostMortem | None, seen: int) -> float | None:
+    """Seconds until the ledger holds an effect not journaled at the last kill, or a
+    node's success (or the run's end); None if that takes over PROGRESS_BOUND_S."""
+    began = time.monotonic()
+    journaled = last.journaled if last is not None else set()
+    with Runtime(home=home) as rt:
+        while time.monotonic() - began < PROGRESS_BOUND_S:
+            for row in rt.store.read(run_id, seen - 1):
+                if row.kind in ("NodeSucceeded", "RunCompleted", "RunParked"):
+                    return time.monotonic() - began
+                if row.kind == "EffectRecorded":
+                    event = decode(row.body)
+                    assert isinstance(event, EffectRecorded)
+                    if event.key not in journaled:
+                        return time.monotonic() - began
+            time.sleep(0.05)
+    return None
+
+
+def run_chaos(
+    zygote: Zygote, home: Path, rng: random.Random, peer: Peer, waits: list[float]
+) -> tuple[str, list[PostMortem]]:
     """Start, then kill and resume until MIN_KILLS kills landed; let the last child finish.
 
     A kill counts when the killed child had written to the ledger (RunStarted, or for a
@@ -153,57 +255,77 @@ def run_chaos(workdir: Path, home: Path, rng: random.Random) -> tuple[str, list[
     resumption is recorded too, but crashed no live work.
     """
     kills: list[PostMortem] = []
-    child = Child(workdir, home, "start", 0)
-    assert child.wait_ready(), f"the first child never started the run:\n{child.stderr()}"
-    run_id = (workdir / "run_id").read_text()
+    number = 0
+    pid, began = zygote.spawn("start", number)
+    assert began, f"the first child never started the run:\n{zygote.stderr(number)}"
+    run_id = (zygote.workdir / "run_id").read_text()
     seen = 0  # ledger length at the last post-mortem
     while sum(pm.counted for pm in kills) < MIN_KILLS:
+        if number % PATIENT_EVERY == 0:
+            # Kills faster than a resume's cold start (a sandbox backend probe, a model
+            # client) leave nothing to make progress with; given time, every resume must.
+            took = await_progress(home, run_id, kills[-1] if kills else None, seen)
+            assert took is not None, f"resume {number} made no progress in {PROGRESS_BOUND_S}s"
+            waits.append(took)
         time.sleep(rng.uniform(*KILL_DELAY))
-        if child.proc.poll() is not None:
-            break  # it finished the run before the kill
-        os.kill(child.proc.pid, signal.SIGKILL)
-        code = child.finish()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        code = zygote.reap()
         if code != -signal.SIGKILL:  # it exited on its own just before the kill
-            assert code == 0, f"child {child.incarnation} exited {code}:\n{child.stderr()}"
+            assert code == 0, f"child {number} exited {code}:\n{zygote.stderr(number)}"
             return run_id, kills
-        pm = post_mortem(home, run_id, child.incarnation, seen)
-        if pm.status != "running":  # killed while exiting after the run had ended
-            assert pm.status == "succeeded", pm.status
+        pm = post_mortem(home, run_id, number, seen, peer)
+        if pm.status == "succeeded":  # killed while exiting after the run had ended
             return run_id, kills
+        assert pm.status in ("running", "parked"), pm.status
         kills.append(pm)
         seen = pm.events
-        child = Child(workdir, home, "resume", child.incarnation + 1)
-        assert child.wait_ready(), f"child {child.incarnation} died early:\n{child.stderr()}"
-    code = child.finish(timeout=120)
-    assert code == 0, f"the last child exited {code}:\n{child.stderr()}"
+        number += 1
+        pid, began = zygote.spawn("resume", number)
+        assert began, f"child {number} died early:\n{zygote.stderr(number)}"
+    code = zygote.reap()
+    assert code == 0, f"the last child exited {code}:\n{zygote.stderr(number)}"
     return run_id, kills
 
 
 @pytest.fixture
-def reap() -> Iterator[None]:
-    yield
-    Child.reap_all()
+def peers() -> Iterator[tuple[Peer, Peer]]:
+    """Two loopback model servers: the chaos run's and the reference run's."""
+    with contextlib.ExitStack() as stack:
+        chaos = stack.enter_context(contextlib.contextmanager(serve)("openai"))
+        reference = stack.enter_context(contextlib.contextmanager(serve)("openai"))
+        yield chaos, reference
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.usefixtures("reap")
 def test_sigkill_chaos_resumes_to_the_uncrashed_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peers: tuple[Peer, Peer]
 ) -> None:
     began = time.monotonic()
     monkeypatch.delenv("ORCHESTRATOR_LEDGER", raising=False)  # the ledgers under tmp_path
     monkeypatch.delenv("CHAOS_STARTS", raising=False)  # replay here must leave no marks
     rng = random.Random(SEED)
+    waits: list[float] = []  # seconds patient resumes took to make progress
+    peer, ref_peer = peers
+    approver = tmp_path / "approver.key"
+    signing.save(signing.generate(), approver)
     ref_dir, chaos_dir = tmp_path / "reference", tmp_path / "chaos"
     ref_dir.mkdir()
     chaos_dir.mkdir()
     ref_home, home = ref_dir / "home", chaos_dir / "home"
 
-    # The uncrashed reference runs beside the chaos run (separate home and side file).
-    reference = Child(ref_dir, ref_home, "start", 0)
-    run_id, kills = run_chaos(chaos_dir, home, rng)
-    assert reference.finish(timeout=120) == 0, reference.stderr()
+    # The uncrashed reference runs beside the chaos run (its own home, side file, server).
+    reference = Zygote(ref_dir, ref_home, child_env(ref_dir, ref_peer, approver))
+    chaos = Zygote(chaos_dir, home, child_env(chaos_dir, peer, approver))
+    try:
+        _, ref_began = reference.spawn("start", 0)
+        assert ref_began, reference.stderr(0)
+        run_id, kills = run_chaos(chaos, home, rng, peer, waits)
+        assert reference.reap() == 0, reference.stderr(0)
+    finally:
+        chaos.close()
+        reference.close()
     ref_id = (ref_dir / "run_id").read_text()
     ref_state, ref_events = read_ledger(ref_home, ref_id)
     assert ref_state.status == "succeeded"
@@ -217,15 +339,14 @@ def test_sigkill_chaos_resumes_to_the_uncrashed_outputs(
     # The run completed, with the uncrashed run's outputs, a whole chain, and replays.
     state, events = read_ledger(home, run_id)
     assert state.status == "succeeded", state.summary
-    assert len(state.nodes) >= 50
+    assert len(state.nodes) >= 30
     assert state.outputs() == ref_state.outputs()
     with Runtime(home=home) as rt:
         head = rt.verify(run_id).head_hash
         replayed = asyncio.run(rt.replay(run_id))
     assert replayed.ok, str(replayed.divergence)
     assert replayed.head_hash == head
-    resumes = sum(e.kind == "RunResumed" for e in events)
-    assert resumes == final_incarnation - (len(kills) - counted)
+    assert sum(isinstance(e, GateDecided) for e in events) == 1
 
     # Every node succeeded exactly once; every attempt was dispatched exactly once.
     succeeded = [e.node for e in events if isinstance(e, NodeSucceeded)]
@@ -248,23 +369,46 @@ def test_sigkill_chaos_resumes_to_the_uncrashed_outputs(
     assert not reran, f"completed nodes started again: {reran[:10]}"
     assert {i for _, _, i in starts} <= set(range(final_incarnation + 1))
 
-    # No journaled effect was performed again. The ledger names, for each key, the
-    # process whose performance was journaled (append_line returns its incarnation).
+    # Tool and model calls are journaled once per key; sandbox commands may be journaled
+    # again (performed again against the workspace restored to where they began).
     journal: dict[str, EffectRecorded] = {}
+    redone_commands = 0
     for e in events:
         if isinstance(e, EffectRecorded):
-            assert e.key not in journal, f"effect {e.key} journaled twice"
+            if e.effect in UNREPEATABLE:
+                assert e.key not in journal, f"{e.effect} {e.key} journaled twice"
+            elif e.key in journal:
+                redone_commands += e.effect in SANDBOX_EFFECTS
             journal[e.key] = e
+
+    # Every resume served every journaled effect that is not a sandbox command.
+    journals: dict[tuple[str, int], list[EffectRecorded]] = defaultdict(list)
+    for e in events:
+        if isinstance(e, NodeDispatched):
+            journals[(e.node, e.attempt)] = []
+        elif isinstance(e, EffectRecorded):
+            journals[(e.node, e.attempt)].append(e)
+        elif isinstance(e, NodeResumed):
+            kept = journals[(e.node, e.attempt)]
+            dropped = [x for x in kept[e.from_index :] if x.effect not in SANDBOX_EFFECTS]
+            assert not [x for x in dropped if x.effect in UNREPEATABLE], (
+                f"{e.node} resumed from #{e.from_index}, dropping {dropped[0].effect} "
+                f"#{dropped[0].index}"
+            )
+            journals[(e.node, e.attempt)] = kept[: e.from_index]
+
+    # No journaled tool call was performed again. The ledger names, for each key, the
+    # process whose performance was journaled (append_line returns its incarnation).
+    journaled_by: dict[str, int] = {}
+    for pm in kills:
+        for key in pm.journaled:
+            journaled_by.setdefault(key, pm.killed)
     lines = side_lines(chaos_dir / "side.jsonl")
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
         by_key[line["key"]].append(line)
     appends = {k: e for k, e in journal.items() if e.effect == "tool"}
     assert set(by_key) == set(appends), "side file and ledger disagree on which effects ran"
-    journaled_by: dict[str, int] = {}
-    for pm in kills:
-        for key in pm.journaled:
-            journaled_by.setdefault(key, pm.killed)
     again = []
     for key, performed in by_key.items():
         recorded = appends[key]
@@ -279,17 +423,49 @@ def test_sigkill_chaos_resumes_to_the_uncrashed_outputs(
         if len(incs) > 1:
             again.append((key, incs))
 
+    # No journaled model call was sent again: a prompt (one per journal index) reaches the
+    # server once, plus once more for each kill that found the call in flight.
+    asked: dict[str, int] = defaultdict(int)
+    for seen in peer.requests:
+        if isinstance(seen.body, dict):  # else cut off by a kill before it was all sent
+            asked[prompt_of(seen.body)] += 1
+    calls = {k: e for k, e in journal.items() if e.effect == "llm"}
+    assert sum(asked.values()) >= len(calls) > 0
+    resent = []
+    for key, e in calls.items():
+        in_flight = sum(
+            pm.lengths.get((e.node, e.attempt)) == e.index and key not in pm.journaled
+            for pm in kills
+        )
+        sent = asked[prompt_of(e.request)]
+        assert 1 <= sent <= 1 + in_flight, f"model call {key} sent {sent} times"
+        if key in journaled_by:  # nothing reached the server for it after it was journaled
+            at_kill = next(pm for pm in kills if pm.killed == journaled_by[key]).requests
+            later = [
+                s
+                for s in peer.requests[at_kill:]
+                if isinstance(s.body, dict) and prompt_of(s.body) == prompt_of(e.request)
+            ]
+            assert not later, f"model call {key} sent again after it was journaled"
+        if sent > 1:
+            resent.append(key)
+
     # Reference sanity: without crashes every effect ran exactly once.
     ref_lines = side_lines(ref_dir / "side.jsonl")
     assert len({line["key"] for line in ref_lines}) == len(ref_lines) == len(appends)
+    assert len(ref_peer.requests) == len(calls)
 
     elapsed = time.monotonic() - began
     print(
         f"\nchaos: {counted} kills of live work ({len(kills) - counted} more during a "
-        f"resume's setup) over {final_incarnation + 1} processes, "
-        f"{len(events)} events, {len(lines)} side-file lines for {len(appends)} effects, "
-        f"{len(again)} effect(s) performed again under the same key after a kill "
-        f"{again[:5]}, {len(starts)} body starts, {elapsed:.1f}s"
+        f"resume's setup) over {final_incarnation + 1} processes, {len(events)} events; "
+        f"{len(appends)} tool calls ({len(lines)} performances, {len(again)} performed "
+        f"again while in flight at a kill, 0 after being journaled), {len(calls)} model "
+        f"calls ({sum(asked.values())} requests, {len(resent)} sent again while in flight), "
+        f"{redone_commands} sandbox commands performed again against a restored workspace, "
+        f"{len(starts)} body starts; patient resumes made progress within "
+        f"{max(waits, default=0):.1f}s (median {sorted(waits)[len(waits) // 2]:.1f}s); "
+        f"{elapsed:.1f}s"
     )
 
 

@@ -1,6 +1,7 @@
 """Garbage collection of checkpoint storage: chunks and blobs no checkpoint refers to.
 
-Checkpoints (:mod:`orchestrator.checkpoint`) are the only roots. An object is referenced
+Checkpoints (:mod:`orchestrator.checkpoint`) are the roots, with the workspace snapshots
+interrupted runs resume from (:func:`resume_points`). An object is referenced
 when some checkpoint manifest ``runs/RUN/checkpoints/SEQ.json`` in the store (of any run)
 names it: the manifest's ledger segment blob ``blobs/ab/DIGEST``, and for each workspace
 it holds, the snapshot manifest chunk ``chunks/ab/ID`` and every chunk that snapshot's
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,14 @@ from orchestrator.storage.objects import ObjectStore, StorageError
 if TYPE_CHECKING:
     from orchestrator.runtime.engine import Runtime
 
-__all__ = ["GcRefused", "GcReport", "collect_garbage", "live_runs", "require_idle"]
+__all__ = [
+    "GcRefused",
+    "GcReport",
+    "collect_garbage",
+    "live_runs",
+    "require_idle",
+    "resume_points",
+]
 
 BLOB_KEY_PREFIX = "blobs"
 _MANIFEST_KEY = re.compile(r"runs/[^/]+/checkpoints/[^/]+")
@@ -118,14 +126,16 @@ def collect_garbage(
     *,
     dry_run: bool = False,
     guard: Callable[[], None] | None = None,
+    keep: Iterable[str] = (),
 ) -> GcReport:
     """Remove the chunks and blobs of ``objects`` that no checkpoint manifest refers to.
 
     ``chunks`` is the chunk store on ``objects`` (``ChunkStore.on(objects)``), used to
     load and verify snapshot manifests. Raises :class:`GcRefused`, having deleted
-    nothing, if any checkpoint manifest or snapshot manifest cannot be read. ``guard``,
-    if given, is called once more right before the first deletion and may raise to stop
-    the collection (the CLI re-checks there that no run has gone live meanwhile).
+    nothing, if any checkpoint manifest or snapshot manifest cannot be read. ``keep``
+    names more snapshots to keep (:func:`resume_points`). ``guard``, if given, is called
+    once more right before the first deletion and may raise to stop the collection (the
+    CLI re-checks there that no run has gone live meanwhile).
     """
     report = GcReport(dry_run=dry_run)
     # Candidates first: anything written after this listing is never deleted.
@@ -139,6 +149,9 @@ def collect_garbage(
             candidates[key] = (match.group(1), match.group(3))
 
     referenced_blobs, snapshot_ids = _roots(objects, report)
+    # a point whose snapshot is already gone cannot be resumed from: nothing to keep
+    kept = [snap for snap in keep if chunks.has(snap)]
+    snapshot_ids = list(dict.fromkeys([*snapshot_ids, *kept]))
     referenced_chunks = set(snapshot_ids)
     report.snapshots = len(snapshot_ids)
     for chunk_digests in _load_snapshots(chunks, snapshot_ids):
@@ -261,6 +274,19 @@ def live_runs(runtime: Runtime) -> list[tuple[str, int | None]]:
             if pid is not None:
                 live[path.stem] = pid
     return sorted(live.items())
+
+
+def resume_points(runtime: Runtime) -> list[str]:
+    """The workspace snapshots interrupted runs resume their in-flight attempts from
+    (``WorkspaceSaved`` points live only in the ledger, not in checkpoint manifests)."""
+    points: list[str] = []
+    for run in runtime.runs():
+        if run.status != "interrupted":
+            continue  # ended, parked or aborted runs have nothing in flight
+        for ns in runtime.state(run.run_id).in_flight():
+            if ns.saved[1] is not None:
+                points.append(ns.saved[1])
+    return points
 
 
 def require_idle(runtime: Runtime) -> None:

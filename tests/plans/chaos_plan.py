@@ -1,15 +1,18 @@
-"""The plan the crash chaos test drives: 62 nodes, parallel branches, retries, side effects.
+"""The plan the crash chaos test drives: sandboxes, host tools, model calls and a gate.
 
-Shape: ``seed`` makes a list of items; a map ``work`` fans out over it while four
-parallel chains of twelve steps each run beside it; ``join`` gathers everything.
-Every body appends to a side file through ``ctx.tool`` (a journaled effect that takes
-an idempotency key) and sleeps through ``ctx.sleep`` so kills land mid-node. Some nodes
-fail their first (or first two) attempts, decided by ``ctx.attempt`` alone.
+Shape: ``seed`` makes a list of items; a map ``work`` fans out over it, each instance
+working in its own sandbox (shell commands over a file in its workspace) between host
+tool calls and model calls; three parallel chains of steps, each with a tool and a model
+call, run beside it; ``review`` looks at every work result and waits at the ``merge``
+gate; ``join`` gathers everything. Bodies sleep through ``ctx.sleep`` so kills land
+mid-node, and some fail their first (or first two) attempts, decided by ``ctx.attempt``.
 
-Outside the journal, on purpose, each body start is written to ``$CHAOS_STARTS`` as
-``start NODE ATTEMPT INCARNATION`` so the test can see whether a completed node ran
-again. ``$CHAOS_INCARNATION`` numbers the process performing the work. Outputs depend
-only on inputs and the deterministic parts of journaled effect results, so a crashed
+Outside the journal, on purpose: each body start is written to ``$CHAOS_STARTS`` as
+``start NODE ATTEMPT INCARNATION``, each tool performance to the side file as
+``{key, payload, incarnation}`` and each model call reaches the loopback model server,
+which counts it (every prompt names its node, attempt and step, so a count per prompt is
+a count per journal index). ``$CHAOS_INCARNATION`` numbers the process doing the work.
+Outputs depend only on inputs and the deterministic parts of effect results, so a crashed
 and resumed run must end with the same outputs as an uncrashed one.
 """
 
@@ -22,12 +25,13 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Retry, node
 
-N_ITEMS = 12
-N_CHAINS = 4  # join takes end0..end3
-CHAIN_LEN = 12
-NAP = 0.05  # seconds per ctx.sleep; a chain step sleeps STEP_NAPS of them
+N_ITEMS = 6
+N_CHAINS = 3  # join takes end0..end2
+CHAIN_LEN = 24
+NAP = 0.2  # seconds per ctx.sleep (the chains last ~40 s uncrashed: room for 100+ kills)
 STEP_NAPS = 8
 APPEND_HOLD = 0.01  # time between performing an append and its result reaching the ledger
+GATE = "merge"
 
 RETRY = Retry(max_attempts=3, base_delay=0.01)
 
@@ -75,6 +79,17 @@ async def side_effect(ctx: NodeContext, side: str, payload: str) -> str:
     return digest
 
 
+async def ask(ctx: NodeContext, what: str) -> str:
+    """A model call whose prompt names the node, attempt and step (unique per effect)."""
+    answer = await ctx.llm.complete(f"{ctx.node} a{ctx.attempt}: {what}", max_tokens=16)
+    return short(what, answer.text)
+
+
+async def sh(ctx: NodeContext, script: str) -> str:
+    done = await ctx.exec(["sh", "-c", script], check=True)
+    return done.stdout
+
+
 class SeedIn(BaseModel):
     side: str
     n: int
@@ -103,14 +118,24 @@ class Val(BaseModel):
     attempt: int
 
 
+class ReviewIn(BaseModel):
+    side: str
+    works: list[str]
+
+
+class Reviewed(BaseModel):
+    verdict: str
+    diff: str
+
+
 class JoinIn(BaseModel):
     side: str
+    verdict: str
     works: list[str]
     work_attempts: list[int]
     end0: str
     end1: str
     end2: str
-    end3: str
 
 
 class JoinOut(BaseModel):
@@ -119,12 +144,13 @@ class JoinOut(BaseModel):
     retried: int
 
 
-@node()
+@node(effects={"llm"})
 async def seed(ctx: NodeContext, inputs: SeedIn) -> SeedOut:
     mark_start(ctx)
     await ctx.sleep(NAP)
     salt = await side_effect(ctx, inputs.side, f"seed n={inputs.n}")
-    return SeedOut(items=list(range(inputs.n)), salt=salt)
+    told = await ask(ctx, "seed")
+    return SeedOut(items=list(range(inputs.n)), salt=short(salt, told))
 
 
 def work_failures(item: int) -> int:
@@ -134,20 +160,27 @@ def work_failures(item: int) -> int:
     return 1 if item % 3 == 1 else 0
 
 
-@node(retry=RETRY)
+@node(effects={"fs", "llm"}, retry=RETRY, timeout=120)
 async def work(ctx: NodeContext, inputs: WorkIn) -> Val:
+    """Shell work in the sandbox between tool and model calls: a resume must restore the
+    workspace each journaled call saw, or the file's content (and so the output) differs."""
     mark_start(ctx)
     digests = [await side_effect(ctx, inputs.side, f"work {inputs.item} a{ctx.attempt} begin")]
+    await sh(ctx, f"echo item {inputs.item} > w.txt")
     if ctx.attempt <= work_failures(inputs.item):
         raise Flaky(f"work {inputs.item} fails attempt {ctx.attempt}")
-    for i in range(2 + inputs.item % 5):
-        for _ in range(4):
+    for i in range(4 + inputs.item % 3):
+        await sh(ctx, f"echo part {i} >> w.txt; cp w.txt w{i}.txt")
+        for _ in range(3):
             await ctx.sleep(NAP)
+        seen = await sh(ctx, "cat w.txt; ls | wc -l")
+        digests.append(await ask(ctx, f"part {i}: {seen}"))
         digests.append(await side_effect(ctx, inputs.side, f"work {inputs.item} part {i}"))
-    return Val(value=short(inputs.salt, *digests), attempt=ctx.attempt)
+    final = await sh(ctx, "cat w*.txt | sha256sum")
+    return Val(value=short(inputs.salt, *digests, final), attempt=ctx.attempt)
 
 
-@node(retry=RETRY)
+@node(effects={"llm"}, retry=RETRY)
 async def step(ctx: NodeContext, inputs: StepIn) -> Val:
     mark_start(ctx)
     half = STEP_NAPS // 2
@@ -156,22 +189,32 @@ async def step(ctx: NodeContext, inputs: StepIn) -> Val:
     first = await side_effect(ctx, inputs.side, f"chain {inputs.chain} step {inputs.step} one")
     if ctx.attempt == 1 and (inputs.chain + inputs.step) % 5 == 2:
         raise Flaky(f"chain {inputs.chain} step {inputs.step} fails its first attempt")
+    told = await ask(ctx, "step")
     for _ in range(STEP_NAPS - half):
         await ctx.sleep(NAP)
     second = await side_effect(
         ctx, inputs.side, f"chain {inputs.chain} step {inputs.step} two a{ctx.attempt}"
     )
-    return Val(value=short(inputs.prev, first, second), attempt=ctx.attempt)
+    return Val(value=short(inputs.prev, first, told, second), attempt=ctx.attempt)
+
+
+@node(effects={"llm"}, gate=GATE)
+async def review(ctx: NodeContext, inputs: ReviewIn) -> Reviewed:
+    mark_start(ctx)
+    await ctx.sleep(NAP)
+    told = await ask(ctx, f"review {len(inputs.works)}")
+    noted = await side_effect(ctx, inputs.side, f"review {len(inputs.works)}")
+    return Reviewed(verdict=short(told, noted, *inputs.works), diff="\n".join(inputs.works))
 
 
 @node()
 async def join(ctx: NodeContext, inputs: JoinIn) -> JoinOut:
     mark_start(ctx)
     await ctx.sleep(NAP)
-    ends = [inputs.end0, inputs.end1, inputs.end2, inputs.end3]
+    ends = [inputs.end0, inputs.end1, inputs.end2]
     final = await side_effect(ctx, inputs.side, f"join {len(inputs.works)} {len(ends)}")
     return JoinOut(
-        total=short(*inputs.works, *ends, final),
+        total=short(inputs.verdict, *inputs.works, *ends, final),
         works=len(inputs.works),
         retried=sum(a > 1 for a in inputs.work_attempts),
     )
@@ -187,6 +230,7 @@ def build() -> Plan:
     side = plan.input("side")
     s = plan.add(seed, side=side, n=plan.input("n"))
     w = plan.map(work, over=s.out.items, item="item", max_items=32, side=side, salt=s.out.salt)
+    r = plan.add(review, side=side, works=w.out.value)
     ends = {}
     for c in range(N_CHAINS):
         prev = s.out.salt
@@ -194,7 +238,14 @@ def build() -> Plan:
             h = plan.add(step, name=f"chain{c}-{k:02d}", side=side, chain=c, step=k, prev=prev)
             prev = h.out.value
         ends[f"end{c}"] = prev
-    plan.add(join, side=side, works=w.out.value, work_attempts=w.out.attempt, **ends)
+    plan.add(
+        join,
+        side=side,
+        verdict=r.out.verdict,
+        works=w.out.value,
+        work_attempts=w.out.attempt,
+        **ends,
+    )
     return plan
 
 

@@ -131,7 +131,11 @@ def collect_garbage(
     gc.require_idle(rt)
     work = collect_work(rt, dry_run=dry_run)
     report = gc.collect_garbage(
-        rt.objects, rt.chunks(), dry_run=dry_run, guard=lambda: gc.require_idle(rt)
+        rt.objects,
+        rt.chunks(),
+        dry_run=dry_run,
+        guard=lambda: gc.require_idle(rt),
+        keep=gc.resume_points(rt),
     )
     if as_json:
         out.print_json(data={**report.as_dict(), "work": work.as_dict()})

@@ -137,6 +137,8 @@ def _detail(data: dict[str, Any]) -> str:
         return f"attempt {data['attempt']}: {reason['type']}: {reason['message'][:80]}{extra}"
     if kind == "NodeResumed":
         return f"attempt {data['attempt']} from effect #{data['from_index']}"
+    if kind == "WorkspaceSaved":
+        return f"attempt {data['attempt']} at effect #{data['index']} {data['snapshot'][:16]}"
     if kind == "RunCompleted":
         return f"{data['status']}"
     if kind == "RunStarted":

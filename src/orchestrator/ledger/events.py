@@ -91,6 +91,19 @@ class NodeResumed(BaseEvent):
     snapshot: str | None = None
 
 
+class WorkspaceSaved(BaseEvent):
+    """The attempt's workspace as it stood when its journal held ``index`` effects was
+    saved as ``snapshot`` (content-addressed, in the run's chunk store). A resume
+    restores the latest such point and serves the journal from there, so journaled
+    effects are not performed again."""
+
+    kind: Literal["WorkspaceSaved"] = "WorkspaceSaved"
+    node: str
+    attempt: int
+    index: int
+    snapshot: str
+
+
 class RetryScheduled(BaseEvent):
     kind: Literal["RetryScheduled"] = "RetryScheduled"
     node: str
@@ -279,6 +292,7 @@ Event = Annotated[
     | NodeDispatched
     | EffectRecorded
     | NodeResumed
+    | WorkspaceSaved
     | RetryScheduled
     | NodeSucceeded
     | NodeFailed
@@ -307,6 +321,7 @@ NODE_EVENTS = (
     NodeDispatched,
     EffectRecorded,
     NodeResumed,
+    WorkspaceSaved,
     RetryScheduled,
     NodeSucceeded,
     NodeFailed,

@@ -39,6 +39,7 @@ from orchestrator.ledger.events import (
     RunResumed,
     RunStarted,
     SandboxMetered,
+    WorkspaceSaved,
 )
 from orchestrator.plan import Ref
 
@@ -61,6 +62,9 @@ class NodeState:
     code_digest: str | None = None
     journal: list[EffectRecorded] = field(default_factory=list)
     resumed_from: list[int] = field(default_factory=list)
+    saved: tuple[int, str | None] = (0, None)
+    """The latest known workspace state of the current attempt: (journal index, snapshot
+    id), where None is the attempt's initial workspace."""
     not_before: str | None = None
     error: ErrorInfo | None = None
     cause: FailureCause | None = None
@@ -164,6 +168,7 @@ class RunState:
             ns = self.nodes[event.node]
             ns.status, ns.attempt, ns.inputs = "running", event.attempt, event.inputs
             ns.code_digest, ns.journal, ns.resumed_from = event.code_digest, [], []
+            ns.saved = (0, None)
             ns.dispatched_at, ns.not_before = event.ts, None
             self.ready.discard(event.node)
             self.book.dispatched(event.node)
@@ -212,6 +217,11 @@ class RunState:
             ns = self.nodes[event.node]
             ns.journal = ns.journal[: event.from_index]  # the rest is performed again
             ns.resumed_from.append(event.from_index)
+            ns.saved = (event.from_index, event.snapshot)  # what the workspace is reset to
+        elif isinstance(event, WorkspaceSaved):
+            ns = self.nodes[event.node]
+            if ns.attempt == event.attempt:
+                ns.saved = (event.index, event.snapshot)
         elif isinstance(event, CheckpointTaken):
             self.checkpoint, self.unsynced = event, None
         elif isinstance(event, CheckpointFailed):

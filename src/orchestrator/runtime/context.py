@@ -34,13 +34,33 @@ from orchestrator.sandbox.base import Sandbox, SandboxError
 log = logging.getLogger("orchestrator.node")
 
 EffectFields = dict[str, Any]
-Recorder = Callable[[EffectFields], Awaitable[None]]
+Recorder = Callable[[EffectFields, str | None], Awaitable[None]]
+"""Journals one effect (durably): its fields, and the snapshot of the workspace saved
+right after it was performed (None when the effect could not have changed it)."""
+SaveRecorder = Callable[[int, str], Awaitable[None]]
+"""Records (durably) that the workspace as the journal stood at an index is a snapshot."""
+
+SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
+"""Effects performed in the sandbox: a resume redoes them against a restored workspace."""
+UNREPEATABLE = frozenset({"tool", "llm"})
+"""Effects a resume must never redo: each is preceded by a save of a changed workspace.
+Other effects (sleep, log, ...) save one at most every so often, which bounds how much
+sandbox work a resume redoes."""
 
 
 class SandboxSource(Protocol):
     """Where an attempt gets its sandbox from (started lazily, on first live use)."""
 
     async def get(self) -> Sandbox: ...
+
+    def touched(self) -> None:
+        """The workspace may have changed (a command ran, a file was written)."""
+        ...
+
+    async def save(self, *, now: bool) -> str | None:
+        """Snapshot the workspace if it changed since the last save (and, unless ``now``,
+        the last save is not too recent); its snapshot id."""
+        ...
 
 
 class ModelSource(Protocol):
@@ -113,6 +133,7 @@ class NodeContext:
         on_checkpoint: Callable[[str], Awaitable[Any]] | None = None,
         models: ModelSource | None = None,
         allowance: Allowance | None = None,
+        record_save: SaveRecorder | None = None,
     ) -> None:
         self.run_id = site.run_id
         self.node = site.node
@@ -124,6 +145,7 @@ class NodeContext:
         self._journal = site.journal
         self._clock = clock
         self._record = record
+        self._record_save = record_save
         self._regenerated = regenerated
         self._sandbox_handle = sandbox
         self._on_checkpoint = on_checkpoint
@@ -188,14 +210,27 @@ class NodeContext:
             return _unwrap(kind, recorded.response), recorded.usage
         if self._record is None:
             raise JournalExhausted
+        handle = self._sandbox_handle
         async with self.gate:
+            # Before any effect a resume must not redo, the workspace is saved if it
+            # changed: a resume restores it and serves the journal from this index on.
+            if handle is not None and self._record_save and kind not in SANDBOX_EFFECTS:
+                saved = await handle.save(now=kind in UNREPEATABLE)
+                if saved is not None:
+                    await self._record_save(index, saved)
             try:
                 result, usage = await perform(fields["key"])
                 response: dict[str, Any] = {"ok": to_jsonable_python(result)}
             except Exception as exc:
                 response, usage = {"error": ErrorInfo.of(exc).model_dump()}, {}
+            after = None
+            if handle is not None:
+                if kind in ("exec", "write"):
+                    handle.touched()
+                elif kind == "tool":  # one handed the workspace may have changed it
+                    after = await handle.save(now=True)
             fields.update(response=response, usage=usage)
-            await self._record(fields)
+            await self._record(fields, after)
         return _unwrap(kind, response), usage
 
     # ---- effects ------------------------------------------------------------------------
@@ -262,6 +297,11 @@ class NodeContext:
             if "idempotency_key" in accepted:
                 extra["idempotency_key"] = key
             if "workspace" in accepted:
+                if self._sandbox_handle is not None:
+                    # the workspace exists (and is restored, after a resume) once the
+                    # sandbox runs; the tool may change it, so it is saved afterwards
+                    await self._sandbox()
+                    self._sandbox_handle.touched()
                 extra["workspace"] = str(self.workspace)
             result = fn(*args, **kwargs, **extra)
             if inspect.isawaitable(result):

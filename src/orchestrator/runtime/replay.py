@@ -45,6 +45,7 @@ from orchestrator.ledger.events import (
     RunAborted,
     RunCompleted,
     RunStarted,
+    WorkspaceSaved,
     abort_payload,
     decode,
     encode,
@@ -252,6 +253,8 @@ class Replayer:
             return self._derived_failure(rec, state)
         if isinstance(rec, NodeResumed):
             return self._resumed(rec)
+        if isinstance(rec, WorkspaceSaved):
+            return self._saved(rec, state)
         if isinstance(rec, BudgetReserved):
             spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
             return rec.model_copy(update={"amount": spec.budget})
@@ -383,6 +386,16 @@ class Replayer:
             raise _Diverged(self._mismatch(rec, attempt.life.queue[0]))
         attempt.current += 1
         return rec.model_copy(update={"from_index": attempt.life.start})
+
+    def _saved(self, rec: WorkspaceSaved, state: RunState) -> BaseEvent:
+        """A workspace save stands as recorded (its bytes come from the workspace, which
+        replay never touches) if it names the running attempt at its journal's end."""
+        ns = state.nodes.get(rec.node)
+        if ns is None or ns.status != "running" or ns.attempt != rec.attempt:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        if rec.index != len(ns.journal):
+            return rec.model_copy(update={"index": len(ns.journal)})
+        return rec
 
     def _next_of(self, rec: EffectRecorded) -> BaseEvent | _Effect:
         attempt = self.attempts.get((rec.node, rec.attempt))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +26,12 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
-from orchestrator.sandbox.snapshot import ChunkStore
+from orchestrator.sandbox.snapshot import ChunkStore, SnapshotError, SnapshotIndex
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
+from orchestrator.storage.objects import StorageError
+
+SAVE_EVERY_S = 1.0
+"""A save that is not needed at once waits until the last one is this old (seconds)."""
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +184,9 @@ class SandboxHandle:
         self._sandbox: AgentSandbox | None = None
         self._overlay: OverlayWorkspace | None = None
         self._starting = asyncio.Lock()
+        self._changed = False
+        self._index: SnapshotIndex | None = None
+        self._saved_at = 0.0
 
     @property
     def started(self) -> AgentSandbox | None:
@@ -199,6 +207,29 @@ class SandboxHandle:
                 if self.on_start is not None:
                     self.on_start()
             return self._sandbox
+
+    def touched(self) -> None:
+        """The workspace may have changed since the last save."""
+        self._changed = True
+
+    async def save(self, *, now: bool) -> str | None:
+        """Snapshot the workspace into the chunk store if it changed since the last save
+        (incrementally: unchanged files are not read again) and, unless ``now``, that save
+        is SAVE_EVERY_S old; its snapshot id, or None when not saved (a resume then redoes
+        more). A save that fails is logged, not raised: the run's outcome must not depend
+        on the object store."""
+        sandbox = self._sandbox
+        if not self._changed or sandbox is None or self._chunks is None:
+            return None
+        if not now and time.monotonic() - self._saved_at < SAVE_EVERY_S:
+            return None
+        try:
+            snap, self._index = await sandbox.snapshot(self._chunks, self._index)
+        except (SnapshotError, StorageError, OSError) as exc:
+            log.warning("workspace of %s not saved: %s", self._durable.name, exc)
+            return None
+        self._changed, self._saved_at = False, time.monotonic()
+        return snap.id
 
     async def release(self) -> tuple[BackendName, Meter] | None:
         sandbox, self._sandbox = self._sandbox, None

@@ -44,6 +44,7 @@ from orchestrator.ledger.events import (
     RunCompleted,
     RunParked,
     SandboxMetered,
+    WorkspaceSaved,
 )
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
@@ -58,6 +59,7 @@ from orchestrator.runtime.context import (
     NodeContext,
 )
 from orchestrator.runtime.reporting import Reporter
+from orchestrator.runtime.resumption import resume_point
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
@@ -68,7 +70,6 @@ log = logging.getLogger("orchestrator.scheduler")
 
 CONTROL_POLL_S = 0.1
 STOP_CHECKPOINT_S = 10.0
-SANDBOX_EFFECTS = frozenset({"exec", "read", "write"})
 FINAL_RETRY_BASE = 1.0  # seconds before the first retry of a run's last checkpoint
 
 
@@ -347,6 +348,12 @@ class Scheduler:
         async def on_checkpoint(label: str) -> Any:
             return await self.checkpoint(label, "node checkpoint", requester=node_id)
 
+        attempt = ns.attempt
+
+        async def record_save(index: int, snapshot: str) -> None:
+            self._stage_save(node_id, attempt, index, snapshot)
+            await self._commit()
+
         ctx = NodeContext(
             site,
             self.clock,
@@ -355,6 +362,7 @@ class Scheduler:
             on_checkpoint=on_checkpoint,
             models=self.models,
             allowance=allowance_for(self.state, spec),
+            record_save=record_save,
         )
         if handle is not None:
             self._live[node_id] = (ctx, handle)
@@ -463,8 +471,18 @@ class Scheduler:
             self._tasks.pop(outcome.node, None)
         return done
 
-    async def _record_effect(self, fields: EffectFields) -> None:
+    async def _record_effect(self, fields: EffectFields, saved_after: str | None) -> None:
         self.writer.stage(EffectRecorded, **fields)
+        if saved_after is not None:
+            self._stage_save(fields["node"], fields["attempt"], fields["index"] + 1, saved_after)
+        await self._commit()
+
+    def _stage_save(self, node: str, attempt: int, index: int, snapshot: str) -> None:
+        self.writer.stage(
+            WorkspaceSaved, node=node, attempt=attempt, index=index, snapshot=snapshot
+        )
+
+    async def _commit(self) -> None:
         try:
             await self.writer.commit()
         except Exception as exc:
@@ -643,9 +661,9 @@ class Scheduler:
     def _resume_in_flight(self, restore_points: Mapping[str, WorkspaceRef]) -> None:
         """Re-enter every attempt that was in flight when the previous process stopped.
 
-        When the last checkpoint holds a snapshot of the attempt's workspace, the
-        workspace is restored from it and the journal is served only up to the point the
-        snapshot matches; what the attempt did after it is performed again, live.
+        The workspace is restored to its latest saved state (see ``resume_point``) and
+        the journal is served up to the index that state matches; only sandbox effects
+        after it are performed again, live.
         """
         for ns in self.state.in_flight():
             spec = self.plan.nodes[ns.base].spec
@@ -656,17 +674,7 @@ class Scheduler:
                 )
                 self._schedule_retry(ns.id, ns.attempt, reason, 0.0)
                 continue
-            point = restore_points.get(ns.id)
-            fresh = False
-            if point is not None and point.attempt == ns.attempt:
-                from_index, snapshot = min(point.journal_index, len(ns.journal)), point.snapshot
-            elif not ns.journal or any(e.effect in SANDBOX_EFFECTS for e in ns.journal):
-                # Its workspace was never snapshotted and may be torn (a command killed
-                # mid-write, before or after its first journaled effect): the only state
-                # known to match a journal is the empty one.
-                from_index, snapshot, fresh = 0, None, True
-            else:
-                from_index, snapshot = len(ns.journal), None
+            from_index, snapshot = resume_point(ns, restore_points.get(ns.id))
             self.writer.stage(
                 NodeResumed,
                 node=ns.id,
@@ -674,7 +682,9 @@ class Scheduler:
                 from_index=from_index,
                 snapshot=snapshot,
             )
-            self._start(ns, list(ns.journal), restore=snapshot, fresh=fresh)
+            # A workspace never saved may be torn (a command killed mid-write): it starts
+            # again from the attempt's initial state.
+            self._start(ns, list(ns.journal), restore=snapshot, fresh=snapshot is None)
 
     def request_pause(self, source: str) -> None:
         if self.state.status == "running":
