@@ -60,6 +60,7 @@ from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
+from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, get_blob, open_object_store
@@ -97,8 +98,11 @@ class Runtime:
         clock: Clock | None = None,
         sandbox: str | None = None,
         objects: str | None = None,
+        keys: Path | None = None,
     ) -> None:
         self.home = (Path(home) if home is not None else default_home()).absolute()
+        self.keys = (keys or signing.key_dir()).absolute()
+        """Run signing keys live here, outside every tree a run works on."""
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         self.objects_url = (
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
@@ -202,6 +206,11 @@ class Runtime:
     ) -> RunState:
         """Validate, record RunStarted, and drive the run until it ends or parks."""
         config = config or RunConfig()
+        roots = config.workspace_roots
+        if roots is None:
+            roots = default_roots(self.home, self.keys)
+        roots = check_roots(roots, self.home, self.keys)
+        config = config.model_copy(update={"workspace_roots": roots})
         problems = plan.validate(config)
         if problems:
             raise PlanInvalid(problems)
@@ -300,7 +309,10 @@ class Runtime:
         def chosen(backend: str, reason: str) -> None:
             writer.stage(SandboxChosen, backend=backend, reason=reason)
 
-        broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
+        policy = WorkspacePolicy(config.workspace_roots, self.home, self.keys)
+        broker = SandboxBroker(
+            self.home, self.sandbox or config.sandbox, config.warm, chosen, policy
+        )
         signer = signing.load_or_create(self._key_path(run_id))
         models = RunModels(config.llm, config.model) if config.llm else None
         scheduler = Scheduler(
@@ -425,7 +437,9 @@ class Runtime:
         return public.read_text().strip() if public.exists() else None
 
     def _key_path(self, run_id: str) -> Path:
-        return self.home / "keys" / "runs" / f"{run_id}.key"
+        path = self.keys / "runs" / f"{run_id}.key"
+        signing.adopt_legacy(self.home / "keys" / "runs" / f"{run_id}.key", path)
+        return path
 
     def pause(self, run_id: str, source: str = "cli") -> None:
         """Ask the process driving the run to drain in-flight nodes and park."""

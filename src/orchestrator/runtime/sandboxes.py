@@ -19,6 +19,7 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
+from orchestrator.sandbox.roots import WorkspacePolicy
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 
@@ -32,8 +33,10 @@ class SandboxBroker:
         backend: str = "auto",
         warm: int = 2,
         on_chosen: Callable[[BackendName, str], None] | None = None,
+        policy: WorkspacePolicy | None = None,
     ) -> None:
         self.home = home
+        self.policy = policy
         self.on_chosen = on_chosen
         self.requested = backend
         self.warm = warm
@@ -50,6 +53,13 @@ class SandboxBroker:
                     self.on_chosen(*self.chosen)
                 self._pool = SandboxPool(self.chosen[0], self.home, self.warm)
             return self._pool
+
+    def workspace_of(self, node: str, port: str, value: object) -> Path:
+        """The host directory a node's workspace input names, checked against the run's
+        allowed roots (:class:`~orchestrator.sandbox.roots.WorkspaceRefused` if not)."""
+        if self.policy is None:
+            return Path(str(value)).absolute()
+        return self.policy.check(node, port, value)
 
     async def lease(
         self, spec: NodeSpec, durable: Path, lower: Path | None, *, fresh: bool = False
@@ -69,7 +79,8 @@ class SandboxBroker:
             sandbox = await pool.acquire(sandbox_spec)
             _adopt(sandbox, durable, fresh)
             return sandbox, None
-        overlay = _overlay(lower, durable, fresh)
+        hidden = self.policy.hidden if self.policy is not None else (self.home,)
+        overlay = _overlay(lower, durable, fresh, hidden)
         try:
             return await pool.acquire(sandbox_spec, workspace=overlay.merged), overlay
         except BaseException:
@@ -89,9 +100,9 @@ class SandboxBroker:
             await self._pool.close()
 
 
-def _overlay(lower: Path, durable: Path, fresh: bool) -> OverlayWorkspace:
+def _overlay(lower: Path, durable: Path, fresh: bool, hidden: tuple[Path, ...]) -> OverlayWorkspace:
     """Mount a copy-on-write view of ``lower`` whose upper layer lives under ``durable``
-    (emptied first when ``fresh``)."""
+    (emptied first when ``fresh``), ``hidden`` left out of it."""
     if not lower.is_dir():
         raise SandboxError(f"the workspace source {str(lower)!r} is not a directory")
     # A killed orchestrator leaves its overlays mounted; this attempt is ours (the run
@@ -99,7 +110,7 @@ def _overlay(lower: Path, durable: Path, fresh: bool) -> OverlayWorkspace:
     sweep_mounts(durable)
     if fresh:
         shutil.rmtree(durable, ignore_errors=True)
-    return OverlayWorkspace(lower, durable).mount()
+    return OverlayWorkspace(lower, durable, hidden=hidden).mount()
 
 
 def _adopt(sandbox: AgentSandbox, durable: Path, fresh: bool = False) -> None:
