@@ -3,16 +3,20 @@
 Only what a command needs is bound in, read-only: ``/usr`` (with the usual ``/bin``,
 ``/lib`` symlinks) and a handful of ``/etc`` entries. Binding all of ``/`` would leave
 host Unix sockets under ``/run`` reachable, so nothing else is. Without ``net`` the
-sandbox gets a network namespace of its own with nothing in it; without ``fs`` the
-workspace is bound read-only.
+sandbox gets a network namespace of its own with nothing in it; with ``net`` one with
+user-mode outbound networking (:mod:`orchestrator.sandbox.netns`), so the host's loopback
+services and abstract Unix sockets stay out of reach; only ``host-net`` shares the host's
+network. Without ``fs`` the workspace is bound read-only.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
-from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox import netns
+from orchestrator.sandbox.base import BackendName, SandboxError, SandboxSpec
 from orchestrator.sandbox.limits import Limits
 
 ETC_ENTRIES = (
@@ -31,10 +35,37 @@ ETC_ENTRIES = (
 USR_LINKS = ("bin", "lib", "lib64", "sbin")
 
 
-def system_binds(root: Path = Path("/")) -> list[tuple[Path, str]]:
-    """(host path, sandbox path) pairs of the read-only system a command runs against."""
+Network = Literal["none", "own", "host"]
+
+
+def network(spec: SandboxSpec) -> Network:
+    """``host`` with ``host-net``, a namespace of its own with ``net``, else none."""
+    if "host-net" in spec.effects:
+        return "host"
+    return "own" if "net" in spec.effects else "none"
+
+
+def slirp4netns() -> str:
+    """The slirp4netns executable a ``net`` sandbox's outbound networking needs."""
+    found = shutil.which("slirp4netns")
+    if found is None:
+        raise SandboxError(
+            "a node with the `net` effect needs slirp4netns for its own network namespace "
+            "(Debian package: slirp4netns); install it, or declare `host-net` to share the "
+            "host's network"
+        )
+    return found
+
+
+def system_binds(root: Path = Path("/"), net: Network = "host") -> list[tuple[Path, str]]:
+    """(host path, sandbox path) pairs of the read-only system a command runs against.
+    In a network namespace of its own, the resolver is slirp4netns's."""
     binds = [(root / "usr", "/usr")]
-    binds += [(root / "etc" / e, f"/etc/{e}") for e in ETC_ENTRIES if (root / "etc" / e).exists()]
+    for entry in ETC_ENTRIES:
+        if entry == "resolv.conf" and net == "own":
+            binds.append((netns.resolv_conf(), "/etc/resolv.conf"))
+        elif (root / "etc" / entry).exists():
+            binds.append((root / "etc" / entry, f"/etc/{entry}"))
     return binds
 
 
@@ -49,10 +80,11 @@ class BwrapLauncher:
     def command(
         self, sandbox_id: str, spec: SandboxSpec, workspace: Path, agent_dir: Path
     ) -> list[str]:
+        net = network(spec)
         argv = [self.executable, "--unshare-all", "--die-with-parent", "--new-session"]
-        if "net" in spec.effects:
-            argv.append("--share-net")
-        for host, inside in system_binds():
+        if net != "none":
+            argv.append("--share-net")  # the host's, or the one netns.wrap made
+        for host, inside in system_binds(net=net):
             argv += ["--ro-bind", str(host), inside]
         for link in USR_LINKS:
             if Path("/usr", link).exists():
@@ -62,7 +94,8 @@ class BwrapLauncher:
         argv += ["--ro-bind", str(agent_dir), "/agent"]
         argv += ["--hostname", "sandbox", "--chdir", "/workspace", "--clearenv"]
         argv += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
-        return [*argv, "--", "/usr/bin/python3", "-I", "-S", "/agent/agent.py"]
+        argv += ["--", "/usr/bin/python3", "-I", "-S", "/agent/agent.py"]
+        return netns.wrap(argv, slirp4netns()) if net == "own" else argv
 
     def cleanup(self, sandbox_id: str) -> None:
         """bwrap leaves nothing behind: its namespaces die with the process."""
