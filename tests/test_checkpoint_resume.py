@@ -113,13 +113,14 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one_valid(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_on_a_new_machine_the_signer_can_be_pinned(home: Path, tmp_path: Path) -> None:
+def test_on_a_new_machine_the_signer_can_be_pinned(
+    home: Path, tmp_path: Path, key_dir: Path
+) -> None:
     from orchestrator import signing
 
     objects = str(tmp_path / "objects")
     run_id = crashed_run(home, objects)
-    key_dir = home / "keys" / "runs"
-    public = (key_dir / f"{run_id}.pub").read_text().strip()
+    public = (key_dir / "runs" / f"{run_id}.pub").read_text().strip()
     new_home = tmp_path / "elsewhere"  # no ledger, no keys: only the object store
     stranger = signing.generate().public
     refused = cli(new_home, "resume", run_id, "--from", objects, "--signer", stranger)
