@@ -382,3 +382,69 @@ async def test_local_backend_is_not_isolated(
     assert seen["connected"] == [str(sock.path)]
     runner = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert runner in seen["cmdlines"]
+
+
+# ---- identity ----------------------------------------------------------------------------
+
+
+def _host_processes() -> list[tuple[int, int, list[str]]]:
+    """(pid, real uid, argv) of every host process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            uid = next(
+                int(line.split()[1])
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("Uid:")
+            )
+        except (OSError, StopIteration):
+            continue
+        found.append((int(entry.name), uid, [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
+async def _sandbox_uids(backend: str, sandbox: AgentSandbox, marker: str) -> list[int]:
+    """Host uids of what runs the sandbox's commands: bwrap's are host processes (the
+    marker ``sleep``); gVisor's run inside its sentry (``runsc-sandbox``) and its stubs."""
+    for _ in range(100):  # up to ~10 s for the backgrounded command to show
+        procs = _host_processes()
+        if backend == "bwrap":
+            uids = [uid for _, uid, argv in procs if argv == ["sleep", marker]]
+        else:
+            sentries = {
+                pid
+                for pid, _, argv in procs
+                if argv and argv[0] == "runsc-sandbox" and sandbox.id in argv
+            }
+            uids = [uid for pid, uid, _ in procs if pid in sentries]
+        if uids:
+            return uids
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no host process of sandbox {sandbox.id} found")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: sandboxes already run as this user")
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_sandboxed_processes_run_as_an_unprivileged_host_uid(
+    backend: str, home: Path, opened: list[AgentSandbox]
+) -> None:
+    sandbox = await _start(opened, backend, home, "uid", {"fs"})
+    # A key of host root's, mode 0600, planted where the sandbox can see it.
+    planted = sandbox.workspace / "planted.key"
+    planted.write_text("private key bytes")
+    planted.chmod(0o600)
+    read = await sandbox.exec(["cat", "planted.key"])
+    assert read.code != 0 and b"private" not in read.stdout
+    assert b"Permission denied" in read.stderr
+    # What the node was given stays its own to change.
+    wrote = await sandbox.exec(["sh", "-c", "echo mine > made.txt && id -u && cat made.txt"])
+    assert wrote.code == 0, wrote.stderr
+    assert (sandbox.workspace / "made.txt").stat().st_uid != 0
+    marker = f"{secrets.randbelow(10**6) + 1000}.{secrets.randbelow(999) + 1}"
+    started = await sandbox.exec(["sh", "-c", f"sleep {marker} >/dev/null 2>&1 &"])
+    assert started.code == 0, started.stderr
+    uids = await _sandbox_uids(backend, sandbox, marker)
+    assert uids and 0 not in uids, uids

@@ -6,7 +6,8 @@ host Unix sockets under ``/run`` reachable, so nothing else is. Without ``net`` 
 sandbox gets a network namespace of its own with nothing in it; with ``net`` one with
 user-mode outbound networking (:mod:`orchestrator.sandbox.netns`), so the host's loopback
 services and abstract Unix sockets stay out of reach; only ``host-net`` shares the host's
-network. Without ``fs`` the workspace is bound read-only.
+network. Without ``fs`` the workspace is bound read-only. As root, the agent runs as the
+unprivileged :mod:`~orchestrator.sandbox.identity`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.sandbox import netns
+from orchestrator.sandbox import identity, netns
 from orchestrator.sandbox.base import BackendName, SandboxError, SandboxSpec
 from orchestrator.sandbox.limits import Limits
 
@@ -69,6 +70,35 @@ def system_binds(root: Path = Path("/"), net: Network = "host") -> list[tuple[Pa
     return binds
 
 
+def _unshare() -> list[str]:
+    """Every namespace; as root all but the user namespace, whose mapping would hold only
+    root (the agent drops to the sandbox identity instead, see :func:`_drop`)."""
+    if not identity.unprivileged():
+        return ["--unshare-all"]
+    return [
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]
+
+
+def _drop() -> list[str]:
+    """As root, the agent runs as the unprivileged sandbox identity (bwrap has mounted)."""
+    if not identity.unprivileged():
+        return []
+    return [
+        "/usr/bin/setpriv",
+        f"--reuid={identity.SANDBOX_UID}",
+        f"--regid={identity.SANDBOX_GID}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+
+
 class BwrapLauncher:
     """Runs the agent under ``bwrap`` with every namespace unshared."""
 
@@ -81,20 +111,21 @@ class BwrapLauncher:
         self, sandbox_id: str, spec: SandboxSpec, workspace: Path, agent_dir: Path
     ) -> list[str]:
         net = network(spec)
-        argv = [self.executable, "--unshare-all", "--die-with-parent", "--new-session"]
+        argv = [self.executable, *_unshare(), "--die-with-parent", "--new-session"]
         if net != "none":
             argv.append("--share-net")  # the host's, or the one netns.wrap made
+        argv += ["--perms", "0755", "--dir", "/etc"]  # else made 0700: not for a non-root agent
         for host, inside in system_binds(net=net):
             argv += ["--ro-bind", str(host), inside]
         for link in USR_LINKS:
             if Path("/usr", link).exists():
                 argv += ["--symlink", f"usr/{link}", f"/{link}"]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
         argv += ["--bind" if "fs" in spec.effects else "--ro-bind", str(workspace), "/workspace"]
         argv += ["--ro-bind", str(agent_dir), "/agent"]
         argv += ["--hostname", "sandbox", "--chdir", "/workspace", "--clearenv"]
         argv += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
-        argv += ["--", "/usr/bin/python3", "-I", "-S", "/agent/agent.py"]
+        argv += ["--", *_drop(), "/usr/bin/python3", "-I", "-S", "/agent/agent.py"]
         return netns.wrap(argv, slirp4netns()) if net == "own" else argv
 
     def cleanup(self, sandbox_id: str) -> None:

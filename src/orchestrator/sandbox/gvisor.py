@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from orchestrator.sandbox import netns
+from orchestrator.sandbox import identity, netns
 from orchestrator.sandbox.base import BackendName, SandboxSpec
 from orchestrator.sandbox.bwrap import USR_LINKS, network, slirp4netns, system_binds
 from orchestrator.sandbox.limits import Limits
@@ -67,7 +67,7 @@ class GvisorLauncher:
                 (rootfs / link).symlink_to(f"usr/{link}")
         mounts: list[dict[str, Any]] = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
         ]
         net = network(spec)
@@ -82,7 +82,7 @@ class GvisorLauncher:
             "ociVersion": "1.0.0",
             "process": {
                 "terminal": False,
-                "user": {"uid": 0, "gid": 0},
+                "user": _user(),
                 "args": ["/usr/bin/python3", "-I", "-S", "/agent/agent.py"],
                 "env": ["PATH=/usr/bin:/bin", "HOME=/tmp"],
                 "cwd": "/workspace",
@@ -123,6 +123,13 @@ class GvisorLauncher:
             timeout=30,
         )
         return [line for line in listed.stdout.split() if line]
+
+
+def _user() -> dict[str, int]:
+    """The container's user: as root, the unprivileged sandbox identity."""
+    if identity.unprivileged():
+        return {"uid": identity.SANDBOX_UID, "gid": identity.SANDBOX_GID}
+    return {"uid": 0, "gid": 0}
 
 
 def _bind(host: Path, inside: str, *, writable: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from orchestrator.sandbox import identity
 from orchestrator.sandbox.base import (
     BackendName,
     CommandResult,
@@ -126,6 +127,8 @@ class AgentSandbox:
             # Inside the try: a failure after the cgroup exists must not leak it (nor the
             # diagnostics file).
             self.workspace.mkdir(parents=True, exist_ok=True)
+            if self.backend != "local":
+                await asyncio.to_thread(identity.give, self.workspace)
             if self._limiter is not None:
                 self._cgroup = self._limiter.create(
                     self.id, self._launcher.host_limits(self.spec.limits)
@@ -249,7 +252,10 @@ class AgentSandbox:
     async def restore(self, snapshot_id: str, store: ChunkStore) -> RestoreResult:
         """Make the workspace hold exactly the snapshot's tree (never writing outside it)."""
         async with self._lock:
-            return await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
+            restored = await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
+            if self.backend != "local":
+                await asyncio.to_thread(identity.give, self.workspace)
+            return restored
 
     def meter(self) -> Meter:
         end = self._closed_at if self._closed_at is not None else time.monotonic()

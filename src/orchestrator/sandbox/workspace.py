@@ -244,7 +244,14 @@ class OverlayWorkspace:
                 f"overlay options for {self.merged} exceed one page: paths too long"
             )
         try:
-            _mount_overlay(options, self.merged)
+            try:
+                # Metadata-only copy-up: giving the files to the sandbox's identity
+                # (sandbox.identity) copies no data.
+                _mount_overlay(options + b",metacopy=on", self.merged)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _mount_overlay(options, self.merged)
         except (OSError, AttributeError) as exc:
             reason = _explain(exc) if isinstance(exc, OSError) else f"no mount(2) in libc: {exc}"
             raise WorkspaceError(f"cannot mount overlay on {self.merged}: {reason}") from exc
