@@ -258,3 +258,20 @@ def test_the_cli_refuses_etc_and_runs_nothing(home: Path, tmp_path: Path) -> Non
     bad_root = cli(home, "run", f"{plan_file}:plan", "-i", "repo=.", "--workspace-root", "/")
     assert bad_root.returncode == 1
     assert "workspace root '/' is refused" in " ".join(bad_root.stderr.split())
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
+def test_sandbox_exec_never_shows_the_home_nor_takes_a_directory_over(
+    home: Path, tmp_path: Path
+) -> None:
+    home.mkdir()
+    refused = cli(home, "sandbox", "exec", "--backend", "bwrap", "--workspace", ".", "--", "ls")
+    assert refused.returncode == 1
+    assert "orchestrator's home" in " ".join(refused.stderr.split())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "file.txt").write_text("x")
+    ran = cli(home, "sandbox", "exec", "--backend", "bwrap", "--workspace", str(mine), "--", "ls")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "file.txt\n"
+    assert (mine / "file.txt").stat().st_uid == os.geteuid()  # owners kept

@@ -105,6 +105,8 @@ class AgentSandbox:
         workspace: Path,
         limiter: CgroupLimiter | None,
         sandbox_id: str | None = None,
+        *,
+        own_workspace: bool = True,
     ) -> None:
         self.backend: BackendName = launcher.name
         self.spec = spec
@@ -112,6 +114,9 @@ class AgentSandbox:
         self.id = sandbox_id or f"{SANDBOX_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self._launcher = launcher
         self._limiter = limiter
+        # An orchestrator-made workspace is given to the sandbox's identity; a
+        # directory someone passed in keeps its owners.
+        self._own_workspace = own_workspace
         self._cgroup: Cgroup | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -127,7 +132,7 @@ class AgentSandbox:
             # Inside the try: a failure after the cgroup exists must not leak it (nor the
             # diagnostics file).
             self.workspace.mkdir(parents=True, exist_ok=True)
-            if self.backend != "local":
+            if self.backend != "local" and self._own_workspace:
                 await asyncio.to_thread(identity.give, self.workspace)
             if self._limiter is not None:
                 self._cgroup = self._limiter.create(
@@ -253,7 +258,7 @@ class AgentSandbox:
         """Make the workspace hold exactly the snapshot's tree (never writing outside it)."""
         async with self._lock:
             restored = await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
-            if self.backend != "local":
+            if self.backend != "local" and self._own_workspace:
                 await asyncio.to_thread(identity.give, self.workspace)
             return restored
 
