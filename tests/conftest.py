@@ -24,6 +24,20 @@ def trust_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def key_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's keys in a directory of their own, outside its tmp_path (where runs work)."""
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    monkeypatch.setenv("ORCHESTRATOR_KEYS", str(keys))
+    return keys
+
+
+@pytest.fixture(autouse=True)
+def _started_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs start in the test's tmp_path, so it is their default workspace root."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

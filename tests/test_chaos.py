@@ -214,7 +214,7 @@ def child_env(workdir: Path, peer: Peer, approver: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("ORCHESTRATOR_") or k == "ORCHESTRATOR_TRUST"
+        if not k.startswith("ORCHESTRATOR_") or k in ("ORCHESTRATOR_TRUST", "ORCHESTRATOR_KEYS")
     }
     env.update(
         CHAOS_SIDE=str(workdir / "side.jsonl"),

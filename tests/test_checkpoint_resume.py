@@ -113,15 +113,19 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one_valid(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_on_a_new_machine_the_signer_can_be_pinned(home: Path, tmp_path: Path) -> None:
+def test_on_a_new_machine_the_signer_can_be_pinned(
+    home: Path, tmp_path: Path, key_dir: Path
+) -> None:
     from orchestrator import signing
 
     objects = str(tmp_path / "objects")
     run_id = crashed_run(home, objects)
-    key_dir = home / "keys" / "runs"
-    public = (key_dir / f"{run_id}.pub").read_text().strip()
+    public = (key_dir / "runs" / f"{run_id}.pub").read_text().strip()
     new_home = tmp_path / "elsewhere"  # no ledger, no keys, no pins: only the object store
-    there = {"ORCHESTRATOR_TRUST": str(tmp_path / "elsewhere-trust")}
+    there = {
+        "ORCHESTRATOR_TRUST": str(tmp_path / "elsewhere-trust"),
+        "ORCHESTRATOR_KEYS": str(tmp_path / "elsewhere-keys"),
+    }
     unpinned = cli(new_home, "resume", run_id, "--from", objects, env=there)
     assert unpinned.returncode == 1
     assert f"--signer {public}" in " ".join(unpinned.stderr.split())

@@ -217,7 +217,9 @@ def test_ctrl_c_pauses_without_killing_the_sandboxes_that_drain(
         assert state.nodes["after"].status == "pending"
 
 
-def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(home: Path) -> None:
+def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(
+    home: Path, key_dir: Path
+) -> None:
     parked = cli(home, "demo", "--packages", "2", "--wait-at-gate", timeout=300)
     assert parked.returncode == 3, parked.stderr
     with Runtime(home=home) as rt:
@@ -230,7 +232,8 @@ def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(home: Pat
     notice = json.loads((home / "notices" / "demo.jsonl").read_text().splitlines()[-1])
     assert notice["kind"] == "gate" and notice["run_id"] == run_id
     assert '"type": "module"' in notice["review"]  # the diff a person reviews
-    key = str(home / "keys" / "demo-approver.key")
+    key = str(key_dir / "demo-approver.key")
+    assert not (home / "keys").exists()  # keys live outside any tree a run works on
     approved = cli(home, "approve", run_id, "merge", "--key", key)
     assert approved.returncode == 0, approved.stderr
     receipts = cli(home, "receipts", run_id, "--verify", "--json")

@@ -352,6 +352,16 @@ def test_effect_the_run_does_not_allow() -> None:
     assert "allowed: none" in both[0].message
 
 
+def test_host_net_is_an_effect_of_its_own_and_implies_net() -> None:
+    spec = define_node("probe", _text, effects={"host-net"})
+    assert spec.effects == {"host-net", "net"}
+    plan = Plan("effects")
+    plan.add(spec, inp="x")
+    assert plan.validate() == []
+    problem = only(plan.validate(RunConfig(allow_effects=frozenset({"net"}))))
+    assert problem.kind == "effect_not_allowed" and "'host-net'" in problem.message
+
+
 # ---- gates --------------------------------------------------------------------------------
 
 

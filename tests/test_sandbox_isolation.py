@@ -1,7 +1,9 @@
 """Isolation of the gVisor and bubblewrap backends, probed from inside real sandboxes.
 
 Network: a TCP listener the test opens on the host's 127.0.0.1 must be unreachable
-without ``net`` (nothing accepted) and reachable with it. Files: two concurrent sandboxes
+without ``net`` and with ``net`` (a namespace of its own, outbound through slirp4netns:
+``npm install`` works), and reachable only with ``host-net``; so must a host abstract
+Unix socket. Files: two concurrent sandboxes
 never see each other's workspace, the orchestrator home (ledger, secrets) is not there,
 nor are host sockets under /run or host processes. The local backend is explicitly not
 isolated; its test asserts exactly that, so the difference stays documented.
@@ -202,16 +204,18 @@ async def _probe(
 
 
 @pytest.mark.parametrize("backend", ISOLATING)
-async def test_no_network_without_net_and_host_loopback_with_it(
+async def test_no_network_without_net_and_host_loopback_only_with_host_net(
     backend: str, home: Path, listener: Listener, opened: list[AgentSandbox]
 ) -> None:
-    closed, open_ = await asyncio.gather(
+    closed, own, host = await asyncio.gather(
         _start(opened, backend, home, "no-net", set()),
         _start(opened, backend, home, "net", {"net"}),
+        _start(opened, backend, home, "host-net", {"host-net"}),
     )
-    refused = await closed.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
-    assert refused.code == 3, refused.stdout + refused.stderr
-    assert refused.stdout.startswith(b"refused")
+    for sandbox in (closed, own):
+        refused = await sandbox.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
+        assert refused.code == 3, refused.stdout + refused.stderr
+        assert refused.stdout.startswith(b"refused")
     await asyncio.sleep(0.2)  # anything in flight would have been accepted by now
     assert listener.accepted == []
 
@@ -226,10 +230,73 @@ async def test_no_network_without_net_and_host_loopback_with_it(
     assert routes.code == 0, routes.stderr
     assert set(json.loads(routes.stdout)) <= {"lo"}, routes.stdout
 
-    reached = await open_.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
+    reached = await host.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
     assert reached.code == 0, reached.stdout + reached.stderr
     assert reached.stdout == b"connected hello\n"
     assert len(listener.accepted) == 1
+
+
+ABSTRACT = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n"
+    "    s.connect('\\0' + sys.argv[1])\n"
+    "    print('connected')\n"
+    "except OSError as exc:\n"
+    "    print('refused', type(exc).__name__)\n"
+)
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_a_net_node_cannot_reach_host_abstract_unix_sockets(
+    backend: str, home: Path, opened: list[AgentSandbox]
+) -> None:
+    name = f"orchestrator-test-{secrets.token_hex(6)}"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("\0" + name)
+    server.listen(4)
+    try:
+        own = await _start(opened, backend, home, "net", {"net"})
+        tried = await own.exec(["python3", "-c", ABSTRACT, name], timeout=30)
+        assert tried.stdout.startswith(b"refused"), tried.stdout + tried.stderr
+        if backend == "bwrap":  # gVisor keeps Unix sockets inside its own kernel anyway
+            host = await _start(opened, backend, home, "host-net", {"host-net"})
+            shared = await host.exec(["python3", "-c", ABSTRACT, name], timeout=30)
+            assert shared.stdout == b"connected\n", shared.stdout + shared.stderr
+    finally:
+        server.close()
+
+
+def _registry_reachable() -> bool:
+    try:
+        socket.create_connection(("registry.npmjs.org", 443), timeout=10).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_npm_install_works_in_a_net_node(
+    backend: str, home: Path, opened: list[AgentSandbox]
+) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    if not _registry_reachable():
+        pytest.skip("the npm registry is not reachable from this host")
+    own = await _start(opened, backend, home, "net", {"net", "fs"})
+    resolv = await own.exec(["cat", "/etc/resolv.conf"])
+    assert resolv.stdout == b"nameserver 10.0.2.3\n"
+    done = await own.exec(
+        [
+            "sh",
+            "-c",
+            "cd /tmp && npm install --no-audit --no-fund --no-update-notifier left-pad "
+            "&& cat node_modules/left-pad/package.json",
+        ],
+        timeout=300,
+    )
+    assert done.code == 0, done.stdout + done.stderr
+    assert b'"name": "left-pad"' in done.stdout
 
 
 # ---- files, home, sockets, processes -----------------------------------------------------
@@ -315,3 +382,69 @@ async def test_local_backend_is_not_isolated(
     assert seen["connected"] == [str(sock.path)]
     runner = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert runner in seen["cmdlines"]
+
+
+# ---- identity ----------------------------------------------------------------------------
+
+
+def _host_processes() -> list[tuple[int, int, list[str]]]:
+    """(pid, real uid, argv) of every host process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            uid = next(
+                int(line.split()[1])
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("Uid:")
+            )
+        except (OSError, StopIteration):
+            continue
+        found.append((int(entry.name), uid, [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
+async def _sandbox_uids(backend: str, sandbox: AgentSandbox, marker: str) -> list[int]:
+    """Host uids of what runs the sandbox's commands: bwrap's are host processes (the
+    marker ``sleep``); gVisor's run inside its sentry (``runsc-sandbox``) and its stubs."""
+    for _ in range(100):  # up to ~10 s for the backgrounded command to show
+        procs = _host_processes()
+        if backend == "bwrap":
+            uids = [uid for _, uid, argv in procs if argv == ["sleep", marker]]
+        else:
+            sentries = {
+                pid
+                for pid, _, argv in procs
+                if argv and argv[0] == "runsc-sandbox" and sandbox.id in argv
+            }
+            uids = [uid for pid, uid, _ in procs if pid in sentries]
+        if uids:
+            return uids
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no host process of sandbox {sandbox.id} found")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: sandboxes already run as this user")
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_sandboxed_processes_run_as_an_unprivileged_host_uid(
+    backend: str, home: Path, opened: list[AgentSandbox]
+) -> None:
+    sandbox = await _start(opened, backend, home, "uid", {"fs"})
+    # A key of host root's, mode 0600, planted where the sandbox can see it.
+    planted = sandbox.workspace / "planted.key"
+    planted.write_text("private key bytes")
+    planted.chmod(0o600)
+    read = await sandbox.exec(["cat", "planted.key"])
+    assert read.code != 0 and b"private" not in read.stdout
+    assert b"Permission denied" in read.stderr
+    # What the node was given stays its own to change.
+    wrote = await sandbox.exec(["sh", "-c", "echo mine > made.txt && id -u && cat made.txt"])
+    assert wrote.code == 0, wrote.stderr
+    assert (sandbox.workspace / "made.txt").stat().st_uid != 0
+    marker = f"{secrets.randbelow(10**6) + 1000}.{secrets.randbelow(999) + 1}"
+    started = await sandbox.exec(["sh", "-c", f"sleep {marker} >/dev/null 2>&1 &"])
+    assert started.code == 0, started.stderr
+    uids = await _sandbox_uids(backend, sandbox, marker)
+    assert uids and 0 not in uids, uids

@@ -150,7 +150,10 @@ def upper_layer(workspace: str) -> dict[str, object]:
         "readme": (upper / "README.md").read_text(),
         "new": (upper / "new" / "file.txt").read_text(),
         "whiteout": [os.major(whiteout.st_rdev), os.minor(whiteout.st_rdev)],
-        "b_copied": (upper / "src" / "b.txt").exists(),
+        # At most its owner changed (given to the sandbox's unprivileged identity): a
+        # metadata-only copy-up holds no data.
+        "b_copied": (upper / "src" / "b.txt").exists()
+        and "trusted.overlay.metacopy" not in os.listxattr(upper / "src" / "b.txt"),
         "on_its_disk": os.path.ismount(upper.parent),
     }
 

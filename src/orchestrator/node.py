@@ -25,7 +25,9 @@ from orchestrator.sandbox.limits import Limits
 if TYPE_CHECKING:
     from orchestrator.runtime.context import NodeContext
 
-KNOWN_EFFECTS: frozenset[str] = frozenset({"fs", "net", "llm"})
+KNOWN_EFFECTS: frozenset[str] = frozenset({"fs", "net", "host-net", "llm"})
+"""``net``: outbound network from a namespace of the sandbox's own; ``host-net``: the
+host's network itself, its loopback services included (implies ``net``)."""
 
 NodeFn = Callable[["NodeContext", Any], Awaitable[BaseModel]]
 
@@ -169,6 +171,10 @@ class NodeSpec:
         }
 
 
+def _implied(effects: frozenset[str]) -> frozenset[str]:
+    return effects | {"net"} if "host-net" in effects else effects
+
+
 def define_node(
     name: str,
     run: NodeFn,
@@ -193,7 +199,7 @@ def define_node(
         fn=run,
         inputs=inputs,
         outputs=outputs,
-        effects=frozenset(effects),
+        effects=_implied(frozenset(effects)),
         budget=budget or Budget(),
         retry=retry or Retry(),
         gate=gate,

@@ -127,6 +127,8 @@ class RunConfig(BaseModel):
     delivery_backoff: float = Field(default=0.5, ge=0, le=60)
     llm: str | None = None
     model: str | None = None
+    workspace_roots: list[str] | None = None
+    """Directories nodes may work on (resolved); filled in when the run starts."""
 
     @field_serializer("allow_effects")
     def _sorted(self, effects: frozenset[str]) -> list[str]:

@@ -3,6 +3,9 @@
 A key pair lives in two files: ``NAME.key`` (the raw 32-byte private key, hex, mode 0600)
 and ``NAME.pub`` (the public key, hex). Public keys travel as hex strings; signatures are
 hex. Nothing here ever logs or returns a private key's bytes.
+
+Keys live in a per-user directory (:func:`key_dir`, mode 0700), never in the
+orchestrator's home: the home may lie inside a repository that a run works on.
 """
 
 from __future__ import annotations
@@ -44,6 +47,29 @@ class Signer:
         return f"Signer(public={self.public[:16]}…)"
 
 
+def key_dir() -> Path:
+    """``$ORCHESTRATOR_KEYS``, else ``$XDG_CONFIG_HOME/orchestrator/keys`` (by default
+    ``~/.config/orchestrator/keys``)."""
+    explicit = os.environ.get("ORCHESTRATOR_KEYS")
+    if explicit:
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "orchestrator" / "keys"
+
+
+def adopt_legacy(old: Path, new: Path) -> None:
+    """Move a key pair kept where older versions put it (the home) to ``new``."""
+    if new.exists() or not old.exists():
+        return
+    _private_dir(new.parent)
+    for suffix in (".key", ".pub"):
+        source, target = old.with_suffix(suffix), new.with_suffix(suffix)
+        if source.exists() and not target.exists():
+            target.write_bytes(source.read_bytes())
+            target.chmod(0o600 if suffix == ".key" else 0o644)
+            source.unlink()
+
+
 def generate() -> Signer:
     key = Ed25519PrivateKey.generate()
     return Signer(key, _public_hex(key.public_key()))
@@ -53,7 +79,7 @@ def save(signer: Signer, path: Path) -> None:
     """Write ``path`` (private, 0600, created exclusively) and ``path.pub``."""
     raw = signer.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(raw.hex() + "\n")
@@ -87,6 +113,14 @@ def verify(public: str, data: bytes, signature: str) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) a directory only its owner can enter."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
+        directory.chmod(0o700)
 
 
 def _created(path: Path) -> Signer:

@@ -4,6 +4,7 @@ so one performed again after a crash (same idempotency key) does no harm."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,17 +50,33 @@ def publish_tree(dest: str, workspace: str) -> str:
     return str(target)
 
 
+def sandbox_owned(workspace: str) -> list[str]:
+    """git options to work in a workspace the sandbox's unprivileged identity owns (git
+    refuses repositories of another owner), running none of its hooks."""
+    return ["-c", f"safe.directory={workspace}", "-c", "core.hooksPath=/dev/null"]
+
+
+def fetch_from(workspace: str) -> list[str]:
+    """``git fetch`` options to fetch from such a workspace (a local fetch runs
+    upload-pack there without the caller's ``-c`` options)."""
+    trusted = " ".join(
+        f"-c safe.directory={shlex.quote(p)}" for p in (workspace, workspace + "/.git")
+    )
+    return ["--upload-pack", f"git {trusted} upload-pack"]
+
+
 def publish_branch(repo: str, branch: str, workspace: str) -> str:
     """Fetch ``branch`` from the sandbox's view into the local repository ``repo``."""
-    git("-C", repo, "fetch", "--quiet", workspace, f"+{branch}:{branch}")
+    git("-C", repo, "fetch", "--quiet", *fetch_from(workspace), workspace, f"+{branch}:{branch}")
     return git("-C", repo, "rev-parse", branch)
 
 
 def push_branch(remote: str, branch: str, workspace: str) -> str:
     """Push ``branch`` from the sandbox's view to a remote URL (credentials from git's own
     configuration, never from the ledger)."""
-    git("-C", workspace, "push", "--quiet", "--force", remote, f"{branch}:{branch}")
-    return git("-C", workspace, "rev-parse", branch)
+    trust = sandbox_owned(workspace)
+    git(*trust, "-C", workspace, "push", "--quiet", "--force", remote, f"{branch}:{branch}")
+    return git(*trust, "-C", workspace, "rev-parse", branch)
 
 
 def write_text(path: str, text: str) -> str:

@@ -35,13 +35,15 @@ def demo(
 
     rt = _runtime(ctx)
     repo = workload.make_monorepo(rt.home / "demo", packages)
-    approver = signing.load_or_create(rt.home / "keys" / "demo-approver.key")
+    approver_key = rt.keys / "demo-approver.key"
+    approver = signing.load_or_create(approver_key)
     notices = rt.home / "notices" / "demo.jsonl"
     config = _config(None, [f"merge={approver.public}"], None, 256, sandbox)
     config = config.model_copy(
         update={
             "budget": workload.RUN_CEILING,
             "notify": [SinkConfig(kind="file", url=str(notices))],
+            "workspace_roots": [str(rt.home / "demo")],
         }
     )
     if not as_json:
@@ -68,9 +70,9 @@ def demo(
             if not as_json:
                 out.print(
                     "\nThe run is parked and this process exits. Approve it as a person would, "
-                    "from any shell (the demo's approver key is in the home):\n  "
+                    "from any shell (the demo's approver key is in your key directory):\n  "
                     + gates.approve_command(rid, held)
-                    + f" --key {rt.home / 'keys' / 'demo-approver.key'}",
+                    + f" --key {approver_key}",
                     highlight=False,
                 )
             _finish(rt, state, as_json)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,14 @@ from orchestrator.errors import ConfigError
 
 
 def default_key() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "orchestrator" / "keys" / "approver.key"
+    return signing.key_dir() / "approver.key"
 
 
 KeyOpt = typer.Option(
-    None, "--key", envvar="ORCHESTRATOR_KEY", help="Your private key [default: ~/.config/…]"
+    None,
+    "--key",
+    envvar="ORCHESTRATOR_KEY",
+    help="Your private key [default: the key directory's approver.key]",
 )
 
 

@@ -72,6 +72,7 @@ def flaky_hunt(
         model=model,
     )
     workdir = rt.home / "hunts" / f"{rt.clock.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    config = config.model_copy(update={"workspace_roots": [str(rt.home / "hunts")]})
     from orchestrator.agents.flaky import MAX_BATCHES
 
     if -(-runs // batch) > MAX_BATCHES:

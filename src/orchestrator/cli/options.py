@@ -152,3 +152,8 @@ LlmOpt = typer.Option(
 ModelOpt = typer.Option(None, "--model", help="Default model for ctx.llm calls")
 PricesOpt = typer.Option(None, "--prices", help="JSON price table overriding the defaults")
 SandboxOpt = typer.Option("auto", "--sandbox", help="auto, gvisor, bwrap or local (no isolation)")
+WorkspaceRootOpt = typer.Option(
+    [],
+    "--workspace-root",
+    help="A directory nodes may work on, besides the current one (repeatable)",
+)

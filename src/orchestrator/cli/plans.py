@@ -19,6 +19,7 @@ from orchestrator.cli.options import (
     ReceiptEveryOpt,
     ReceiptsOpt,
     SandboxOpt,
+    WorkspaceRootOpt,
     _config,
     _parse_inputs,
     _prices,
@@ -26,6 +27,7 @@ from orchestrator.cli.options import (
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_INVALID, _runtime, app, err, out, plan_app
 from orchestrator.runtime.loader import load_plan, normalize_ref
+from orchestrator.sandbox.roots import default_roots
 from orchestrator.sinks import SinkConfig
 from orchestrator.trust import fingerprint
 
@@ -49,11 +51,13 @@ def run(
     llm: str | None = LlmOpt,
     model: str | None = ModelOpt,
     prices: Path | None = PricesOpt,
+    workspace_root: list[Path] = WorkspaceRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
     plan = load_plan(plan_ref)
+    rt = _runtime(ctx)
     config = _config(
         allow,
         approver,
@@ -67,9 +71,9 @@ def run(
         llm=llm,
         model=model,
         prices=_prices(prices),
+        workspace_roots=[*default_roots(rt.home, rt.keys), *map(str, workspace_root)],
     )
     values = _parse_inputs(inputs)
-    rt = _runtime(ctx)
 
     def announce(run_id: str) -> None:
         if not as_json:

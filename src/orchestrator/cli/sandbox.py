@@ -62,7 +62,7 @@ def sandbox_exec(
     ctx: typer.Context,
     argv: list[str] = typer.Argument(..., metavar="-- CMD ..."),
     backend: str = typer.Option("auto", "--backend", help="auto, gvisor, bwrap or local"),
-    net: bool = typer.Option(False, "--net", help="Allow network egress"),
+    net: bool = typer.Option(False, "--net", help="Allow network egress (own namespace)"),
     fs: bool = typer.Option(False, "--fs", help="Make the workspace writable"),
     workspace: Path | None = typer.Option(None, "--workspace", help="Directory seen at /workspace"),
     timeout: float | None = typer.Option(
@@ -79,13 +79,28 @@ def sandbox_exec(
     home = _runtime(ctx).home
     if workspace is not None and not workspace.is_dir():
         raise ConfigError(f"--workspace {str(workspace)!r} is not a directory")
+    if workspace is not None:
+        from orchestrator.sandbox.hidden import inside
+        from orchestrator.signing import key_dir
+
+        protected = (home.resolve(), key_dir().resolve())
+        target = workspace.resolve()
+        if inside(target, protected) or any(p == target or p in target.parents for p in protected):
+            raise ConfigError(
+                f"--workspace {str(workspace)!r} holds or lies in the orchestrator's home or "
+                "key directory, which no sandbox may see; pass a directory without them"
+            )
     effects = frozenset(e for e, on in (("net", net), ("fs", fs)) if on)
 
     async def go(where: Path) -> int:
         name, why = await choose(backend, home)
         err.print(f"sandbox: {name} ({why})", highlight=False, markup=False)
         sandbox = AgentSandbox(
-            launcher_for(name, home), SandboxSpec(effects=effects), where, limiter_for(home)
+            launcher_for(name, home),
+            SandboxSpec(effects=effects),
+            where,
+            limiter_for(home),
+            own_workspace=workspace is None,
         )
         async with sandbox:
             result = await sandbox.exec(argv, timeout=timeout)

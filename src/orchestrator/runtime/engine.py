@@ -68,6 +68,7 @@ from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.runtime.workdirs import remove_run
+from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
 from orchestrator.sandbox.snapshot import ChunkStore
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
@@ -123,6 +124,7 @@ class Runtime:
         objects: str | None = None,
         store_grace: float | None = None,
         trust: Path | str | None = None,
+        keys: Path | None = None,
         *,
         create: bool = True,
     ) -> None:
@@ -131,6 +133,8 @@ class Runtime:
         self.home = (Path(home) if home is not None else default_home()).absolute()
         check_home(self.home, create=create)
         self.trust = TrustStore(None if trust is None else Path(trust))
+        self.keys = (keys or signing.key_dir()).absolute()
+        """Run signing keys live here, outside every tree a run works on."""
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         self.objects_url = (
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
@@ -259,6 +263,11 @@ class Runtime:
     ) -> RunState:
         """Validate, record RunStarted, and drive the run until it ends or parks."""
         config = config or RunConfig()
+        roots = config.workspace_roots
+        if roots is None:
+            roots = default_roots(self.home, self.keys)
+        roots = check_roots(roots, self.home, self.keys)
+        config = config.model_copy(update={"workspace_roots": roots})
         problems = plan.validate(config)
         if problems:
             raise PlanInvalid(problems)
@@ -372,7 +381,10 @@ class Runtime:
         def chosen(backend: str, reason: str) -> None:
             writer.stage(SandboxChosen, backend=backend, reason=reason)
 
-        broker = SandboxBroker(self.home, self.sandbox or config.sandbox, config.warm, chosen)
+        policy = WorkspacePolicy(config.workspace_roots, self.home, self.keys)
+        broker = SandboxBroker(
+            self.home, self.sandbox or config.sandbox, config.warm, chosen, policy
+        )
         signer = writer.signer
         assert signer is not None
         models = RunModels(config.llm, config.model) if config.llm else None
@@ -630,7 +642,9 @@ class Runtime:
         return pinned[-1] if pinned else None
 
     def _key_path(self, run_id: str) -> Path:
-        return self.home / "keys" / "runs" / f"{run_id}.key"
+        path = self.keys / "runs" / f"{run_id}.key"
+        signing.adopt_legacy(self.home / "keys" / "runs" / f"{run_id}.key", path)
+        return path
 
     def pause(self, run_id: str, source: str = "cli") -> None:
         """Ask the process driving the run to drain in-flight nodes and park."""

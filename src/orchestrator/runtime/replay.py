@@ -459,13 +459,15 @@ class Replayer:
             extra = attempt.life.queue[0]
             raise _Diverged(self._mismatch(rec, extra))
         if attempt is not None and attempt.halted:
-            # The body was stopped mid-way (timeout, crash before a code-changed retry):
+            # The body was stopped mid-way (timeout, crash before a code-changed retry) or
+            # never started (its workspace refused at dispatch):
             # what it would have done next is not on the record, so the record stands.
             reason = getattr(rec, "reason", None)
             if reason is not None and reason.type in (
                 "NodeTimeout",
                 "CodeChanged",
                 "BudgetExceeded",
+                "WorkspaceRefused",
             ):
                 return rec
         stamp = {"seq": rec.seq, "ts": rec.ts, "node": rec.node, "attempt": rec.attempt}

@@ -26,6 +26,7 @@ from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
+from orchestrator.sandbox.roots import WorkspacePolicy
 from orchestrator.sandbox.snapshot import ChunkStore, SnapshotError, SnapshotIndex
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 from orchestrator.storage.objects import StorageError
@@ -45,8 +46,10 @@ class SandboxBroker:
         backend: str = "auto",
         warm: int = 2,
         on_chosen: Callable[[BackendName, str], None] | None = None,
+        policy: WorkspacePolicy | None = None,
     ) -> None:
         self.home = home
+        self.policy = policy
         self.on_chosen = on_chosen
         self.requested = backend
         self.warm = warm
@@ -64,6 +67,13 @@ class SandboxBroker:
                     self.on_chosen(*self.chosen)
                 self._pool = SandboxPool(self.chosen[0], self.home, self.warm)
             return self._pool
+
+    def workspace_of(self, node: str, port: str, value: object) -> Path:
+        """The host directory a node's workspace input names, checked against the run's
+        allowed roots (:class:`~orchestrator.sandbox.roots.WorkspaceRefused` if not)."""
+        if self.policy is None:
+            return Path(str(value)).absolute()
+        return self.policy.check(node, port, value)
 
     async def lease(
         self, spec: NodeSpec, durable: Path, lower: Path | None, *, fresh: bool = False
@@ -85,7 +95,10 @@ class SandboxBroker:
             return sandbox, None
         # Carrying on in a directory it already wrote to, or an overlay over a repository:
         # a sandbox started for that directory.
-        disk, overlay = await asyncio.to_thread(_prepare, lower, durable, fresh, limits.disk_mb)
+        hidden = self.policy.hidden if self.policy is not None else (self.home,)
+        disk, overlay = await asyncio.to_thread(
+            _prepare, lower, durable, fresh, limits.disk_mb, hidden
+        )
         workspace = overlay.merged if overlay is not None else disk.root / WORKSPACE
         try:
             sandbox = await pool.acquire(sandbox_spec, workspace=workspace)
@@ -126,10 +139,15 @@ def workspace_path(durable: Path, overlay: bool) -> Path:
 
 
 def _prepare(
-    lower: Path | None, durable: Path, fresh: bool, disk_mb: int | None
+    lower: Path | None,
+    durable: Path,
+    fresh: bool,
+    disk_mb: int | None,
+    hidden: tuple[Path, ...],
 ) -> tuple[Disk, OverlayWorkspace | None]:
     """Mount the attempt's disk at ``durable`` (emptied first when ``fresh``) and, with
-    ``lower``, a copy-on-write view of it whose upper layer is on that disk."""
+    ``lower``, a copy-on-write view of it whose upper layer is on that disk, ``hidden``
+    left out of it."""
     if lower is not None and not lower.is_dir():
         raise SandboxError(f"the workspace source {str(lower)!r} is not a directory")
     # A killed orchestrator leaves its overlays mounted; this attempt is ours (the run
@@ -142,7 +160,7 @@ def _prepare(
         if lower is None:
             (disk.root / WORKSPACE).mkdir(exist_ok=True)
             return disk, None
-        return disk, OverlayWorkspace(lower, disk.root).mount()
+        return disk, OverlayWorkspace(lower, disk.root, hidden=hidden).mount()
     except BaseException:
         disk.unmount()
         raise

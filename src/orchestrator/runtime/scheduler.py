@@ -62,6 +62,7 @@ from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.resumption import resume_point
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
 from orchestrator.sandbox.process import AgentSandbox
+from orchestrator.sandbox.roots import WorkspaceRefused
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig
@@ -338,7 +339,19 @@ class Scheduler:
         if self.sandboxes is not None:
             lower = None
             if spec.workspace is not None and ns.inputs is not None:
-                lower = Path(str(ns.inputs[spec.workspace])).absolute()
+                try:
+                    lower = self.sandboxes.workspace_of(
+                        ns.id, spec.workspace, ns.inputs[spec.workspace]
+                    )
+                except WorkspaceRefused as exc:
+                    # Refused at dispatch: the body never starts, and retrying the same
+                    # input would be refused again.
+                    reason = ErrorInfo.of(exc)
+                    self.writer.stage(
+                        NodeFailed, node=ns.id, attempt=ns.attempt, cause="error", reason=reason
+                    )
+                    self._wake.set()
+                    return
             chunks = self.checkpointer.chunks if self.checkpointer is not None else None
             handle = SandboxHandle(
                 self.sandboxes, spec, base, lower, restore if chunks else None, chunks, fresh

@@ -3,8 +3,10 @@
 The strongest isolation available on machines without hardware KVM. Each sandbox is an
 OCI container: a read-only root with only ``/usr`` and a few ``/etc`` entries bound in,
 the workspace at ``/workspace`` (read-only without ``fs``), and runsc's network either
-``none`` (no interfaces but loopback of its own) or ``host`` egress with ``net``. The
-ptrace platform is used because it needs no KVM.
+``none`` (no interfaces but loopback of its own), ``host`` inside a namespace of its own
+with ``net`` (:mod:`orchestrator.sandbox.netns` gives it user-mode outbound networking;
+the host's loopback is out of reach) or ``host`` itself with ``host-net``.
+The ptrace platform is used because it needs no KVM.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from orchestrator.sandbox import identity, netns
 from orchestrator.sandbox.base import BackendName, SandboxSpec
-from orchestrator.sandbox.bwrap import USR_LINKS, system_binds
+from orchestrator.sandbox.bwrap import USR_LINKS, network, slirp4netns, system_binds
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.teardown import CLEANUP_GRACE_S
 
@@ -41,12 +44,16 @@ class GvisorLauncher:
         self.platform = platform
 
     def _flags(self, spec: SandboxSpec | None = None) -> list[str]:
-        network = "host" if spec is not None and "net" in spec.effects else "none"
+        net = network(spec) if spec is not None else "none"
+        # ``own``: runsc's host network, inside the namespace netns.wrap made (this runsc's
+        # own network stack refuses to start on kernels newer than it: it takes every
+        # namespace for the root one)
+        mode = "none" if net == "none" else "host"
         return [
             self.executable,
             f"--root={self.state / 'runsc'}",
             f"--platform={self.platform}",
-            f"--network={network}",
+            f"--network={mode}",
             "--ignore-cgroups",
         ]
 
@@ -64,18 +71,19 @@ class GvisorLauncher:
             _tmp(spec.limits.disk_mb),
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
         ]
-        for host, inside in system_binds():
+        net = network(spec)
+        for host, inside in system_binds(net=net):
             mounts.append(_bind(host, inside, writable=False))
         mounts.append(_bind(workspace, "/workspace", writable="fs" in spec.effects))
         mounts.append(_bind(agent_dir, "/agent", writable=False))
-        namespaces = ["pid", "ipc", "uts", "mount"]
-        if "net" not in spec.effects:
-            namespaces.append("network")
+        namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+        if net == "none":
+            namespaces.append({"type": "network"})
         config = {
             "ociVersion": "1.0.0",
             "process": {
                 "terminal": False,
-                "user": {"uid": 0, "gid": 0},
+                "user": _user(),
                 "args": ["/usr/bin/python3", "-I", "-S", "/agent/agent.py"],
                 "env": ["PATH=/usr/bin:/bin", "HOME=/tmp"],
                 "cwd": "/workspace",
@@ -83,10 +91,11 @@ class GvisorLauncher:
             "root": {"path": "rootfs", "readonly": True},
             "hostname": "sandbox",
             "mounts": mounts,
-            "linux": {"namespaces": [{"type": t} for t in namespaces]},
+            "linux": {"namespaces": namespaces},
         }
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
-        return [*self._flags(spec), "run", f"--bundle={bundle}", sandbox_id]
+        argv = [*self._flags(spec), "run", f"--bundle={bundle}", sandbox_id]
+        return netns.wrap(argv, slirp4netns()) if net == "own" else argv
 
     def host_limits(self, limits: Limits) -> Limits:
         """``pids`` counts processes inside the sandbox; on the host that takes room for
@@ -120,8 +129,15 @@ class GvisorLauncher:
 
 def _tmp(disk_mb: int | None) -> dict[str, Any]:
     """``/tmp``, a tmpfs bounded like the disk (it is writable too)."""
-    options = [] if disk_mb is None else [f"size={disk_mb << 20}"]
+    options = ["mode=1777"] if disk_mb is None else ["mode=1777", f"size={disk_mb << 20}"]
     return {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": options}
+
+
+def _user() -> dict[str, int]:
+    """The container's user: as root, the unprivileged sandbox identity."""
+    if identity.unprivileged():
+        return {"uid": identity.SANDBOX_UID, "gid": identity.SANDBOX_GID}
+    return {"uid": 0, "gid": 0}
 
 
 def _bind(host: Path, inside: str, *, writable: bool) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from orchestrator.sandbox import identity
 from orchestrator.sandbox.base import (
     BackendName,
     CommandResult,
@@ -121,6 +122,8 @@ class AgentSandbox:
         limiter: CgroupLimiter | None,
         sandbox_id: str | None = None,
         leaks: Path | None = None,
+        *,
+        own_workspace: bool = True,
     ) -> None:
         self.backend: BackendName = launcher.name
         self.spec = spec
@@ -130,6 +133,9 @@ class AgentSandbox:
         """Where a sandbox that cannot be stopped is recorded (None: nowhere)."""
         self._launcher = launcher
         self._limiter = limiter
+        # An orchestrator-made workspace is given to the sandbox's identity; a
+        # directory someone passed in keeps its owners.
+        self._own_workspace = own_workspace
         self._cgroup: Cgroup | None = None
         self.disk: Disk | None = None
         """The disk-limited filesystem the workspace is on, if any (set by its owner)."""
@@ -147,6 +153,8 @@ class AgentSandbox:
             # Inside the try: a failure after the cgroup exists must not leak it (nor the
             # diagnostics file).
             self.workspace.mkdir(parents=True, exist_ok=True)
+            if self.backend != "local" and self._own_workspace:
+                await asyncio.to_thread(identity.give, self.workspace)
             if self._limiter is not None:
                 self._cgroup = self._limiter.create(
                     self.id, self._launcher.host_limits(self.spec.limits)
@@ -274,7 +282,10 @@ class AgentSandbox:
     async def restore(self, snapshot_id: str, store: ChunkStore) -> RestoreResult:
         """Make the workspace hold exactly the snapshot's tree (never writing outside it)."""
         async with self._lock:
-            return await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
+            restored = await asyncio.to_thread(restore_snapshot, snapshot_id, store, self.workspace)
+            if self.backend != "local" and self._own_workspace:
+                await asyncio.to_thread(identity.give, self.workspace)
+            return restored
 
     def meter(self) -> Meter:
         end = self._closed_at if self._closed_at is not None else time.monotonic()

@@ -23,11 +23,13 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.sandbox.hidden import copy_ignore, hide_in_upper, inside
 
 __all__ = ["OverlayWorkspace", "WorkspaceError", "overlay_mounts", "sweep_mounts"]
 
@@ -154,7 +156,8 @@ class OverlayWorkspace:
     :attr:`mode` is what is actually in use and :attr:`fallback_reason` says why ``auto``
     fell back to copying, if it did. ``lower=None`` means an empty lower directory
     (``base/lower``). As a context manager it mounts on entry and unmounts on exit; the
-    directories stay until :meth:`destroy`.
+    directories stay until :meth:`destroy`. ``hidden`` paths (the orchestrator's home,
+    the key directory) are absent from the workspace when they lie inside ``lower``.
     """
 
     def __init__(
@@ -163,7 +166,9 @@ class OverlayWorkspace:
         base: Path,
         *,
         mode: Literal["auto", "overlay", "copy"] = "auto",
+        hidden: Sequence[Path] = (),
     ) -> None:
+        self.hidden = tuple(hidden)
         self.base = base.absolute()
         self.lower = lower.absolute() if lower is not None else self.base / "lower"
         self._own_lower = lower is None
@@ -222,6 +227,10 @@ class OverlayWorkspace:
             raise WorkspaceError(
                 f"cannot create workspace directories in {self.base}: {exc}"
             ) from exc
+        try:
+            hide_in_upper(self.lower, upper, inside(self.lower, self.hidden))
+        except OSError as exc:
+            raise WorkspaceError(f"cannot hide protected paths in {upper}: {exc}") from exc
         options = (
             b"lowerdir="
             + _escape(self.lower)
@@ -235,7 +244,14 @@ class OverlayWorkspace:
                 f"overlay options for {self.merged} exceed one page: paths too long"
             )
         try:
-            _mount_overlay(options, self.merged)
+            try:
+                # Metadata-only copy-up: giving the files to the sandbox's identity
+                # (sandbox.identity) copies no data.
+                _mount_overlay(options + b",metacopy=on", self.merged)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _mount_overlay(options, self.merged)
         except (OSError, AttributeError) as exc:
             reason = _explain(exc) if isinstance(exc, OSError) else f"no mount(2) in libc: {exc}"
             raise WorkspaceError(f"cannot mount overlay on {self.merged}: {reason}") from exc
@@ -247,7 +263,7 @@ class OverlayWorkspace:
                     return  # remounting a copy: keep what the sandbox wrote
                 self.merged.rmdir()
             self.base.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(self.lower, self.merged, symlinks=True)
+            shutil.copytree(self.lower, self.merged, symlinks=True, ignore=copy_ignore(self.hidden))
         except OSError as exc:
             raise WorkspaceError(f"cannot copy {self.lower} to {self.merged}: {exc}") from exc
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from orchestrator.agents.host import fetch_from
 from orchestrator.node import Budget, Retry, node
 from orchestrator.plan import Plan
 from orchestrator.runtime.context import NodeContext
@@ -148,8 +149,9 @@ def publish_branch(repo: str, branch: str, workspace: str) -> str:
     Runs on the host (a recorded tool call): the sandbox itself never sees the original.
     Fetching the same branch again is harmless, so a retry after a crash is safe.
     """
+    refspec = f"+{branch}:{branch}"
     subprocess.run(
-        ["git", "-C", repo, "fetch", "--quiet", workspace, f"+{branch}:{branch}"],
+        ["git", "-C", repo, "fetch", "--quiet", *fetch_from(workspace), workspace, refspec],
         check=True,
         capture_output=True,
     )
