@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import IO, Any, Protocol, Self
 
 from orchestrator.sandbox.base import (
     BackendName,
@@ -121,13 +121,15 @@ class AgentSandbox:
         self._started = 0.0
         self._closed_at: float | None = None
         self._cpu_s = 0.0
-        # The backend's own diagnostics go to a file: an unread pipe could fill and stall it.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._stderr: IO[bytes] | None = None
 
     async def start(self) -> None:
         try:
             # Inside the try: a failure after the cgroup exists must not leak it (nor the
-            # diagnostics file).
+            # diagnostics file). The backend's own diagnostics go to a file, opened only
+            # here (a sandbox never started never opens it): an unread pipe could fill
+            # and stall it.
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
             self.workspace.mkdir(parents=True, exist_ok=True)
             if self._limiter is not None:
                 self._cgroup = self._limiter.create(
@@ -285,28 +287,33 @@ class AgentSandbox:
 
     def _stderr_tail(self) -> str:
         proc = self._proc
-        self._stderr.seek(0)
-        text = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        text = ""
+        if self._stderr is not None and not self._stderr.closed:
+            self._stderr.seek(0)
+            text = self._stderr.read()[-2000:].decode(errors="replace").strip()
         return text[-500:] or f"exit code {proc.returncode if proc else '?'}"
 
     async def close(self) -> None:
         if self._closed_at is None and self._started:
             self._closed_at = time.monotonic()
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 2)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        cgroup, self._cgroup = self._cgroup, None
-        if cgroup is not None:
-            self._cpu_s = cgroup.usage().cpu_s
-            await asyncio.to_thread(cgroup.remove)
-        await asyncio.to_thread(self._launcher.cleanup, self.id)
-        self._stderr.close()
+        try:
+            if proc is not None:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                try:
+                    await asyncio.wait_for(proc.wait(), 2)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            cgroup, self._cgroup = self._cgroup, None
+            if cgroup is not None:
+                self._cpu_s = cgroup.usage().cpu_s
+                await asyncio.to_thread(cgroup.remove)
+            await asyncio.to_thread(self._launcher.cleanup, self.id)
+        finally:  # also when the close itself is cancelled
+            if self._stderr is not None:
+                self._stderr.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
