@@ -111,12 +111,28 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def trust_of(home: Path) -> Path:
+    """The trust directory where the ``finished`` run's key is pinned: the module fixture
+    is set up before any test's own trust directory exists."""
+    return home.parent / "trust"
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A home holding one finished run of the basic plan, and that run's id."""
+    """A home holding one finished run of the basic plan (pinned in ``trust_of(home)``),
+    and that run's id."""
     home = tmp_path_factory.mktemp("faults") / "home"
     home.mkdir()
-    ran = cli(home, "run", f"{BASIC}:plan", "--input", "text=to be or not", "--sandbox", "local")
+    ran = cli(
+        home,
+        "run",
+        f"{BASIC}:plan",
+        "--input",
+        "text=to be or not",
+        "--sandbox",
+        "local",
+        env={"ORCHESTRATOR_TRUST": str(trust_of(home))},
+    )
     assert ran.returncode == 0, ran.stderr
     return home, json.loads(cli(home, "ls", "--json").stdout)[0]["run_id"]
 
@@ -268,7 +284,7 @@ def test_a_read_only_home_reads_and_refuses_writes_in_one_paragraph(
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200", "ORCHESTRATOR_TRUST": str(trust_of(home))},
         )
 
     read = ro("ledger", "verify", run_id)

@@ -17,6 +17,7 @@ from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
 from orchestrator.ledger.sqlite import SqliteLedgerStore
 from tests.conftest import cli
 from tests.crashing import PLANS, sigkill, spawn_run, wait_until
+from tests.keyholder import resign_head
 from tests.plans.basic import Count
 
 WAIT = f"{PLANS / 'basic.py'}:waiting"
@@ -114,8 +115,8 @@ async def test_replay_reports_the_first_divergence_on_changed_code(
 
 
 def _rewrite(rt: Runtime, run_id: str, change: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Edit a run's event bodies in place and re-chain every hash, as someone with write
-    access to ledger.db could: ``ledger verify`` still passes afterwards."""
+    """Edit a run's event bodies in place, re-chain every hash and re-sign the heads, as
+    the holder of the run's key could: ``ledger verify`` still passes afterwards."""
     rows = rt.store.read(run_id)
     bodies = [json.loads(r.body) for r in rows]
     change(bodies)
@@ -130,6 +131,7 @@ def _rewrite(rt: Runtime, run_id: str, change: Callable[[list[dict[str, Any]]], 
                 (data["kind"], body, head, run_id, data["seq"]),
             )
         db.commit()
+    resign_head(rt.home, run_id, rt.trust.root)
     assert rt.verify(run_id).ok
 
 

@@ -24,6 +24,7 @@ import pytest
 from orchestrator.sandbox.base import SandboxSpec
 from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.limits import CgroupLimiter, cgroups_available
+from orchestrator.sandbox.local import LocalLauncher
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
 from tests.crashing import processes_with
@@ -279,3 +280,15 @@ def test_runsc_state_listing_is_what_the_sweep_reads(tmp_path: Path) -> None:
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
+
+
+async def test_a_sandbox_dropped_before_it_starts_leaves_nothing_open(tmp_path: Path) -> None:
+    """A pool closed while a refill still mounts the disk drops a sandbox that was never
+    started (so never closed): it must hold no file, which would leak until collected."""
+    before = sorted(os.listdir("/proc/self/fd"))
+    never_started = AgentSandbox(LocalLauncher(), SPEC, tmp_path, None)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    async with AgentSandbox(LocalLauncher(), SPEC, tmp_path, None) as used:
+        assert (await used.exec(["true"])).code == 0
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert never_started.meter().wall_s == 0.0

@@ -9,6 +9,7 @@ reads the run (``ledger verify``, ``replay``, ``checkpoints verify``, ``resume``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -22,8 +23,9 @@ from orchestrator.cli.root import EXIT_PARKED
 from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
 from orchestrator.plan import RunConfig
-from orchestrator.trust import SignedHead, TrustStore, fingerprint
+from orchestrator.trust import TrustStore, fingerprint
 from tests.conftest import PLANS, cli
+from tests.keyholder import resign_head
 from tests.plans.gated import plan
 
 PLAN_REF = f"{PLANS / 'gated.py'}:plan"
@@ -230,14 +232,10 @@ def test_a_checkpoint_newer_than_the_ledger_is_detected(
         newest = rt.checkpoints(run_id)[-1].manifest
         assert newest is not None and newest.seq == rows[-1].seq - 1  # then CheckpointTaken
         keep = newest.seq - 2
-        signer = signing.load(home / "keys" / "runs" / f"{run_id}.key")
-    head = SignedHead.sign(signer, run_id, keep, rows[keep].hash, None)
-    with sqlite3.connect(home / "ledger.db") as conn:
+    with contextlib.closing(sqlite3.connect(home / "ledger.db")) as conn:
         conn.execute("DELETE FROM events WHERE run_id=? AND seq>?", (run_id, keep))
-        conn.execute("UPDATE heads SET head=? WHERE run_id=?", (head.to_json(), run_id))
-    kept = TrustStore(trust_dir)
-    kept.put_head(head)
-    kept.close()
+        conn.commit()
+    resign_head(home, run_id, trust_dir, checkpoint=None)
     with Runtime(home=home) as rt:
         assert rt.verify(run_id).ok  # the key holder can forge: only the checkpoint shows it
         problems = [r.problem or "" for r in rt.checkpoints(run_id) if not r.ok]

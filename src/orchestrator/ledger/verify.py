@@ -72,10 +72,12 @@ def verify_signed(
     kept: SignedHead | None,
 ) -> ChainReport:
     """Verify the chain, then its signed heads: ``stored`` (kept with the events) must be
-    signed by the run's current pinned key (the last of ``keys``) and name the chain's last
-    event; ``kept`` (the trust directory's copy, which may lag by one commit after a crash)
-    must be signed by a pinned key and name an event the chain still reaches. Without
-    pinned keys nothing authenticates the run, and that is reported as a failure."""
+    signed by a key pinned for the run and name the chain's last event; ``kept`` (the trust
+    directory's copy, which may lag by one commit after a crash) must be signed by a pinned
+    key and name an event the chain still reaches. Any pinned key will do, as for
+    checkpoints: a run restored into another home is pinned to the key vouched for and
+    that home's key, and each home's ledger is signed by its own. Without pinned keys
+    nothing authenticates the run, and that is reported as a failure."""
     report = verify_chain(events)
     if not report.ok:
         return report
@@ -91,12 +93,13 @@ def verify_signed(
         )
     if stored is None:
         return _bad(report, last, "the ledger holds no signed head for this run (removed?)")
-    if stored.key != keys[-1] or not stored.verifies(list(keys)):
+    if not stored.verifies(list(keys)):
+        pinned = ", ".join(fingerprint(k) for k in keys)
         return _bad(
             report,
             last,
-            f"the ledger's signed head (seq {stored.seq}) is not signed by the run's pinned key "
-            f"{fingerprint(keys[-1])}; the ledger was rewritten",
+            f"the ledger's signed head (seq {stored.seq}) is not signed by a key pinned for "
+            f"the run ({pinned}); the ledger was rewritten",
         )
     for name, head in (("the ledger's", stored), ("the trust directory's", kept)):
         if head is None:

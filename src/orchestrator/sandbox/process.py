@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import IO, Any, Protocol, Self
 
 from orchestrator.sandbox import identity
 from orchestrator.sandbox.base import (
@@ -145,13 +145,15 @@ class AgentSandbox:
         self._started = 0.0
         self._closed_at: float | None = None
         self._cpu_s = 0.0
-        # The backend's own diagnostics go to a file: an unread pipe could fill and stall it.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._stderr: IO[bytes] | None = None
 
     async def start(self) -> None:
         try:
             # Inside the try: a failure after the cgroup exists must not leak it (nor the
-            # diagnostics file).
+            # diagnostics file). The backend's own diagnostics go to a file, opened only
+            # here (a sandbox never started never opens it): an unread pipe could fill
+            # and stall it.
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
             self.workspace.mkdir(parents=True, exist_ok=True)
             if self.backend != "local" and self._own_workspace:
                 await asyncio.to_thread(identity.give, self.workspace)
@@ -314,8 +316,10 @@ class AgentSandbox:
 
     def _stderr_tail(self) -> str:
         proc = self._proc
-        self._stderr.seek(0)
-        text = self._stderr.read()[-2000:].decode(errors="replace").strip()
+        text = ""
+        if self._stderr is not None and not self._stderr.closed:
+            self._stderr.seek(0)
+            text = self._stderr.read()[-2000:].decode(errors="replace").strip()
         return text[-500:] or f"exit code {proc.returncode if proc else '?'}"
 
     def pids(self) -> list[int]:
@@ -332,7 +336,7 @@ class AgentSandbox:
             self._closed_at = time.monotonic()
         proc, self._proc = self._proc, None
         cgroup, self._cgroup = self._cgroup, None
-        if proc is None and cgroup is None and self._stderr.closed:
+        if proc is None and cgroup is None and (self._stderr is None or self._stderr.closed):
             return
         pid = proc.pid if proc is not None else None
         stopped = cleaned = True
@@ -357,8 +361,9 @@ class AgentSandbox:
             kill_now(pid, cgroup)
             stopped = False
             raise
-        finally:
-            self._stderr.close()
+        finally:  # also when the close itself is cancelled
+            if self._stderr is not None:
+                self._stderr.close()
             if (not stopped or not cleaned) and self.leaks is not None:
                 record_leak(self.leaks, self.id, self.backend, pid, cgroup)
 
