@@ -84,6 +84,9 @@ class Lines:
             raise EOFError("the process closed its output")
         return line.split()
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
 
 class Zygote:
     """The forking driver: one child per incarnation; numbers count from 0."""
@@ -143,6 +146,9 @@ class Zygote:
                 self.proc.kill()
                 self.proc.wait()
             self._err.close()
+            self.lines.join(10)  # the output's end follows the exit
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
     def stderr(self, number: int | str) -> str:
         path = self.workdir / f"child-{number}.err"
