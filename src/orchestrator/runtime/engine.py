@@ -342,18 +342,8 @@ class Runtime:
                     f"run {run_id} was started with a differently wired plan; code changes "
                     "inside nodes are fine, but nodes and wiring must stay as recorded"
                 )
-            signer = self._run_signer(run_id)
-            writer = LedgerWriter(
-                self.store,
-                run_id,
-                self.clock,
-                rows[-1].seq,
-                rows[-1].hash,
-                signer=signer,
-                trust=self.trust,
-            )
+            writer = self._continuing(run_id, rows[-1], state)
             writer.listeners.extend(listeners)
-            writer.state = state
             writer.stage(RunResumed, reason=reason)
             if budget is not None:
                 writer.stage(BudgetReplaced, ceiling=budget, source=reason)
@@ -503,16 +493,7 @@ class Runtime:
                     f"cannot sync run {run_id}'s checkpoints: {exc}; sync from the home "
                     "that ran it, which holds the run's key"
                 ) from None
-            writer = LedgerWriter(
-                self.store,
-                run_id,
-                self.clock,
-                rows[-1].seq,
-                rows[-1].hash,
-                signer=signer,
-                trust=self.trust,
-            )
-            writer.state = RunState.fold(events)
+            writer = self._continuing(run_id, rows[-1], RunState.fold(events), signer)
             checkpointer = self._checkpointer(writer, signer, 0.0, resumed=True)
             covered = -1 if checkpointer.previous is None else checkpointer.previous.seq
             if all(r.kind == "CheckpointTaken" for r in rows[covered + 1 :]):
@@ -617,6 +598,26 @@ class Runtime:
             problem = f"the run's ledger fails verification at seq {ledger.bad_seq}: "
             out.append(CheckpointReport("ledger", None, problem + str(ledger.problem)))
         return out
+
+    def _continuing(
+        self,
+        run_id: str,
+        head: StoredEvent,
+        state: RunState,
+        signer: signing.Signer | None = None,
+    ) -> LedgerWriter:
+        """A writer that appends to a recorded run after ``head``, signing with its key."""
+        writer = LedgerWriter(
+            self.store,
+            run_id,
+            self.clock,
+            head.seq,
+            head.hash,
+            signer=signer or self._run_signer(run_id),
+            trust=self.trust,
+        )
+        writer.state = state
+        return writer
 
     def _run_signer(self, run_id: str) -> signing.Signer:
         """The run's private key from this home; it must be the key pinned for the run."""
