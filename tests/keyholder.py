@@ -16,10 +16,10 @@ KEEP = -1
 
 def resign_head(home: Path, run_id: str, trust: Path, checkpoint: int | None = KEEP) -> SignedHead:
     """Sign the last event of the run's ledger in ``home`` as its head, with the run's key
-    from ``home/keys/runs``, and store that head in the ledger's ``heads`` table and in the
+    from the key directory, and store that head in the ledger's ``heads`` table and in the
     trust directory ``trust``, as the key holder could after rewriting or truncating the
     ledger. ``checkpoint`` is the cut the head names (by default the one it named)."""
-    signer = signing.load(home / "keys" / "runs" / f"{run_id}.key")
+    signer = signing.load(signing.key_dir() / "runs" / f"{run_id}.key")
     with contextlib.closing(sqlite3.connect(home / "ledger.db")) as db:
         seq, hash_ = db.execute(
             "SELECT seq, hash FROM events WHERE run_id=? ORDER BY seq DESC LIMIT 1", (run_id,)

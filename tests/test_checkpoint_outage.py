@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from orchestrator import Runtime
+from orchestrator import Runtime, signing
 from orchestrator.checkpoint import Manifest
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, Event, decode
 from orchestrator.ledger.store import StoredEvent
@@ -126,7 +126,7 @@ def rebuild_elsewhere(
 ) -> list[StoredEvent]:
     """``resume --from`` in a fresh home: the whole ledger comes back, nothing is redone."""
     before = performed(outage_dir)
-    public = (home / "keys" / "runs" / f"{run_id}.pub").read_text().strip()
+    public = (signing.key_dir() / "runs" / f"{run_id}.pub").read_text().strip()
     elsewhere = tmp_path / "elsewhere"
     resumed = cli(
         elsewhere,
