@@ -34,7 +34,11 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
 
 @pytest.fixture(autouse=True)
 def _started_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs start in the test's tmp_path, so it is their default workspace root."""
+    """Runs start in the test's tmp_path, so it is their default workspace root; plans
+    named as ``tests.plans.…`` still import in the processes tests start."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
     monkeypatch.chdir(tmp_path)
 
 
