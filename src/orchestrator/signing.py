@@ -58,16 +58,18 @@ def key_dir() -> Path:
 
 
 def adopt_legacy(old: Path, new: Path) -> None:
-    """Move a key pair kept where older versions put it (the home) to ``new``."""
-    if new.exists() or not old.exists():
+    """Move every key file older versions kept in ``old`` (the home's ``keys/runs``) to
+    ``new``; one that exists in both places stays where it is, never overwritten."""
+    if not old.is_dir():
         return
-    _private_dir(new.parent)
-    for suffix in (".key", ".pub"):
-        source, target = old.with_suffix(suffix), new.with_suffix(suffix)
-        if source.exists() and not target.exists():
-            target.write_bytes(source.read_bytes())
-            target.chmod(0o600 if suffix == ".key" else 0o644)
-            source.unlink()
+    _private_dir(new)
+    for source in sorted(old.glob("*")):
+        target = new / source.name
+        if source.suffix not in (".key", ".pub") or not source.is_file() or target.exists():
+            continue
+        target.write_bytes(source.read_bytes())
+        target.chmod(0o600 if source.suffix == ".key" else 0o644)
+        source.unlink()
 
 
 def generate() -> Signer:

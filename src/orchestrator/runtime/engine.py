@@ -135,6 +135,7 @@ class Runtime:
         self.trust = TrustStore(None if trust is None else Path(trust))
         self.keys = (keys or signing.key_dir()).absolute()
         """Run signing keys live here, outside every tree a run works on."""
+        signing.adopt_legacy(self.home / "keys" / "runs", self.keys / "runs")
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
         self.objects_url = (
             objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
@@ -643,9 +644,7 @@ class Runtime:
         return pinned[-1] if pinned else None
 
     def _key_path(self, run_id: str) -> Path:
-        path = self.keys / "runs" / f"{run_id}.key"
-        signing.adopt_legacy(self.home / "keys" / "runs" / f"{run_id}.key", path)
-        return path
+        return self.keys / "runs" / f"{run_id}.key"
 
     def pause(self, run_id: str, source: str = "cli") -> None:
         """Ask the process driving the run to drain in-flight nodes and park."""
