@@ -32,6 +32,7 @@ from orchestrator.errors import ConfigError
 HEAD_KIND = "orchestrator-head/1"
 HEAD_SIZE = 1024  # a kept head is padded to this many bytes, so each write covers the last
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PLAIN = re.compile(r"[A-Za-z0-9:._-]*")  # strings JSON writes as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,9 @@ class SignedHead:
 
 
 def _text(value: str) -> str:
+    """``value`` as a JSON string; hex digests and run ids need no escaping (per commit)."""
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -147,18 +151,19 @@ class TrustStore:
         """Overwrite the run's kept head in place: one ``pwrite`` into a file kept open,
         padded to a fixed size (a rename per commit would cost a millisecond). A process
         kill cannot tear it; a power loss can, and a torn head reads as none."""
-        path = self._path("heads", head.run_id, ".json")
         data = head.to_json().encode().ljust(HEAD_SIZE - 1) + b"\n"
+        fd = self._heads.get(head.run_id)
+        opened = fd is None
         try:
-            fd = self._heads.get(head.run_id)
             if fd is None:
+                path = self._path("heads", head.run_id, ".json")
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = self._heads[head.run_id] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.pwrite(fd, data, 0)
-            if len(data) > HEAD_SIZE or os.fstat(fd).st_size > HEAD_SIZE:
+            if len(data) > HEAD_SIZE or (opened and os.fstat(fd).st_size > len(data)):
                 os.ftruncate(fd, len(data))  # only for run ids too long for the usual size
         except OSError as exc:
-            raise self._unusable(path, exc) from None
+            raise self._unusable(self._path("heads", head.run_id, ".json"), exc) from None
 
     def close(self) -> None:
         for fd in self._heads.values():

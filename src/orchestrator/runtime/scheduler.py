@@ -90,9 +90,12 @@ def unit_random(seed: int, node: str, attempt: int) -> float:
     return int(digest([seed, node, attempt])[:13], 16) / 16**13
 
 
-def workspace_dir(home: Path, run_id: str, node: str, attempt: int) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node)
-    return home / "runs" / run_id / "work" / f"{safe}.a{attempt}"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def workspace_dir(work: Path, node: str, attempt: int) -> Path:
+    """The attempt's own directory under the run's ``work`` directory."""
+    return work / f"{_UNSAFE.sub('_', node)}.a{attempt}"
 
 
 def run_body(spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Any:
@@ -330,7 +333,7 @@ class Scheduler:
         fresh: bool = False,
     ) -> None:
         spec = self.plan.nodes[ns.base].spec
-        base = workspace_dir(self.home, self.state.run_id, ns.id, ns.attempt)
+        base = workspace_dir(self.home / "runs" / self.state.run_id / "work", ns.id, ns.attempt)
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
         # the node's repository, or the attempt's own directory.
         seen = workspace_path(base, overlay=spec.workspace is not None)
