@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.sandbox.base import BACKENDS, BackendName, SandboxSpec
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter
 from orchestrator.sandbox.disk import Disk, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
-from orchestrator.sandbox.limits import CgroupLimiter, Limits
+from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import SandboxPool
 from orchestrator.sandbox.process import AgentSandbox
 

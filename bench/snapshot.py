@@ -28,7 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.sandbox.snapshot import ChunkStore, Snapshot, restore, snapshot
+from orchestrator.sandbox.snapshot.restore import restore
+from orchestrator.sandbox.snapshot.scan import Snapshot, snapshot
+from orchestrator.sandbox.snapshot.store import ChunkStore
+from orchestrator.storage.localdir import LocalDirStore
 
 FILES = 2_000
 FILE_SIZE = 100_000
@@ -83,7 +86,8 @@ def main() -> None:
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-", dir=parent) as tmp:
         print(f"under {Path(tmp).parent}")
-        ws, store = Path(tmp) / "ws", ChunkStore(Path(tmp) / "home/objects/chunks")
+        ws = Path(tmp) / "ws"
+        store = ChunkStore(LocalDirStore(Path(tmp) / "home/objects", durable=False))
         t = time.perf_counter()
         files = build(ws, rng, line_pool(rng))
         print(f"built {FILES} files ({mb(FILES * FILE_SIZE)}) in {time.perf_counter() - t:.1f} s")

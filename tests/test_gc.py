@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from orchestrator import NodeContext, Plan, RunConfig, Runtime, node
 from orchestrator.checkpoint import Manifest
 from orchestrator.gc import GcRefused, collect_garbage
-from orchestrator.sandbox.snapshot import load_manifest
+from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.storage.objects import blob_key, get_blob, put_blob
 from tests.conftest import cli
 from tests.crashing import PLANS, spawn_run, wait_until

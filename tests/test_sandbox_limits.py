@@ -19,14 +19,10 @@ from typing import Protocol
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.sandbox.limits import (
-    Cgroup,
-    CgroupError,
-    CgroupLimiter,
-    Limits,
-    cgroups_available,
-    sweep_stale,
-)
+from orchestrator.sandbox.cgroups.cgroup import Cgroup
+from orchestrator.sandbox.cgroups.errors import CgroupError
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available, sweep_stale
+from orchestrator.sandbox.limits import Limits
 
 AVAILABLE, REASON = cgroups_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"cgroups unusable here: {REASON}")
@@ -216,7 +212,8 @@ def test_unlimited_cgroup_has_no_limits(make: Make) -> None:
 
 CHILD = """
 import json, os, subprocess, sys
-from orchestrator.sandbox.limits import CgroupLimiter, Limits
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter
+from orchestrator.sandbox.limits import Limits
 limiter = CgroupLimiter()
 cgroup = limiter.create(sys.argv[1], Limits(pids=8))
 sleeper = subprocess.Popen(

@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from orchestrator import NodeContext, Plan, Runtime, node
 from orchestrator.ledger.events import NodeFailed, SandboxMetered, decode
 from orchestrator.sandbox.base import SandboxError, SandboxLimitExceeded, SandboxSpec
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.factory import launcher_for
-from orchestrator.sandbox.limits import CgroupLimiter, Limits, cgroups_available
+from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.process import AgentSandbox
 from tests.crashing import processes_with
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.sandbox.base import SandboxSpec
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.gvisor import GvisorLauncher
-from orchestrator.sandbox.limits import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.local import LocalLauncher
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox

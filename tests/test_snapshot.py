@@ -13,17 +13,12 @@ from typing import Any
 import pytest
 
 from orchestrator.ledger.codec import canonical_bytes
-from orchestrator.sandbox.snapshot import (
-    CHUNK_SIZE,
-    ChunkStore,
-    CorruptChunk,
-    SnapshotError,
-    SnapshotIndex,
-    UnsafeSnapshot,
-    load_manifest,
-    restore,
-    snapshot,
-)
+from orchestrator.sandbox.snapshot.errors import CorruptChunk, SnapshotError, UnsafeSnapshot
+from orchestrator.sandbox.snapshot.manifest import load_manifest
+from orchestrator.sandbox.snapshot.restore import restore
+from orchestrator.sandbox.snapshot.scan import CHUNK_SIZE, SnapshotIndex, snapshot
+from orchestrator.sandbox.snapshot.store import ChunkStore
+from orchestrator.storage.localdir import TEMP_PREFIX, LocalDirStore
 
 Listing = dict[str, tuple[Any, ...]]
 
@@ -74,7 +69,7 @@ def build_tree(root: Path) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ChunkStore:
-    return ChunkStore(tmp_path / "home/objects/chunks")
+    return ChunkStore(LocalDirStore(tmp_path / "home/objects", durable=False))
 
 
 @pytest.fixture
@@ -85,8 +80,15 @@ def ws(tmp_path: Path) -> Path:
     return root
 
 
+def chunk_file(store: ChunkStore, digest: str) -> Path:
+    """Where a chunk store on a local directory keeps the chunk ``digest``."""
+    assert isinstance(store.objects, LocalDirStore)
+    return store.objects.path_of(store.key(digest))
+
+
 def chunk_files(store: ChunkStore) -> set[Path]:
-    return {p for p in store.path.rglob("*") if p.is_file()}
+    assert isinstance(store.objects, LocalDirStore)
+    return {p for p in (store.objects.root / "chunks").rglob("*") if p.is_file()}
 
 
 # --------------------------------------------------------------------------- store
@@ -97,8 +99,8 @@ def test_store_put_get_dedups_and_verifies(store: ChunkStore) -> None:
     assert written > 0 and store.has(digest)
     assert store.put_new(b"abc" * 1000) == (digest, 0)
     assert store.get(digest) == b"abc" * 1000
-    assert store.file(digest).parent.name == digest[:2]
-    assert not [p for p in store.path.rglob(".tmp-*")]
+    assert chunk_file(store, digest).parent.name == digest[:2]
+    assert not [p for p in chunk_files(store) if p.name.startswith(TEMP_PREFIX)]
     with pytest.raises(CorruptChunk, match=f"chunk {'0' * 64} is missing"):
         store.get("0" * 64)
     with pytest.raises(SnapshotError, match="not a chunk digest"):
@@ -232,7 +234,7 @@ def test_index_entry_with_missing_chunk_is_re_read(ws: Path, store: ChunkStore) 
     backdate(ws)
     _, index = snapshot(ws, store)
     digest = index.files["README.md"].chunks[0]
-    store.file(digest).unlink()
+    chunk_file(store, digest).unlink()
     second, _ = snapshot(ws, store, index)
     assert second.read_bytes == len("hello\n") and store.get(digest) == b"hello\n"
 
@@ -245,7 +247,7 @@ def test_corrupt_chunk_is_named_and_nothing_is_written(
 ) -> None:
     snap, _ = snapshot(ws, store)
     digest = load_chunks(store, snap.id, "src/pkg/mod.py")[0]
-    stored = store.file(digest)
+    stored = chunk_file(store, digest)
     blob = bytearray(stored.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     stored.write_bytes(bytes(blob))
@@ -265,7 +267,7 @@ def test_corrupt_chunk_is_named_and_nothing_is_written(
 def test_missing_chunk_is_named(ws: Path, store: ChunkStore, tmp_path: Path) -> None:
     snap, _ = snapshot(ws, store)
     digest = load_chunks(store, snap.id, "README.md")[0]
-    store.file(digest).unlink()
+    chunk_file(store, digest).unlink()
     with pytest.raises(CorruptChunk, match=f"chunk {digest} is missing"):
         restore(snap.id, store, tmp_path / "out")
 
@@ -409,11 +411,11 @@ def test_removing_extras_never_follows_symlinks(ws: Path, store: ChunkStore, out
 
 def test_store_inside_the_workspace_is_refused(ws: Path, store: ChunkStore) -> None:
     snap, _ = snapshot(ws, store)
-    inner = ChunkStore(ws / ".objects")
+    inner = ChunkStore(LocalDirStore(ws / ".objects"))
     with pytest.raises(SnapshotError, match="must not be inside the workspace"):
         snapshot(ws, inner)
     with pytest.raises(SnapshotError, match="must not be inside the workspace"):
-        restore(snap.id, ChunkStore(ws), ws)
+        restore(snap.id, ChunkStore(LocalDirStore(ws)), ws)
 
 
 def test_not_a_manifest(store: ChunkStore, tmp_path: Path) -> None:

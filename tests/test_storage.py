@@ -23,7 +23,10 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.snapshot import ChunkStore, CorruptChunk, SnapshotError, restore, snapshot
+from orchestrator.sandbox.snapshot.errors import CorruptChunk, SnapshotError
+from orchestrator.sandbox.snapshot.restore import restore
+from orchestrator.sandbox.snapshot.scan import snapshot
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.storage.localdir import TEMP_PREFIX, LocalDirStore
 from orchestrator.storage.objects import (
     CorruptObject,
@@ -446,7 +449,7 @@ def test_snapshot_and_restore_through_s3(moto: Moto, tmp_path: Path) -> None:
     ws.mkdir()
     build_tree(ws)
     with open_object_store(moto.url(f"chunks-{uuid.uuid4().hex}")) as objects:
-        store = ChunkStore.on(objects)
+        store = ChunkStore(objects)
         snap, index = snapshot(ws, store)
         assert snap.new_chunks > 0 and snap.files > 0
         keys = objects.list()
@@ -460,8 +463,6 @@ def test_snapshot_and_restore_through_s3(moto: Moto, tmp_path: Path) -> None:
         again, _ = snapshot(ws, store, index)
         assert again.id == snap.id and again.new_chunks == 0
 
-        with pytest.raises(SnapshotError, match="not a local directory"):
-            _ = store.path
         assert isinstance(objects, S3Store)
         digest = next(k for k in keys if k != f"chunks/{snap.id[:2]}/{snap.id}").split("/")[-1]
         overwrite_behind_its_back(objects, store.key(digest), b"not zstd", moto)
@@ -472,17 +473,18 @@ def test_snapshot_and_restore_through_s3(moto: Moto, tmp_path: Path) -> None:
             restore(snap.id, store, tmp_path / "out3")
 
 
-def test_chunk_store_on_a_local_object_store_shares_the_directory_layout(tmp_path: Path) -> None:
+def test_chunk_store_on_a_local_object_store_keeps_chunks_by_digest_prefix(
+    tmp_path: Path,
+) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     build_tree(ws)
     objects = LocalDirStore(tmp_path / "home/objects")
-    snap, _ = snapshot(ws, ChunkStore.on(objects))
-    plain = ChunkStore(tmp_path / "home/objects/chunks")  # the existing constructor
-    assert plain.has(snap.id)
-    restore(snap.id, plain, tmp_path / "out")
+    snap, _ = snapshot(ws, ChunkStore(objects))
+    assert (tmp_path / "home/objects/chunks" / snap.id[:2] / snap.id).is_file()
+    again = ChunkStore(LocalDirStore(tmp_path / "home/objects"))  # a fresh handle
+    assert again.has(snap.id)
+    restore(snap.id, again, tmp_path / "out")
     assert listing(tmp_path / "out") == listing(ws)
-    on_objects = ChunkStore.on(objects)
-    assert on_objects.file(snap.id) == plain.file(snap.id)
     with pytest.raises(SnapshotError, match="must not be inside the workspace"):
-        snapshot(tmp_path, on_objects)
+        snapshot(tmp_path, again)

@@ -23,7 +23,9 @@ from orchestrator import NodeContext, Plan, Runtime, node
 from orchestrator.errors import ConfigError
 from orchestrator.ledger.events import SandboxMetered, decode
 from orchestrator.sandbox.roots import WorkspacePolicy, WorkspaceRefused, check_roots
-from orchestrator.sandbox.snapshot import ChunkStore, load_manifest, snapshot
+from orchestrator.sandbox.snapshot.manifest import load_manifest
+from orchestrator.sandbox.snapshot.scan import snapshot
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace
 from orchestrator.storage.localdir import LocalDirStore
 from tests.conftest import PLANS, cli
@@ -116,7 +118,7 @@ def test_an_overlay_and_a_copy_leave_the_home_out_and_so_do_snapshots(tmp_path: 
     (home / "ledger.db").write_bytes(b"SQLite format 3\0")
     elsewhere = tmp_path / "bound"  # a second path to the home: a bind mount
     elsewhere.mkdir()
-    store = ChunkStore.on(LocalDirStore(tmp_path / "objects"))
+    store = ChunkStore(LocalDirStore(tmp_path / "objects"))
     for mode in ("overlay", "copy"):
         ws = OverlayWorkspace(repo, tmp_path / mode, mode=mode, hidden=[home])  # type: ignore[arg-type]
         with ws:

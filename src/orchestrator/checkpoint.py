@@ -33,7 +33,10 @@ from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.runtime.clock import iso
-from orchestrator.sandbox.snapshot import ChunkStore, SnapshotError, SnapshotIndex, load_manifest
+from orchestrator.sandbox.snapshot.errors import SnapshotError
+from orchestrator.sandbox.snapshot.manifest import load_manifest
+from orchestrator.sandbox.snapshot.scan import SnapshotIndex
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.signing import Signer, verify
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, put_blob
 

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.checkpoint import CheckpointError, read_manifest
 from orchestrator.errors import OrchestratorError, RunBusy
-from orchestrator.sandbox.snapshot import CHUNK_KEY_PREFIX, ChunkStore, SnapshotError, load_manifest
+from orchestrator.sandbox.snapshot.errors import SnapshotError
+from orchestrator.sandbox.snapshot.manifest import load_manifest
+from orchestrator.sandbox.snapshot.store import CHUNK_KEY_PREFIX, ChunkStore
 from orchestrator.storage.localdir import LocalDirStore
 from orchestrator.storage.objects import ObjectStore, StorageError
 
@@ -130,7 +132,7 @@ def collect_garbage(
 ) -> GcReport:
     """Remove the chunks and blobs of ``objects`` that no checkpoint manifest refers to.
 
-    ``chunks`` is the chunk store on ``objects`` (``ChunkStore.on(objects)``), used to
+    ``chunks`` is the chunk store on ``objects`` (``ChunkStore(objects)``), used to
     load and verify snapshot manifests. Raises :class:`GcRefused`, having deleted
     nothing, if any checkpoint manifest or snapshot manifest cannot be read. ``keep``
     names more snapshots to keep (:func:`resume_points`). ``guard``, if given, is called

@@ -17,8 +17,8 @@ from orchestrator.errors import ConfigError, UserError
 @sandbox_app.command("probe")
 def sandbox_probe(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """Which sandbox backends work here, why the others don't, and which `auto` picks."""
+    from orchestrator.sandbox.cgroups.limiter import cgroups_available
     from orchestrator.sandbox.factory import MICROVM_NOTE, choose, probe_all
-    from orchestrator.sandbox.limits import cgroups_available
 
     home = _runtime(ctx).home
     probes = asyncio.run(probe_all(home))

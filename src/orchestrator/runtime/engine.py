@@ -69,7 +69,7 @@ from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
-from orchestrator.sandbox.snapshot import ChunkStore
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
 from orchestrator.trust import SignedHead, TrustStore, fingerprint
@@ -168,7 +168,7 @@ class Runtime:
             ) from None
 
     def chunks(self) -> ChunkStore:
-        return ChunkStore.on(self.objects)
+        return ChunkStore(self.objects)
 
     def close(self) -> None:
         self.store.close()

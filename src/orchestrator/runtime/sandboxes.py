@@ -27,7 +27,9 @@ from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.roots import WorkspacePolicy
-from orchestrator.sandbox.snapshot import ChunkStore, SnapshotError, SnapshotIndex
+from orchestrator.sandbox.snapshot.errors import SnapshotError
+from orchestrator.sandbox.snapshot.scan import SnapshotIndex
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
 from orchestrator.storage.objects import StorageError
 

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import NodeError, OrchestratorError, UserError
 from orchestrator.sandbox.limits import Limits
-from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
+from orchestrator.sandbox.snapshot.restore import RestoreResult
+from orchestrator.sandbox.snapshot.scan import Snapshot, SnapshotIndex
+from orchestrator.sandbox.snapshot.store import ChunkStore
 
 BackendName = Literal["gvisor", "bwrap", "local"]
 BACKENDS: tuple[BackendName, ...] = ("gvisor", "bwrap", "local")

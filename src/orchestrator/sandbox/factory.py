@@ -10,8 +10,8 @@ from pathlib import Path
 from orchestrator.errors import ConfigError
 from orchestrator.sandbox.base import BACKENDS, BackendName, SandboxSpec, SandboxUnavailable
 from orchestrator.sandbox.bwrap import BwrapLauncher
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.gvisor import GvisorLauncher
-from orchestrator.sandbox.limits import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.local import LocalLauncher
 from orchestrator.sandbox.process import AgentSandbox, Launcher
 from orchestrator.sandbox.teardown import leaks_dir

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.sandbox.base import BackendName, SandboxSpec
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, sweep_stale
 from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.gvisor import GvisorLauncher
-from orchestrator.sandbox.limits import CgroupLimiter, sweep_stale
 from orchestrator.sandbox.process import (
     SANDBOX_PREFIX,
     START_TIMEOUT_S,

@@ -31,11 +31,16 @@ from orchestrator.sandbox.base import (
     SandboxLimitExceeded,
     SandboxSpec,
 )
+from orchestrator.sandbox.cgroups.cgroup import Cgroup
+from orchestrator.sandbox.cgroups.errors import CgroupError
+from orchestrator.sandbox.cgroups.limiter import CgroupLimiter
 from orchestrator.sandbox.disk import Disk
-from orchestrator.sandbox.limits import Cgroup, CgroupError, CgroupLimiter, Limits
-from orchestrator.sandbox.snapshot import ChunkStore, RestoreResult, Snapshot, SnapshotIndex
-from orchestrator.sandbox.snapshot import restore as restore_snapshot
-from orchestrator.sandbox.snapshot import snapshot as take_snapshot
+from orchestrator.sandbox.limits import Limits
+from orchestrator.sandbox.snapshot.restore import RestoreResult
+from orchestrator.sandbox.snapshot.restore import restore as restore_snapshot
+from orchestrator.sandbox.snapshot.scan import Snapshot, SnapshotIndex
+from orchestrator.sandbox.snapshot.scan import snapshot as take_snapshot
+from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sandbox.teardown import (
     CLEANUP_GRACE_S,
     KILL_GRACE_S,

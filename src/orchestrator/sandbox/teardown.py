@@ -27,7 +27,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from orchestrator.sandbox.limits import Cgroup, CgroupError, Limits, starttime
+from orchestrator.sandbox.cgroups.cgroup import Cgroup
+from orchestrator.sandbox.cgroups.errors import CgroupError
+from orchestrator.sandbox.cgroups.owner import starttime
+from orchestrator.sandbox.limits import Limits
 
 log = logging.getLogger("orchestrator.sandbox")
 
