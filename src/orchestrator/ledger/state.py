@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.budget import BudgetBook
+from orchestrator.errors import LedgerCorrupt
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -144,14 +145,22 @@ class RunState:
 
     @classmethod
     def fold(cls, events: Iterable[Event]) -> RunState:
-        """Fold a run's events, first to last, into its state."""
+        """Fold a run's events, first to last, into its state. Events that do not fit the
+        run (a node it does not have, say: a damaged ledger) raise :class:`LedgerCorrupt`."""
         it = iter(events)
         first = next(it, None)
         if not isinstance(first, RunStarted):
             raise ValueError("a run's ledger must begin with RunStarted")
         state = cls.start(first)
         for event in it:
-            state.apply(event)
+            try:
+                state.apply(event)
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise LedgerCorrupt(
+                    f"run {state.run_id}: event {event.seq} ({event.kind}) does not fit the "
+                    f"run ({type(exc).__name__}: {exc}); the ledger is damaged — check it "
+                    f"with `orchestrator ledger verify {state.run_id}`"
+                ) from exc
         return state
 
     # ---- the fold ---------------------------------------------------------------------

@@ -64,14 +64,28 @@ class SandboxPool:
         try:
             if workspace is None:
                 disk = Disk(self.live_dir / sandbox.id, spec.limits.disk_mb)
-                sandbox.disk = await asyncio.to_thread(disk.mount)
+                mounting = asyncio.ensure_future(asyncio.to_thread(disk.mount))
+                try:
+                    sandbox.disk = await asyncio.shield(mounting)
+                except asyncio.CancelledError:
+                    # the mount goes on in its thread (bounded by its own timeout): let it
+                    # end before clearing up, or its mount would outlive the clean-up
+                    await asyncio.wait([mounting])
+                    raise
                 workspace = disk.root / WORKSPACE
             sandbox.workspace = workspace
             await sandbox.start()
         except BaseException:
-            await asyncio.to_thread(remove_tree, self.live_dir / sandbox.id)
+            await self._remove(sandbox)
             raise
         return sandbox
+
+    async def _remove(self, sandbox: AgentSandbox) -> None:
+        """Delete a sandbox's directory; what stays mounted is left to the next sweep."""
+        try:
+            await asyncio.to_thread(remove_tree, self.live_dir / sandbox.id)
+        except DiskError as exc:
+            log.warning("sandbox %s: %s; the next sweep removes it", sandbox.id, exc)
 
     async def warm(self, spec: SandboxSpec) -> None:
         """Fill the pool for ``spec`` up to ``size`` ready sandboxes, one at a time."""
@@ -80,6 +94,9 @@ class SandboxPool:
             self._starting[spec] = self._starting.get(spec, 0) + 1
             try:
                 sandbox = await self._start_one(spec)
+            except Exception as exc:  # a background refill: acquire starts one and reports
+                log.warning("could not warm a %s sandbox: %s", self.backend, exc)
+                return
             finally:
                 self._starting[spec] -= 1
             if self._closed:
@@ -110,7 +127,7 @@ class SandboxPool:
         """Tear a used sandbox down; its workspace goes with it."""
         self._leased.discard(sandbox)
         await sandbox.close()
-        await asyncio.to_thread(remove_tree, self.live_dir / sandbox.id)
+        await self._remove(sandbox)
 
     async def close(self) -> None:
         self._closed = True
