@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.codec import canonical_bytes
 from orchestrator.sandbox.snapshot import (
     CHUNK_SIZE,
     ChunkStore,

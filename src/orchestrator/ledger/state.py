@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.budget import BudgetBook
+from orchestrator.ids import Ref
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -41,7 +42,6 @@ from orchestrator.ledger.events import (
     SandboxMetered,
     WorkspaceSaved,
 )
-from orchestrator.plan import Ref
 
 NodeStatus = Literal["pending", "running", "retrying", "awaiting", "succeeded", "failed"]
 RunStatus = Literal["running", "pausing", "parked", "aborting", "aborted", "succeeded", "failed"]

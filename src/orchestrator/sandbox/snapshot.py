@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import OrchestratorError
-from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.storage.localdir import LocalDirStore
 from orchestrator.storage.objects import CorruptObject, ObjectMissing, ObjectStore
 
