@@ -34,8 +34,8 @@ from tests.flaky_repos import python_repo
 
 from orchestrator import Plan, RunConfig, Runtime
 from orchestrator.agents import flaky, rerun
+from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import NodeDispatched, NodeSucceeded, decode
-from orchestrator.runtime.clock import parse_iso
 from orchestrator.workloads.flaky import rerun_stage
 
 TEST = "python -m unittest tests.test_calc.TestRegistry"

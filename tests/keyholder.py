@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 
 from orchestrator import signing
-from orchestrator.trust import SignedHead, TrustStore
+from orchestrator.ledger.head import SignedHead
+from orchestrator.trust import TrustStore
 
 KEEP = -1
 """For ``checkpoint``: keep the cut the ledger's current signed head names."""

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import pytest
 
 from orchestrator import Runtime, gates, signing
+from orchestrator.clock import ManualClock, iso, parse_iso
+from orchestrator.config import RunConfig
 from orchestrator.errors import DecisionRefused
 from orchestrator.gates import Decision
 from orchestrator.ledger.events import (
@@ -38,8 +40,7 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.ledger.state import RunState
-from orchestrator.plan import Plan, RunConfig
-from orchestrator.runtime.clock import ManualClock, iso, parse_iso
+from orchestrator.plan import Plan
 from orchestrator.runtime.lock import RunLock
 from orchestrator.sinks import GateNotice, SinkConfig
 from tests.conftest import PLANS, cli

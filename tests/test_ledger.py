@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import LedgerConflict, LedgerCorrupt
-from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.store import StoredEvent
 from tests.conftest import cli
 from tests.plans.basic import words_plan

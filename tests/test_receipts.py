@@ -26,9 +26,9 @@ from orchestrator import (
     signing,
 )
 from orchestrator.budget import ModelPrice, Prices
-from orchestrator.ledger.codec import canonical_bytes, digest
+from orchestrator.clock import ManualClock, iso
+from orchestrator.codec import canonical_bytes, digest
 from orchestrator.ledger.events import NoticeDelivered, ReceiptIssued, decode
-from orchestrator.runtime.clock import ManualClock, iso
 from orchestrator.sinks import SinkConfig
 from tests.conftest import PLANS, cli
 from tests.http_peer import HttpPeer

@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, node
-from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
+from orchestrator.codec import canonical_bytes
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
 from orchestrator.ledger.sqlite import SqliteLedgerStore
 from tests.conftest import cli

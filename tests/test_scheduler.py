@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Retry, RunConfig, Runtime, node
+from orchestrator.clock import ManualClock
 from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
@@ -18,7 +19,6 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.ledger.state import RunState
-from orchestrator.runtime.clock import ManualClock
 
 
 class N(BaseModel):

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import ConfigError
-from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.sinks import (
     NOTICE,
     Delivery,

@@ -20,10 +20,12 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, gates, node, signing
 from orchestrator.cli.root import EXIT_PARKED
+from orchestrator.codec import canonical_bytes
+from orchestrator.config import RunConfig
 from orchestrator.errors import LedgerCorrupt
-from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
-from orchestrator.plan import RunConfig
-from orchestrator.trust import TrustStore, fingerprint
+from orchestrator.ledger.chain import GENESIS, chain_hash
+from orchestrator.signing import fingerprint
+from orchestrator.trust import TrustStore
 from tests.conftest import PLANS, cli
 from tests.keyholder import resign_head
 from tests.plans.gated import plan

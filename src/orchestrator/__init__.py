@@ -3,6 +3,8 @@
 Public API only; implementation lives in the submodules.
 """
 
+from orchestrator.budget import Budget
+from orchestrator.config import RunConfig
 from orchestrator.errors import (
     EffectFailed,
     NodeTimeout,
@@ -11,9 +13,10 @@ from orchestrator.errors import (
     PlanInvalid,
     UserError,
 )
+from orchestrator.ids import Ref
 from orchestrator.ledger.state import RunState
-from orchestrator.node import Budget, NodeSpec, Retry, define_node, node
-from orchestrator.plan import Const, Input, Plan, PlanProblem, Ref, RunConfig
+from orchestrator.node import NodeSpec, Retry, define_node, node
+from orchestrator.plan import Const, Input, Plan, PlanProblem
 from orchestrator.runtime.context import ExecFailed, ExecResult, NodeContext
 from orchestrator.runtime.engine import Runtime
 from orchestrator.sandbox.limits import Limits

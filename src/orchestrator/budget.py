@@ -1,4 +1,5 @@
-"""Budgets: the price table, the meters, and the envelope with its reservations.
+"""Budgets: the value type, the price table, the meters, and the envelope with its
+reservations.
 
 A run's envelope is a ceiling on tokens, compute-hours and spend (USD). Before a node is
 dispatched its declared worst case is reserved; a node whose worst case does not fit
@@ -23,7 +24,43 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NodeError
-from orchestrator.node import Budget
+
+
+class Budget(BaseModel):
+    """A worst case or a ceiling: model tokens, compute-hours and spend in USD."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int = Field(default=0, ge=0)
+    compute_h: float = Field(default=0.0, ge=0)
+    spend_usd: float = Field(default=0.0, ge=0)
+
+    def __add__(self, other: Budget) -> Budget:
+        return Budget(
+            tokens=self.tokens + other.tokens,
+            compute_h=self.compute_h + other.compute_h,
+            spend_usd=self.spend_usd + other.spend_usd,
+        )
+
+    def __mul__(self, times: int) -> Budget:
+        return Budget(
+            tokens=self.tokens * times,
+            compute_h=self.compute_h * times,
+            spend_usd=self.spend_usd * times,
+        )
+
+    def over(self, ceiling: Budget) -> list[str]:
+        """The dimensions in which this budget exceeds ``ceiling``, described.
+
+        Float dimensions (sums of fractions) that differ from the ceiling only by rounding
+        error are not over it: 3 x 0.1 compute-hours fits a ceiling of 0.3.
+        """
+        out = [f"tokens {self.tokens} > {ceiling.tokens}"] if self.tokens > ceiling.tokens else []
+        for dim in ("compute_h", "spend_usd"):
+            mine, cap = getattr(self, dim), getattr(ceiling, dim)
+            if mine > cap and not math.isclose(mine, cap, rel_tol=1e-9):
+                out.append(f"{dim} {mine:.12g} > {cap:.12g}")
+        return out
 
 
 class BudgetExceeded(NodeError):

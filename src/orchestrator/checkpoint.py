@@ -26,13 +26,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from orchestrator.clock import iso
+from orchestrator.codec import canonical_bytes, digest
 from orchestrator.errors import OrchestratorError
-from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash, digest
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.ledger.writer import LedgerWriter
-from orchestrator.runtime.clock import iso
 from orchestrator.sandbox.snapshot.errors import SnapshotError
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.sandbox.snapshot.scan import SnapshotIndex

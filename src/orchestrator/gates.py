@@ -19,12 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator import signing
+from orchestrator.clock import iso, parse_iso
+from orchestrator.codec import canonical_bytes, digest
 from orchestrator.errors import DecisionRefused, GateRejected
-from orchestrator.ledger.codec import canonical_bytes, digest
 from orchestrator.ledger.events import Decision as DecisionKind
 from orchestrator.ledger.events import ErrorInfo, GateDecided, GateParked
 from orchestrator.ledger.state import NodeState, RunState
-from orchestrator.runtime.clock import iso, parse_iso
 
 REVIEW_PORT = "diff"
 CLOCK_SKEW = timedelta(minutes=5)  # how far ahead of the run's clock a decision may be dated

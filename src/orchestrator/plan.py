@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_serializer
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from orchestrator.budget import Prices
-from orchestrator.ledger.codec import canonical_bytes
-from orchestrator.node import KNOWN_EFFECTS, Budget, NodeSpec
-from orchestrator.sinks.base import SinkConfig
+from orchestrator.budget import Budget
+from orchestrator.codec import canonical_bytes
+from orchestrator.config import RunConfig
+from orchestrator.ids import Ref
+from orchestrator.node import KNOWN_EFFECTS, NodeSpec
 from orchestrator.typecheck import assignable, list_item, type_name
 
 ProblemKind = Literal[
@@ -39,24 +40,6 @@ ProblemKind = Literal[
     "bad_workspace",
     "empty_plan",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """An output port of a plan node; of a mapped node it stands for the list of all items'."""
-
-    node: str
-    port: str
-
-    @classmethod
-    def parse(cls, text: str) -> Ref:
-        node, sep, port = text.rpartition(".")
-        if not sep or not node or not port:
-            raise ValueError(f"expected NODE.PORT, got {text!r}")
-        return cls(node, port)
-
-    def __str__(self) -> str:
-        return f"{self.node}.{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,39 +83,6 @@ class PlanProblem(BaseModel):
         return (
             f"[{self.kind}] {where}: {self.message}" if where else f"[{self.kind}] {self.message}"
         )
-
-
-class RunConfig(BaseModel):
-    """What a run allows and where it reports: effects, approvers (Ed25519 public keys,
-    hex) per gate, a budget ceiling and prices, concurrency, sandbox, checkpoint and
-    receipt intervals, the sinks for gate notices and receipts, the model provider.
-
-    The config is recorded in the ledger: nothing secret belongs here (sink URLs may
-    name an environment variable as ``env:NAME``; API keys come from the environment)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    allow_effects: frozenset[str] = KNOWN_EFFECTS
-    approvers: dict[str, list[str]] = Field(default_factory=dict)
-    budget: Budget | None = None
-    prices: Prices = Field(default_factory=Prices)
-    concurrency: int = Field(default=256, ge=1)
-    sandbox: Literal["auto", "gvisor", "bwrap", "local"] = "auto"
-    warm: int = Field(default=2, ge=0)
-    checkpoint_interval: float = Field(default=60.0, gt=0)
-    receipt_interval: float = Field(default=3600.0, gt=0)
-    notify: list[SinkConfig] = Field(default_factory=list)
-    receipts: list[SinkConfig] = Field(default_factory=list)
-    delivery_attempts: int = Field(default=5, ge=1, le=20)
-    delivery_backoff: float = Field(default=0.5, ge=0, le=60)
-    llm: str | None = None
-    model: str | None = None
-    workspace_roots: list[str] | None = None
-    """Directories nodes may work on (resolved); filled in when the run starts."""
-
-    @field_serializer("allow_effects")
-    def _sorted(self, effects: frozenset[str]) -> list[str]:
-        return sorted(effects)
 
 
 @dataclass(eq=False)

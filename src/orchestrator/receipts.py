@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator import signing
-from orchestrator.ledger.codec import canonical_bytes, digest
+from orchestrator.codec import canonical_bytes, digest
 from orchestrator.ledger.state import RunState
 
 

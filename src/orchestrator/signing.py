@@ -10,6 +10,7 @@ orchestrator's home: the home may lie inside a repository that a run works on.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,11 @@ def verify(public: str, data: bytes, signature: str) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def fingerprint(public: str) -> str:
+    """A short, stable name for a public key: ``SHA256:`` and 16 hex digits of its hash."""
+    return "SHA256:" + hashlib.sha256(bytes.fromhex(public)).hexdigest()[:16]
 
 
 def _private_dir(path: Path) -> None:

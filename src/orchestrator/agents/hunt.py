@@ -6,8 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from orchestrator.agents import pr, rerun, runners, stats
-from orchestrator.budget import Prices
-from orchestrator.node import Budget
+from orchestrator.budget import Budget, Prices
 from orchestrator.runtime.context import NodeContext
 
 GIT_ENV = {

@@ -13,8 +13,8 @@ from orchestrator import gates, signing
 from orchestrator.cli.options import JsonOpt, SandboxOpt, _config
 from orchestrator.cli.progress import _drive, _finish, _summary
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, out
+from orchestrator.cli.views import state_json
 from orchestrator.sinks import SinkConfig
-from orchestrator.views import state_json
 
 
 @app.command()

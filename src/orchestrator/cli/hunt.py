@@ -21,11 +21,11 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.progress import _drive, _summary
 from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, _runtime, app, err, out
+from orchestrator.cli.views import state_json
 from orchestrator.ledger.events import BaseEvent
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.engine import Runtime
 from orchestrator.sinks import SinkConfig
-from orchestrator.views import state_json
 
 
 @app.command("flaky-hunt")

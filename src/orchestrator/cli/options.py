@@ -10,10 +10,9 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from orchestrator.budget import Prices
+from orchestrator.budget import Budget, Prices
+from orchestrator.config import SANDBOX_CHOICES, RunConfig
 from orchestrator.errors import ConfigError
-from orchestrator.node import Budget
-from orchestrator.plan import RunConfig
 from orchestrator.runid import check_run_id
 
 
@@ -89,7 +88,7 @@ def _config(
         if not sep or not gate or not key:
             raise ConfigError(f"--approver {item!r}: expected GATE=PUBLIC_KEY")
         gates.setdefault(gate, []).append(key)
-    if sandbox not in ("auto", "gvisor", "bwrap", "local"):
+    if sandbox not in SANDBOX_CHOICES:
         raise ConfigError(f"--sandbox {sandbox!r}: choose auto, gvisor, bwrap or local")
     kwargs: dict[str, Any] = {
         "sandbox": sandbox,

@@ -28,8 +28,8 @@ from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_INVALID, _runtime, app, err, out, plan_app
 from orchestrator.runtime.loader import load_plan, normalize_ref
 from orchestrator.sandbox.roots import default_roots
+from orchestrator.signing import fingerprint
 from orchestrator.sinks import SinkConfig
-from orchestrator.trust import fingerprint
 
 
 @app.command()

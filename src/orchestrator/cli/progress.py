@@ -18,10 +18,10 @@ from orchestrator.cli.root import (
     err,
     out,
 )
+from orchestrator.cli.views import event_line, run_view, state_json
 from orchestrator.ledger.events import BaseEvent, RunStarted
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.engine import Runtime
-from orchestrator.views import event_line, run_view, state_json
 
 
 def _drive(

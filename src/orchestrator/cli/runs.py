@@ -15,14 +15,13 @@ from rich.table import Table
 from orchestrator.cli.options import JsonOpt, RunArg, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
+from orchestrator.cli.views import node_table, state_json
 from orchestrator.errors import ConfigError, LedgerCorrupt
-from orchestrator.ledger.codec import parse
 from orchestrator.ledger.events import decode
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
-from orchestrator.ledger.store import StoredEvent
+from orchestrator.ledger.store import StoredEvent, parse
 from orchestrator.runid import check_run_id
-from orchestrator.trust import fingerprint
-from orchestrator.views import node_table, state_json
+from orchestrator.signing import fingerprint
 
 
 @app.command("ls")
@@ -62,7 +61,7 @@ def status(
     def render(st: RunState) -> Any:
         from rich.console import Group
 
-        from orchestrator.views import headline
+        from orchestrator.cli.views import headline
 
         live = rt.live_status(st)
         now = rt.clock.now() if live in ("running", "pausing") else None

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from orchestrator.budget import Budget
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import LedgerCorrupt
-from orchestrator.ledger.codec import canonical_bytes
-from orchestrator.node import Budget
 
 FailureCause = Literal[
     "error", "timeout", "upstream", "retries_exhausted", "map_too_large", "rejected"

@@ -23,9 +23,8 @@ from types import TracebackType
 from typing import Self
 
 from orchestrator.errors import LedgerConflict, LedgerCorrupt, LedgerError
-from orchestrator.ledger.codec import parse
-from orchestrator.ledger.store import Control, RunRow, StoredEvent
-from orchestrator.trust import SignedHead
+from orchestrator.ledger.head import SignedHead
+from orchestrator.ledger.store import Control, RunRow, StoredEvent, parse
 
 # The events that change a run's status; ``runs()`` reports the latest of them.
 LIFECYCLE_KINDS = (

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from orchestrator.budget import BudgetBook
 from orchestrator.errors import LedgerCorrupt
+from orchestrator.ids import Ref
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -42,7 +43,6 @@ from orchestrator.ledger.events import (
     SandboxMetered,
     WorkspaceSaved,
 )
-from orchestrator.plan import Ref
 
 NodeStatus = Literal["pending", "running", "retrying", "awaiting", "succeeded", "failed"]
 RunStatus = Literal["running", "pausing", "parked", "aborting", "aborted", "succeeded", "failed"]

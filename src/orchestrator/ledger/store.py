@@ -2,19 +2,21 @@
 
 A store keeps, per run, the ordered canonical event bodies with their chained hashes,
 plus a small control inbox (pause requests from other processes). It knows nothing of
-event types: encoding and the hash chain live in :mod:`orchestrator.ledger.codec`.
+event types: encoding lives in :mod:`orchestrator.codec`, the hash chain in
+:mod:`orchestrator.ledger.chain`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from orchestrator.errors import ConfigError
-from orchestrator.trust import SignedHead
+from orchestrator.errors import ConfigError, LedgerCorrupt
+from orchestrator.ledger.head import SignedHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,24 @@ class StoredEvent:
     kind: str
     body: bytes
     hash: str
+
+
+def parse(body: bytes, where: str) -> dict[str, Any]:
+    """A stored event's JSON object; bytes that are not one raise LedgerCorrupt naming
+    ``where``."""
+    try:
+        value = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise LedgerCorrupt(
+            f"{where}: a stored event is not JSON ({exc}); "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        ) from exc
+    if not isinstance(value, dict):
+        raise LedgerCorrupt(
+            f"{where}: a stored event is a JSON {type(value).__name__}, not an object; "
+            "`orchestrator ledger verify RUN` names the first damaged event"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

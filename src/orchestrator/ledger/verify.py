@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from orchestrator.errors import LedgerCorrupt
-from orchestrator.ledger.codec import GENESIS, chain_hash
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import Event, decode
+from orchestrator.ledger.head import SignedHead
 from orchestrator.ledger.store import StoredEvent
-from orchestrator.trust import SignedHead, fingerprint
+from orchestrator.signing import fingerprint
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,24 +6,31 @@ transaction. Callers that stage in the same event-loop tick share one commit, so
 parallel completions cost one SQLite transaction, not 200.
 
 With a signer, every commit also signs the new head of the chain (see
-:mod:`orchestrator.trust`): the signed head is stored with the events in the same
-transaction, then kept in the trust directory, outside the ledger.
+:mod:`orchestrator.ledger.head`): the signed head is stored with the events in the same
+transaction, then kept by a :class:`HeadKeeper` (the trust directory,
+:mod:`orchestrator.trust`), outside the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from orchestrator.ledger.codec import chain_hash
+from orchestrator.clock import Clock, iso
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import BaseEvent, encode
+from orchestrator.ledger.head import SignedHead
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
-from orchestrator.runtime.clock import Clock, iso
 from orchestrator.signing import Signer
-from orchestrator.trust import SignedHead, TrustStore
 
 E = TypeVar("E", bound=BaseEvent)
+
+
+class HeadKeeper(Protocol):
+    """Where committed signed heads are kept outside the ledger (a TrustStore)."""
+
+    def put_head(self, head: SignedHead) -> None: ...
 
 
 class LedgerWriter:
@@ -37,10 +44,8 @@ class LedgerWriter:
         head_seq: int = -1,
         head_hash: str | None = None,
         signer: Signer | None = None,
-        trust: TrustStore | None = None,
+        trust: HeadKeeper | None = None,
     ) -> None:
-        from orchestrator.ledger.codec import GENESIS
-
         self.store = store
         self.run_id = run_id
         self.clock = clock

@@ -22,13 +22,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from orchestrator.budget import Prices, Spent, check_call
+from orchestrator.budget import Budget, Prices, Spent, check_call
+from orchestrator.clock import Clock, iso, parse_iso
+from orchestrator.codec import digest
 from orchestrator.errors import EffectFailed, EffectNotDeclared, NodeError, NonDeterminism
-from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
 from orchestrator.models.base import Completion, CompletionRequest, Message, Provider
-from orchestrator.node import Budget
-from orchestrator.runtime.clock import Clock, iso, parse_iso
 from orchestrator.sandbox.base import Sandbox, SandboxError
 
 log = logging.getLogger("orchestrator.node")

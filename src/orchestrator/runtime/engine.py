@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator import gates, signing
+from orchestrator.budget import Budget
 from orchestrator.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -32,6 +33,9 @@ from orchestrator.checkpoint import (
     read_manifest,
     verify_checkpoints,
 )
+from orchestrator.clock import Clock, SystemClock, iso
+from orchestrator.codec import canonical_bytes
+from orchestrator.config import RunConfig
 from orchestrator.errors import (
     ConfigError,
     InputError,
@@ -41,7 +45,7 @@ from orchestrator.errors import (
     RunStateError,
 )
 from orchestrator.gates import Decision
-from orchestrator.ledger.codec import GENESIS, canonical_bytes
+from orchestrator.ledger.chain import GENESIS
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetReplaced,
@@ -53,13 +57,12 @@ from orchestrator.ledger.events import (
     SandboxChosen,
     decode,
 )
+from orchestrator.ledger.head import SignedHead
 from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
 from orchestrator.ledger.verify import ChainReport, verify_signed
 from orchestrator.ledger.writer import LedgerWriter
-from orchestrator.node import Budget
-from orchestrator.plan import Plan, RunConfig
-from orchestrator.runtime.clock import Clock, SystemClock, iso
+from orchestrator.plan import Plan
 from orchestrator.runtime.home import check_home
 from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.loader import load_plan
@@ -70,9 +73,10 @@ from orchestrator.runtime.scheduler import Scheduler
 from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
 from orchestrator.sandbox.snapshot.store import ChunkStore
+from orchestrator.signing import fingerprint
 from orchestrator.sinks import SinkConfig
 from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
-from orchestrator.trust import SignedHead, TrustStore, fingerprint
+from orchestrator.trust import TrustStore
 
 Listener = Callable[[BaseEvent], None]
 DEFAULT_STORE_GRACE = 60.0

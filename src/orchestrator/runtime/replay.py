@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import gates, receipts, signing
+from orchestrator.clock import SystemClock, iso, parse_iso
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import NonDeterminism
-from orchestrator.ledger.codec import GENESIS, canonical_bytes, chain_hash
+from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -53,7 +55,6 @@ from orchestrator.ledger.events import (
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
-from orchestrator.runtime.clock import SystemClock, iso, parse_iso
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
 from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.scheduler import (

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from orchestrator import gates, receipts
+from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.ledger.events import (
     GateParked,
     NoticeDelivered,
@@ -19,7 +20,6 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.writer import LedgerWriter
-from orchestrator.runtime.clock import Clock, iso, parse_iso
 from orchestrator.signing import Signer
 from orchestrator.sinks import GateNotice, Notice, ReceiptNotice, SinkConfig, deliver
 

@@ -25,8 +25,10 @@ from pydantic import BaseModel, ValidationError
 from orchestrator import gates
 from orchestrator.budget import BudgetExceeded, attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef, retry_delay
+from orchestrator.clock import Clock, iso, parse_iso
+from orchestrator.codec import digest
+from orchestrator.config import RunConfig
 from orchestrator.errors import DecisionRefused, NodeTimeout
-from orchestrator.ledger.codec import digest
 from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReserved,
@@ -49,8 +51,7 @@ from orchestrator.ledger.events import (
 from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.node import NodeSpec
-from orchestrator.plan import Plan, RunConfig
-from orchestrator.runtime.clock import Clock, iso, parse_iso
+from orchestrator.plan import Plan
 from orchestrator.runtime.context import (
     Allowance,
     EffectFields,

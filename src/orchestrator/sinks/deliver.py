@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from orchestrator.codec import canonical_bytes
 from orchestrator.errors import ConfigError
-from orchestrator.ledger.codec import canonical_bytes
 from orchestrator.sinks.base import (
     Delivery,
     Notice,

@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from orchestrator.agents.host import fetch_from
-from orchestrator.node import Budget, Retry, node
+from orchestrator.budget import Budget
+from orchestrator.node import Retry, node
 from orchestrator.plan import Plan
 from orchestrator.runtime.context import NodeContext
 

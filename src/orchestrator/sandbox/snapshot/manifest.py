@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from orchestrator.ledger.codec import canonical_bytes
+from orchestrator.codec import canonical_bytes
 from orchestrator.sandbox.snapshot.errors import SnapshotError, UnsafeSnapshot
 from orchestrator.sandbox.snapshot.store import ChunkStore
 

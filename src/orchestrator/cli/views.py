@@ -10,6 +10,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -28,7 +29,6 @@ from orchestrator.ledger.events import (
     SandboxChosen,
 )
 from orchestrator.ledger.state import NodeState, RunState
-from orchestrator.runtime.clock import parse_iso
 
 STATUS_STYLE = {
     "pending": "dim",
