@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.clock import iso
 from orchestrator.codec import canonical_bytes, digest
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import LedgerCorrupt, OrchestratorError
 from orchestrator.ledger.chain import GENESIS, chain_hash
-from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken
+from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, decode
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.ledger.writer import LedgerWriter
@@ -406,8 +406,10 @@ def against_ledger(
     named = {}
     for row in rows:
         if row.kind == "CheckpointTaken":
-            event = json.loads(row.body)
-            named[str(event["manifest"])] = (row.seq, str(event["digest"]))
+            event = decode(row.body)
+            if not isinstance(event, CheckpointTaken):
+                raise LedgerCorrupt(f"run {run_id}: event {row.seq} is not the checkpoint it says")
+            named[event.manifest] = (row.seq, event.digest)
     out: list[CheckpointReport] = []
     for report in reports:
         m, key = report.manifest, report.key

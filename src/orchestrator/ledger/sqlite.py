@@ -199,7 +199,8 @@ class SqliteLedgerStore:
             db.execute("COMMIT")
 
     def signed_head(self, run_id: str) -> SignedHead | None:
-        row = self._db.execute("SELECT head FROM heads WHERE run_id=?", (run_id,)).fetchone()
+        with self._mapped():
+            row = self._db.execute("SELECT head FROM heads WHERE run_id=?", (run_id,)).fetchone()
         if row is None:
             return None
         return SignedHead.from_json(row[0])
