@@ -33,17 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.flaky_repos import python_repo
 
 from orchestrator import Plan, RunConfig, Runtime
-from orchestrator.agents import flaky, rerun
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import NodeDispatched, NodeSucceeded, decode
-from orchestrator.workloads.flaky import rerun_stage
+from orchestrator.workloads.flaky_hunt import rerun_driver, rerun_stage
+from orchestrator.workloads.flaky_hunt.ports import HuntInputs
 
 TEST = "python -m unittest tests.test_calc.TestRegistry"
 
 
 def rerun_plan() -> Plan:
     """The hunt's plan up to the rerun report (no bisection)."""
-    plan = Plan("flaky-reruns", inputs=flaky.HuntInputs)
+    plan = Plan("flaky-reruns", inputs=HuntInputs)
     rerun_stage(plan, max_batches=1000)
     return plan
 
@@ -80,7 +80,7 @@ async def phase(home: Path, repo: Path, runs: int, batch: int, sandbox: str) -> 
 def host_floor(repo: Path, runs: int) -> float:
     """The same runs, one after another, on the host with no sandbox: the same interpreter
     the sandbox's venv copies (/usr/bin/python3), called directly, with the same env."""
-    spec = rerun.spec(
+    spec = rerun_driver.spec(
         ["/usr/bin/python3", *TEST.split()[1:]],
         {"PYTHONDONTWRITEBYTECODE": "1", "CI": "1"},
         ["PYTHONHASHSEED"],
@@ -89,7 +89,10 @@ def host_floor(repo: Path, runs: int) -> float:
     )
     started = time.perf_counter()
     subprocess.run(
-        ["/usr/bin/python3", "-c", rerun.DRIVER, spec], cwd=repo, check=True, capture_output=True
+        ["/usr/bin/python3", "-c", rerun_driver.DRIVER, spec],
+        cwd=repo,
+        check=True,
+        capture_output=True,
     )
     return time.perf_counter() - started
 

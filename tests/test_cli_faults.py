@@ -321,3 +321,16 @@ def test_run_of_a_plan_that_exits_at_import_fails_and_writes_nothing(tmp_path: P
     assert "Traceback" not in result.stderr
     assert "called exit(0)" in " ".join(result.stderr.split())
     assert not (home / "ledger.db").exists()
+
+
+def test_every_workload_plan_loads_by_its_ref_and_by_the_refs_older_versions_recorded() -> None:
+    from orchestrator.workloads import demo, flaky_hunt
+
+    for ref, plan in (
+        (flaky_hunt.PLAN_REF, flaky_hunt.plan),
+        (flaky_hunt.REVIEWED_REF, flaky_hunt.reviewed),
+        (demo.PLAN_REF, demo.plan),
+        ("orchestrator.workloads.flaky:plan", flaky_hunt.plan),
+        ("orchestrator.workloads.flaky:reviewed", flaky_hunt.reviewed),
+    ):
+        assert load_plan(ref) is plan, ref

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from orchestrator import Runtime
-from orchestrator.agents import flaky, github, stats
+from orchestrator.agents import github
+from orchestrator.agents.intake import repo_intake
 from orchestrator.ledger.events import (
     EffectRecorded,
     Event,
@@ -32,6 +33,9 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.ledger.state import RunState
+from orchestrator.workloads.flaky_hunt import stats
+from orchestrator.workloads.flaky_hunt.nodes.bisector import MISS
+from orchestrator.workloads.flaky_hunt.nodes.reruns import flake_rerunner
 from tests.conftest import cli
 from tests.crashing import processes_with, wait_until
 from tests.flaky_repos import TRUE_RATE, git, js_repo, python_repo
@@ -207,7 +211,7 @@ def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestra
     found = h.out("bisector")["bisected"]
     assert (found["first_bad"], found["parent"]) == (fixture.culprit, fixture.parent)
     assert found["subject"] == "step 17 (the culprit)"
-    assert found["trials_per_commit"] == stats.trials_to_detect(rate["low"], flaky.MISS)
+    assert found["trials_per_commit"] == stats.trials_to_detect(rate["low"], MISS)
     probed = [line.split(":")[0] for line in found["log"]]
     assert len(probed) == len(set(probed))  # no commit probed twice
     assert len(probed) <= 12  # about log2(30) after stepping back, not a linear walk
@@ -262,7 +266,7 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home
     # 40/40 failures put the 95% lower bound at 0.912; a 1% miss then needs 2 trials
     # (1 trial would need the bound at 0.99, i.e. about 380 all-failing runs)
     assert rate["low"] == pytest.approx(40 / (40 + 1.959964**2), abs=1e-3)
-    assert found["trials_per_commit"] == stats.trials_to_detect(rate["low"], flaky.MISS) == 2
+    assert found["trials_per_commit"] == stats.trials_to_detect(rate["low"], MISS) == 2
     used = [int(m.group(1)) for line in found["log"] if (m := re.search(r"after (\d+)", line))]
     assert used and len(used) == len(found["log"]) and max(used) <= 2
     repro = h.out("repro-builder")["repro"]
@@ -437,7 +441,7 @@ def test_the_pull_request_waits_for_review_and_opens_once_on_approval(
     outputs += [parked.stdout, parked.stderr]
     assert parked.returncode == 3, parked.stdout + parked.stderr
     h = load(home)
-    assert h.state.plan_ref == "orchestrator.workloads.flaky:reviewed"
+    assert h.state.plan_ref == "orchestrator.workloads.flaky_hunt:reviewed"
     author = h.state.nodes["pr-author"]
     assert author.held is not None and author.held.gate == "review"
     held = author.held.outputs
@@ -519,7 +523,7 @@ def test_a_vitest_flake_is_found_with_npm_installed_in_the_sandbox(
     prepared = Path(h.out("repo-intake")["prepared"])
     assert (prepared / "node_modules" / "vitest" / "package.json").is_file()
     assert not (repo / "node_modules").exists()
-    assert "net" in flaky.repo_intake.effects and "net" not in flaky.flake_rerunner.effects
+    assert "net" in repo_intake.effects and "net" not in flake_rerunner.effects
 
     report = h.out("flake-report")["report"]
     rate = h.rate()

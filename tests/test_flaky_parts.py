@@ -22,9 +22,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.agents import rerun, runners, stats
-from orchestrator.agents.bisect import Verdict, bisect, find_good
+from orchestrator.agents import runners
 from orchestrator.errors import ConfigError
+from orchestrator.workloads.flaky_hunt import rerun_driver as rerun
+from orchestrator.workloads.flaky_hunt import stats
+from orchestrator.workloads.flaky_hunt.bisection import Verdict, bisect, find_good
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.agents import pr
 from orchestrator.agents.github import (
     GitHubError,
     GitHubRemote,
@@ -27,6 +26,7 @@ from orchestrator.agents.github import (
     parse_remote,
 )
 from orchestrator.errors import OrchestratorError
+from orchestrator.workloads.flaky_hunt import pull_request as pr
 from tests.github_peer import TOKEN, GitHubPeer, Reply
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""Host-side steps the flaky hunt records as ``ctx.tool`` effects: cloning the repository,
+"""Host-side steps workloads record as ``ctx.tool`` effects: cloning the repository,
 reading its marker files, publishing a prepared tree and a branch. Each is idempotent,
 so one performed again after a crash (same idempotency key) does no harm."""
 

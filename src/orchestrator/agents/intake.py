@@ -1,6 +1,7 @@
-"""``repo-fetch`` clones the repository at the bad revision (a recorded host step);
-``repo-intake`` detects the runner and installs the test dependencies in the sandbox (the
-hunt's only step with network), then publishes the prepared tree for the test runs."""
+"""Repository intake, for any workload that runs a repository's tests: ``repo-intake``
+detects the runner and installs the test dependencies in the sandbox (the only step with
+network), then publishes the prepared tree for the test runs. A workload's own fetch node
+clones the repository first (``host.clone_checkout``, giving :class:`Fetched`)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,27 @@ import shlex
 from pydantic import BaseModel
 
 from orchestrator.agents import host, runners
-from orchestrator.agents.hunt import (
-    Fetched,
-    HuntInputs,
-    Intake,
-    IntakeOut,
-    worst_case,
-)
+from orchestrator.agents.budgets import worst_case
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
 
 
-@node("repo-fetch", effects={"net"}, timeout=900, retry=Retry(max_attempts=3, base_delay=2))
-async def repo_fetch(ctx: NodeContext, inputs: HuntInputs) -> Fetched:
-    """Clone the repository at the bad revision (a recorded host step)."""
-    data = await ctx.tool(
-        "git-clone",
-        host.clone_checkout,
-        inputs.repo,
-        inputs.bad,
-        f"{inputs.workdir}/checkout",
-        list(runners.MARKER_FILES),
-    )
-    return Fetched.model_validate(data)
+class Fetched(BaseModel):
+    checkout: str
+    sha: str
+    files: dict[str, str]
+
+
+class Intake(BaseModel):
+    prepared: str
+    sha: str
+    runner: runners.Runner
+    argv: list[str]
+
+
+class IntakeOut(BaseModel):
+    intake: Intake
+    prepared: str
 
 
 class IntakeInputs(BaseModel):

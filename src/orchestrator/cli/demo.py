@@ -32,9 +32,10 @@ def demo(
     per package in parallel sandboxes, a signed approval at the merge gate, budget
     receipts, then a byte-identical replay."""
     from orchestrator.workloads import demo as workload
+    from orchestrator.workloads.demo.monorepo import make_monorepo
 
     rt = _runtime(ctx)
-    repo = workload.make_monorepo(rt.home / "demo", packages)
+    repo = make_monorepo(rt.home / "demo", packages)
     approver_key = rt.keys / "demo-approver.key"
     approver = signing.load_or_create(approver_key)
     notices = rt.home / "notices" / "demo.jsonl"

@@ -57,7 +57,7 @@ def flaky_hunt(
 ) -> None:
     """Hunt a flaky test: rerun the suite many times in parallel sandboxes, bisect to the
     first failing commit, build a repro, propose a fix (with --llm), prepare the PR."""
-    from orchestrator.workloads import flaky as workload
+    from orchestrator.workloads import flaky_hunt as workload
 
     rt = _runtime(ctx)
     gated = any(item.startswith("review=") for item in approver)
@@ -73,11 +73,11 @@ def flaky_hunt(
     )
     workdir = rt.home / "hunts" / f"{rt.clock.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     config = config.model_copy(update={"workspace_roots": [str(rt.home / "hunts")]})
-    from orchestrator.agents.flaky import MAX_BATCHES
-
-    if -(-runs // batch) > MAX_BATCHES:
-        batch = -(-runs // MAX_BATCHES)
-        err.print(f"{runs} runs make more than {MAX_BATCHES} batches: {batch} runs per batch")
+    if -(-runs // batch) > workload.MAX_BATCHES:
+        batch = -(-runs // workload.MAX_BATCHES)
+        err.print(
+            f"{runs} runs make more than {workload.MAX_BATCHES} batches: {batch} runs per batch"
+        )
     values = {
         "repo": str(Path(repo).resolve()) if Path(repo).exists() else repo,
         "test": test,

@@ -3,6 +3,7 @@ the global options, the runtime they open, and ``main`` (errors become one parag
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -82,7 +83,9 @@ def _runtime(
     The runtime is closed when the command ends."""
     obj = ctx.find_root().obj or {}
     home = obj.get("home") or default_home()
-    create = access == "write" or (access == "existing" and home.exists())
+    create = access == "write" or (
+        access == "existing" and home.exists() and not _empty_default_ledger(home, obj)
+    )
     rt = Runtime(
         home=home,
         ledger=obj.get("ledger"),
@@ -92,6 +95,15 @@ def _runtime(
     )
     ctx.call_on_close(rt.close)  # also on errors: SQLite then removes its WAL files
     return rt
+
+
+def _empty_default_ledger(home: Path, obj: dict[str, Any]) -> bool:
+    """Whether the run would be looked up in the home's own ledger file while it is
+    missing or empty: it then holds no run, and must not be given a schema."""
+    if obj.get("ledger") or os.environ.get("ORCHESTRATOR_LEDGER"):
+        return False
+    path = home / "ledger.db"
+    return not path.is_file() or path.stat().st_size == 0
 
 
 def _row(summary: Any) -> dict[str, Any]:

@@ -16,6 +16,13 @@ from pathlib import Path
 from orchestrator.errors import PlanLoadError
 from orchestrator.plan import Plan
 
+MOVED = {
+    "orchestrator.workloads.flaky:plan": "orchestrator.workloads.flaky_hunt:plan",
+    "orchestrator.workloads.flaky:reviewed": "orchestrator.workloads.flaky_hunt:reviewed",
+}
+"""Plan refs that older versions recorded, and where those plans live now, so runs they
+started still resume and replay."""
+
 
 def normalize_ref(ref: str) -> str:
     """A ref that still resolves from another working directory (files made absolute)."""
@@ -27,7 +34,7 @@ def normalize_ref(ref: str) -> str:
 
 def load_plan(ref: str) -> Plan:
     """Import the module or file named by ``ref`` and return its Plan attribute."""
-    target, sep, attr = ref.rpartition(":")
+    target, sep, attr = MOVED.get(ref, ref).rpartition(":")
     try:
         ref.encode("utf-8")
     except UnicodeEncodeError:

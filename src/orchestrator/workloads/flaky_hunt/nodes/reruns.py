@@ -8,22 +8,21 @@ import random
 
 from pydantic import BaseModel
 
-from orchestrator.agents import stats
-from orchestrator.agents.hunt import (
+from orchestrator.agents.budgets import worst_case
+from orchestrator.agents.intake import Intake
+from orchestrator.node import node
+from orchestrator.runtime.context import NodeContext
+from orchestrator.workloads.flaky_hunt import stats
+from orchestrator.workloads.flaky_hunt.ports import (
     Batch,
     Batches,
     BatchOut,
     BatchResult,
-    Intake,
     Report,
     ReportOut,
     RunOutcome,
-    failed_ids,
-    run_seeds,
-    worst_case,
 )
-from orchestrator.node import node
-from orchestrator.runtime.context import NodeContext
+from orchestrator.workloads.flaky_hunt.seeded_runs import failed_ids, run_seeds
 
 
 class BatchPlanInputs(BaseModel):

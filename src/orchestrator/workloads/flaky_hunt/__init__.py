@@ -6,58 +6,80 @@ first failing commit, build the repro, propose a fix, and prepare the pull reque
 
 ``plan`` has no gate; ``reviewed`` holds the pull request at the ``review`` gate until a
 person approves it (the CLI uses it when approvers are configured).
+
+The package holds the plan (here) and the hunt's own agents: its nodes (``nodes/``), their
+typed ports (``ports``), running seeded reruns in a sandbox (``seeded_runs``, with the
+in-sandbox ``rerun_driver``), failure rates (``stats``), flaky-aware bisection
+(``bisection``) and the pull request's text (``pull_request``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.agents import flaky
+from orchestrator.agents.intake import repo_intake
 from orchestrator.node import NodeSpec
 from orchestrator.plan import NodeHandle, Plan
+from orchestrator.workloads.flaky_hunt.nodes.bisector import bisector, repro_builder
+from orchestrator.workloads.flaky_hunt.nodes.fetch import repo_fetch
+from orchestrator.workloads.flaky_hunt.nodes.fixer import fix_proposer
+from orchestrator.workloads.flaky_hunt.nodes.publish import (
+    notifier,
+    pr_author,
+    pr_open,
+    reviewed_pr_author,
+)
+from orchestrator.workloads.flaky_hunt.nodes.reruns import (
+    flake_report,
+    flake_rerunner,
+    rerun_planner,
+)
+from orchestrator.workloads.flaky_hunt.ports import HuntInputs
 
-PLAN_REF = "orchestrator.workloads.flaky:plan"
-REVIEWED_REF = "orchestrator.workloads.flaky:reviewed"
+PLAN_REF = "orchestrator.workloads.flaky_hunt:plan"
+REVIEWED_REF = "orchestrator.workloads.flaky_hunt:reviewed"
+
+MAX_BATCHES = 200
 
 
-def rerun_stage(plan: Plan, max_batches: int = flaky.MAX_BATCHES) -> tuple[NodeHandle, NodeHandle]:
+def rerun_stage(plan: Plan, max_batches: int = MAX_BATCHES) -> tuple[NodeHandle, NodeHandle]:
     """Fetch, intake, the mapped reruns and their report: the hunt's first half (also
     what bench/flaky.py measures). Returns the intake and report nodes."""
     i = plan.input
-    hunt: dict[str, Any] = {k: i(k) for k in flaky.HuntInputs.model_fields}
-    fetched = plan.add(flaky.repo_fetch, **hunt)
+    hunt: dict[str, Any] = {k: i(k) for k in HuntInputs.model_fields}
+    fetched = plan.add(repo_fetch, **hunt)
     intake = plan.add(
-        flaky.repo_intake,
+        repo_intake,
         checkout=fetched.out.checkout,
         sha=fetched.out.sha,
         files=fetched.out.files,
         test=i("test"),
         workdir=i("workdir"),
     )
-    planned = plan.add(flaky.rerun_planner, runs=i("runs"), batch=i("batch"), seed=i("seed"))
+    planned = plan.add(rerun_planner, runs=i("runs"), batch=i("batch"), seed=i("seed"))
     reruns = plan.map(
-        flaky.flake_rerunner,
+        flake_rerunner,
         over=planned.out.batches,
         item="batch",
         max_items=max_batches,
         intake=intake.out.intake,
         prepared_dir=intake.out.prepared,
     )
-    report = plan.add(flaky.flake_report, results=reruns.out.result)
+    report = plan.add(flake_report, results=reruns.out.result)
     return intake, report
 
 
-def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
-    plan = Plan("flaky-hunt", inputs=flaky.HuntInputs)
+def build_plan(author: NodeSpec = pr_author) -> Plan:
+    plan = Plan("flaky-hunt", inputs=HuntInputs)
     i = plan.input
     intake, report = rerun_stage(plan)
     shared: dict[str, Any] = {"intake": intake.out.intake, "prepared_dir": intake.out.prepared}
-    bisected = plan.add(flaky.bisector, report=report.out.report, good=i("good"), **shared)
+    bisected = plan.add(bisector, report=report.out.report, good=i("good"), **shared)
     repro = plan.add(
-        flaky.repro_builder, report=report.out.report, bisected=bisected.out.bisected, **shared
+        repro_builder, report=report.out.report, bisected=bisected.out.bisected, **shared
     )
     fix = plan.add(
-        flaky.fix_proposer,
+        fix_proposer,
         report=report.out.report,
         bisected=bisected.out.bisected,
         repro=repro.out.repro,
@@ -76,16 +98,14 @@ def build_plan(author: NodeSpec = flaky.pr_author) -> Plan:
         k: i(k) for k in ("repo", "workdir", "base", "github", "github_api")
     }
     opened = plan.add(
-        flaky.pr_open,
+        pr_open,
         **published,
         authored=authored.out.authored,
         prepared_dir=intake.out.prepared,
     )
-    plan.add(
-        flaky.notifier, authored=authored.out.authored, opened=opened.out.opened, notify=i("notify")
-    )
+    plan.add(notifier, authored=authored.out.authored, opened=opened.out.opened, notify=i("notify"))
     return plan
 
 
 plan = build_plan()
-reviewed = build_plan(flaky.reviewed_pr_author)
+reviewed = build_plan(reviewed_pr_author)

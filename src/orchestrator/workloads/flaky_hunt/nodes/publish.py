@@ -8,26 +8,35 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.agents import host, pr
-from orchestrator.agents.hunt import (
-    GIT_ENV,
-    MISS,
+from orchestrator.agents import host
+from orchestrator.agents.budgets import worst_case
+from orchestrator.agents.intake import Intake
+from orchestrator.node import Retry, node
+from orchestrator.runtime.context import NodeContext
+from orchestrator.sinks import SinkConfig, SummaryNotice, deliver
+from orchestrator.workloads.flaky_hunt import pull_request as pr
+from orchestrator.workloads.flaky_hunt.nodes.bisector import MISS
+from orchestrator.workloads.flaky_hunt.ports import (
     Authored,
     AuthoredOut,
     Bisected,
     Fix,
-    Intake,
     Opened,
     OpenedOut,
     Report,
     Repro,
     Summary,
-    checkout,
-    worst_case,
 )
-from orchestrator.node import Retry, node
-from orchestrator.runtime.context import NodeContext
-from orchestrator.sinks import SinkConfig, SummaryNotice, deliver
+from orchestrator.workloads.flaky_hunt.seeded_runs import checkout
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Orchestrator",
+    "GIT_AUTHOR_EMAIL": "orchestrator@localhost.invalid",
+    "GIT_COMMITTER_NAME": "Orchestrator",
+    "GIT_COMMITTER_EMAIL": "orchestrator@localhost.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
 
 
 class AuthorInputs(BaseModel):

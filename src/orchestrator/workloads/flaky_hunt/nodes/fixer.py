@@ -7,21 +7,17 @@ import re
 
 from pydantic import BaseModel
 
-from orchestrator.agents.hunt import (
-    KNOWN_SEEDS_FIRST,
-    Bisected,
-    Fix,
-    FixOut,
-    Intake,
-    Report,
-    Repro,
-    _target_argv,
-    checkout,
-    run_seeds,
-    worst_case,
-)
+from orchestrator.agents.budgets import worst_case
+from orchestrator.agents.intake import Intake
 from orchestrator.node import node
 from orchestrator.runtime.context import NodeContext
+from orchestrator.workloads.flaky_hunt.ports import Bisected, Fix, FixOut, Report, Repro
+from orchestrator.workloads.flaky_hunt.seeded_runs import (
+    KNOWN_SEEDS_FIRST,
+    checkout,
+    run_seeds,
+    target_argv,
+)
 
 
 class FixInputs(BaseModel):
@@ -91,7 +87,7 @@ async def _fix(ctx: NodeContext, inputs: FixInputs) -> Fix:
             note=f"the diff does not apply: {applied.stderr[-300:]}",
         )
     seeds = [*report.failing_seeds[:KNOWN_SEEDS_FIRST], *range(7, 7 + 50)]
-    records = await run_seeds(ctx, intake, seeds, _target_argv(intake, report.target))
+    records = await run_seeds(ctx, intake, seeds, target_argv(intake, report.target))
     failures = sum(1 for r in records if r.code != 0)
     await ctx.exec(["git", "checkout", "--quiet", "--force", "--", "."], check=True)
     return Fix(

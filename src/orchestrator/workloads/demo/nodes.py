@@ -1,20 +1,18 @@
-"""The demo: migrate a small npm-workspaces monorepo from CommonJS to ES modules.
+"""The demo's nodes, each in a sandbox.
 
-Each node runs in a sandbox. ``workspace-detect`` reads the workspaces of the repository
-(a read-only copy-on-write view of it); ``codemod-runner`` is mapped over the packages,
-one instance per package in parallel, each in its own copy-on-write view: it rewrites
-``require``/``module.exports`` with ``sed``, marks the package ``"type": "module"``,
-commits on a branch of its own, and a recorded host-side step fetches that branch back
-into the repository; ``diff-summarizer`` reports the changes. Every command goes through
-``ctx.exec``, so the run is journaled, resumable and replayable.
+``workspace-detect`` reads the workspaces of the repository (a read-only copy-on-write
+view of it); ``codemod-runner`` is mapped over the packages, one instance per package in
+parallel, each in its own copy-on-write view: it rewrites ``require``/``module.exports``
+with ``sed``, marks the package ``"type": "module"``, commits on a branch of its own, and a
+recorded host-side step fetches that branch back into the repository; ``diff-summarizer``
+reports the changes. Every command goes through ``ctx.exec``, so the run is journaled,
+resumable and replayable.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -22,10 +20,7 @@ from pydantic import BaseModel
 from orchestrator.agents.host import fetch_from
 from orchestrator.budget import Budget
 from orchestrator.node import Retry, node
-from orchestrator.plan import Plan
 from orchestrator.runtime.context import NodeContext
-
-PLAN_REF = "orchestrator.workloads.demo:plan"
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Orchestrator Demo",
@@ -35,7 +30,6 @@ GIT_ENV = {
     "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
     "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
 }
-PACKAGE_NAMES = ("api", "billing", "core", "search", "ui", "worker", "auth", "mailer", "jobs")
 SED_REWRITES = (
     r"/^'use strict';$/d",
     r"s/^const ([A-Za-z_$][A-Za-z0-9_$]*) = require\('([^']+)'\);$/import \1 from '\2';/",
@@ -80,10 +74,8 @@ class Summary(BaseModel):
     diff: str
 
 
-# Each node's worst case: ~36 s of one vCPU and its price; the demo's run ceiling holds 50
-# packages' worth with room to spare, so receipts show real meters against a real envelope.
+# Each node's worst case: ~36 s of one vCPU and its price (the run's ceiling is the plan's).
 NODE_BUDGET = Budget(compute_h=0.01, spend_usd=0.001)
-RUN_CEILING = Budget(tokens=0, compute_h=1.0, spend_usd=0.1)
 
 
 @node(
@@ -181,68 +173,3 @@ async def diff_summarizer(ctx: NodeContext, inputs: SummaryInputs) -> Summary:
     return Summary(
         summary=summary, total_lines_changed=total, diff="\n".join(inputs.diffs) or "(no changes)"
     )
-
-
-def build_plan() -> Plan:
-    plan = Plan("esm-migration-demo", inputs=RepoInputs)
-    detect = plan.add(workspace_detect, repo=plan.input("repo"))
-    migrate = plan.map(
-        codemod_runner,
-        over=detect.out.packages,
-        item="package",
-        max_items=50,
-        repo=plan.input("repo"),
-    )
-    plan.add(
-        diff_summarizer,
-        packages=migrate.out.package,
-        branches=migrate.out.branch,
-        lines_changed=migrate.out.lines_changed,
-        files=migrate.out.files,
-        diffs=migrate.out.diff,
-    )
-    return plan
-
-
-plan = build_plan()
-
-
-def make_monorepo(parent: Path, packages: int) -> Path:
-    """Write a small CommonJS npm-workspaces monorepo as a fresh git repository."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    repo = parent / f"monorepo-{stamp}-{secrets.token_hex(2)}"
-    names = [PACKAGE_NAMES[i] if i < len(PACKAGE_NAMES) else f"pkg{i}" for i in range(packages)]
-    _write_json(
-        repo / "package.json", {"name": "acme", "private": True, "workspaces": ["packages/*"]}
-    )
-    for name in names:
-        src = repo / "packages" / name / "src"
-        src.mkdir(parents=True)
-        _write_json(
-            repo / "packages" / name / "package.json",
-            {"name": f"@acme/{name}", "version": "1.0.0", "main": "src/index.js"},
-        )
-        (src / "index.js").write_text(
-            "'use strict';\n"
-            "const util = require('util');\n"
-            "const format = require('./format');\n"
-            f"function handle(input) {{ return format(util.inspect(input), '{name}'); }}\n"
-            "module.exports = { handle };\n"
-        )
-        (src / "format.js").write_text(
-            "'use strict';\n"
-            "const path = require('path');\n"
-            "module.exports = function format(text, scope) { return path.join(scope, text); };\n"
-        )
-    for argv in (
-        ["git", "init", "--quiet", "--initial-branch=main"],
-        ["git", "add", "--all"],
-        ["git", "commit", "--quiet", "-m", "acme monorepo (CommonJS)"],
-    ):
-        subprocess.run(argv, cwd=repo, env={**GIT_ENV, "PATH": "/usr/bin:/bin"}, check=True)
-    return repo
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")

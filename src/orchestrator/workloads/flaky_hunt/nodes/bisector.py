@@ -9,25 +9,23 @@ import shlex
 
 from pydantic import BaseModel
 
-from orchestrator.agents import runners, stats
-from orchestrator.agents.bisect import Verdict, bisect, find_good
-from orchestrator.agents.hunt import (
+from orchestrator.agents import runners
+from orchestrator.agents.budgets import worst_case
+from orchestrator.agents.intake import Intake
+from orchestrator.node import node
+from orchestrator.runtime.context import NodeContext
+from orchestrator.workloads.flaky_hunt import stats
+from orchestrator.workloads.flaky_hunt.bisection import Verdict, bisect, find_good
+from orchestrator.workloads.flaky_hunt.ports import Bisected, BisectOut, Report, Repro, ReproOut
+from orchestrator.workloads.flaky_hunt.seeded_runs import (
     KNOWN_SEEDS_FIRST,
-    MISS,
-    Bisected,
-    BisectOut,
-    Intake,
-    Report,
-    Repro,
-    ReproOut,
-    _target_argv,
     checkout,
     failed_ids,
     run_seeds,
-    worst_case,
+    target_argv,
 )
-from orchestrator.node import node
-from orchestrator.runtime.context import NodeContext
+
+MISS = 0.01  # the chance bisection may call a bad commit good
 
 
 class BisectInputs(BaseModel):
@@ -193,7 +191,7 @@ def repro_command(intake: Intake, target: str | None, seed: int | None) -> str:
     env = {k: v for k, v in intake.runner.env.items() if k != "PATH"}
     if seed is not None:
         env.update({name: str(seed) for name in intake.runner.seed_env})
-    argv = _target_argv(intake, target)
+    argv = target_argv(intake, target)
     if seed is not None:
         argv = [*argv, *intake.runner.seed_args(seed)]
     assignments = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
@@ -228,7 +226,7 @@ async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
     # The repro itself on the first bad commit; on the parent, the whole command with the
     # same seeds (the test may not exist there yet), where the test must not fail.
     await checkout(ctx, found.first_bad)
-    records = await run_seeds(ctx, intake, seeds, _target_argv(intake, report.target))
+    records = await run_seeds(ctx, intake, seeds, target_argv(intake, report.target))
     on_bad = sum(1 for r in records if r.code != 0)
     await checkout(ctx, found.parent)
     records = await run_seeds(ctx, intake, seeds, intake.argv)

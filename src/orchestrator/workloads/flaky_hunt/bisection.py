@@ -1,8 +1,8 @@
 """Bisection that tolerates commits that do not build, for failures that are flaky.
 
 Pure and async: the caller's ``probe`` checks out a commit, runs the test as many times as
-the measured failure rate needs (see :func:`orchestrator.agents.stats.trials_to_detect`)
-and answers ``good``, ``bad`` or ``skip``. A ``bad`` is certain (the failure was seen); a
+the measured failure rate needs (see :func:`.stats.trials_to_detect`) and answers
+``good``, ``bad`` or ``skip``. A ``bad`` is certain (the failure was seen); a
 ``good`` is right with the probability the caller chose, so every probe counts and no
 commit is probed twice.
 

@@ -1,0 +1,132 @@
+"""The typed values the flaky hunt's nodes pass each other: the hunt's inputs, the rerun
+batches and their results, the report, the bisection, the repro, the fix, the pull request
+and the summary."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from orchestrator.workloads.flaky_hunt.pull_request import HuntFacts
+from orchestrator.workloads.flaky_hunt.stats import Rate
+
+
+class HuntInputs(BaseModel):
+    repo: str
+    test: str
+    runs: int = 1000
+    batch: int = 25
+    good: str | None = None
+    bad: str = "HEAD"
+    workdir: str
+    base: str = "main"
+    github: str | None = None
+    github_api: str | None = None
+    seed: int | None = None
+    notify: list[str] = []
+
+
+class Batch(BaseModel):
+    index: int
+    seeds: list[int]
+
+
+class Batches(BaseModel):
+    batches: list[Batch]
+
+
+class RunOutcome(BaseModel):
+    seed: int
+    code: int
+    failed: list[str]
+    duration: float
+
+
+class BatchResult(BaseModel):
+    index: int
+    runs: list[RunOutcome]
+    tail: str
+
+
+class Report(BaseModel):
+    runs: int
+    failures: int
+    rates: list[Rate]
+    target: str | None
+    failing_seeds: list[int]
+    sample_output: str
+
+
+class Bisected(BaseModel):
+    first_bad: str | None
+    parent: str | None
+    good: str | None
+    subject: str
+    diffstat: str
+    trials_per_commit: int
+    log: list[str]
+    message: str
+
+
+class Repro(BaseModel):
+    command: str
+    seed: int | None
+    fails_on_bad: bool
+    passes_on_parent: bool
+
+
+class Fix(BaseModel):
+    diff: str | None
+    verified: bool
+    failures_after: int | None
+    runs_after: int | None
+    note: str
+
+
+class Authored(BaseModel):
+    base_sha: str
+    branch: str
+    title: str
+    description: str
+    diff: str
+    facts: HuntFacts
+
+
+class Opened(BaseModel):
+    branch: str
+    published: str
+    pull_request: str | None
+    patch_file: str
+    note: str
+
+
+class Summary(BaseModel):
+    summary: str
+
+
+class BatchOut(BaseModel):
+    result: BatchResult
+
+
+class ReportOut(BaseModel):
+    report: Report
+
+
+class BisectOut(BaseModel):
+    bisected: Bisected
+
+
+class ReproOut(BaseModel):
+    repro: Repro
+
+
+class FixOut(BaseModel):
+    fix: Fix
+
+
+class AuthoredOut(BaseModel):
+    authored: Authored
+    diff: str  # what a person reviews at the gate: the patch
+
+
+class OpenedOut(BaseModel):
+    opened: Opened
