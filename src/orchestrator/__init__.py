@@ -3,6 +3,7 @@
 Public API only; implementation lives in the submodules.
 """
 
+from orchestrator.budget import ModelPrice, Prices
 from orchestrator.errors import (
     EffectFailed,
     NodeTimeout,
@@ -14,9 +15,11 @@ from orchestrator.errors import (
 from orchestrator.ledger.state import RunState
 from orchestrator.node import Budget, NodeSpec, Retry, define_node, node
 from orchestrator.plan import Const, Input, Plan, PlanProblem, Ref, RunConfig
+from orchestrator.runtime.clock import Clock, ManualClock, SystemClock
 from orchestrator.runtime.context import ExecFailed, ExecResult, NodeContext
 from orchestrator.runtime.engine import Runtime
 from orchestrator.sandbox.limits import Limits
+from orchestrator.sinks.base import SinkConfig
 
 __all__ = [
     # defining work
@@ -32,12 +35,19 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "Ref",
+    # run settings
     "RunConfig",
+    "ModelPrice",
+    "Prices",
+    "SinkConfig",
     # running
     "ExecResult",
     "NodeContext",
     "RunState",
     "Runtime",
+    "Clock",
+    "ManualClock",
+    "SystemClock",
     # errors
     "EffectFailed",
     "ExecFailed",
