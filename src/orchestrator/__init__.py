@@ -3,7 +3,8 @@
 Public API only; implementation lives in the submodules.
 """
 
-from orchestrator.budget import Budget
+from orchestrator.budget import Budget, ModelPrice, Prices
+from orchestrator.clock import Clock, ManualClock, SystemClock
 from orchestrator.config import RunConfig
 from orchestrator.errors import (
     EffectFailed,
@@ -20,6 +21,7 @@ from orchestrator.plan import Const, Input, Plan, PlanProblem
 from orchestrator.runtime.context import ExecFailed, ExecResult, NodeContext
 from orchestrator.runtime.engine import Runtime
 from orchestrator.sandbox.limits import Limits
+from orchestrator.sinks.base import SinkConfig
 
 __all__ = [
     # defining work
@@ -35,12 +37,19 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "Ref",
+    # run settings
     "RunConfig",
+    "ModelPrice",
+    "Prices",
+    "SinkConfig",
     # running
     "ExecResult",
     "NodeContext",
     "RunState",
     "Runtime",
+    "Clock",
+    "ManualClock",
+    "SystemClock",
     # errors
     "EffectFailed",
     "ExecFailed",

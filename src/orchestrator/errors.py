@@ -3,6 +3,7 @@
 OrchestratorError
 ├── UserError               something the user can fix; the CLI prints it, no traceback
 │   ├── ConfigError         bad option, URL, config value, run id or home directory
+│   │   └── MissingExtra    an optional dependency is not installed (names its extra)
 │   ├── PlanLoadError       FILE.py:ATTR missing, not importable, or not a Plan
 │   ├── PlanInvalid         Plan.validate() found problems (carries them all)
 │   ├── InputError          run inputs that do not fit the plan's declared inputs
@@ -41,6 +42,19 @@ class UserError(OrchestratorError):
 
 class ConfigError(UserError):
     pass
+
+
+class MissingExtra(ConfigError):
+    """A feature needs an optional dependency that is not installed; ``extra`` names the
+    extra that brings it (``pip install 'orchestrator[EXTRA]'``)."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.feature, self.module, self.extra = feature, module, extra
+        super().__init__(
+            f"{feature} needs the Python package {module!r}, which is not installed. "
+            f"Install the orchestrator with its {extra!r} extra: "
+            f"pip install 'orchestrator[{extra}]' (in a checkout: uv sync --extra {extra})."
+        )
 
 
 class PlanLoadError(UserError):

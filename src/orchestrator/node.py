@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import CodeType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -173,6 +173,20 @@ def define_node(
     )
 
 
+@overload
+def node(name: NodeFn, /) -> NodeSpec: ...
+@overload
+def node(
+    name: str | None = None,
+    *,
+    effects: Iterable[str] = (),
+    budget: Budget | None = None,
+    retry: Retry | None = None,
+    gate: str | None = None,
+    timeout: float | None = None,
+    limits: Limits | None = None,
+    workspace: str | None = None,
+) -> Callable[[NodeFn], NodeSpec]: ...
 def node(
     name: str | NodeFn | None = None,
     *,
@@ -183,13 +197,13 @@ def node(
     timeout: float | None = None,
     limits: Limits | None = None,
     workspace: str | None = None,
-) -> Callable[[NodeFn], NodeSpec]:
+) -> NodeSpec | Callable[[NodeFn], NodeSpec]:
     """Decorate ``async def run(ctx, inputs: In) -> Out`` into a :class:`NodeSpec`.
 
     Use as ``@node("name", ...)``, ``@node(...)`` or bare ``@node``.
     """
     if callable(name):
-        return node()(name)  # type: ignore[return-value]
+        return node()(name)
 
     def wrap(fn: NodeFn) -> NodeSpec:
         return define_node(

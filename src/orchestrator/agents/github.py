@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import tenacity
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.errors import OrchestratorError
@@ -199,23 +200,29 @@ async def open_pull_request(
         "X-GitHub-Api-Version": API_VERSION,
         "User-Agent": "orchestrator",
     }
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=base_delay),
+        retry=tenacity.retry_if_exception_type(_Transient),
+        sleep=sleep,
+        reraise=True,
+    )
     async with httpx.AsyncClient(
         headers=headers, timeout=http_timeout, follow_redirects=True
     ) as client:
-        for index in range(attempts):
-            try:
-                found = await call.find(client)
-                if found is not None:
-                    return found
-                return await call.create(client, payload)
-            except _Transient as failed:
-                if index + 1 == attempts:
-                    raise GitHubError(
-                        call.redact(f"{failed} (gave up after {attempts} attempts)"),
-                        status=failed.status,
-                        message=failed.message,
-                    ) from None
-                await sleep(base_delay * 2.0**index)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    found = await call.find(client)
+                    if found is not None:
+                        return found
+                    return await call.create(client, payload)
+        except _Transient as failed:
+            raise GitHubError(
+                call.redact(f"{failed} (gave up after {attempts} attempts)"),
+                status=failed.status,
+                message=failed.message,
+            ) from None
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 

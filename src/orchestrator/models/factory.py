@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal, overload
 from urllib.parse import urlsplit
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, MissingExtra
+from orchestrator.extras import require
 from orchestrator.models.base import Provider, redact
 
 SPEC_FORMS = (
@@ -33,6 +34,8 @@ def open_provider(spec: str) -> Provider:
     """
     try:
         return _open(spec)
+    except MissingExtra:
+        raise
     except ConfigError as exc:
         secrets = tuple(os.environ.get(name, "") for name in KEY_VARIABLES)
         raise ConfigError(redact(str(exc), secrets)) from None
@@ -51,11 +54,13 @@ def _open(spec: str) -> Provider:
         from orchestrator.models.anthropic import AnthropicProvider
 
         url = _base_url(spec, base_url)
+        require("anthropic", "the anthropic model provider (--llm anthropic)")
         return AnthropicProvider(_key("ANTHROPIC_API_KEY", spec, required=True), url)
     if kind == "openai":
         from orchestrator.models.openai_compat import PLACEHOLDER_KEY, OpenAICompatProvider
 
         url = _base_url(spec, base_url)
+        require("openai", "the openai model provider (--llm openai)")
         key = _key("OPENAI_API_KEY", spec, required=url is None)
         return OpenAICompatProvider(key or PLACEHOLDER_KEY, url)
     raise ConfigError(f"unknown model spec {spec!r}; accepted forms: {SPEC_FORMS}")

@@ -7,6 +7,12 @@ errors) with exponential backoff, gives up on what will not (other 4xx, a bad UR
 unset environment variable), and reports either way as a :class:`Delivery` that the
 caller records. It raises only for a programming error in its own arguments.
 
+The retry loop is tenacity's, as is GitHub's (``agents/github.py``): transport retries
+use one library, node retries stay the runtime's own (their jitter must replay
+deterministically). Not stamina, though it wraps tenacity: it has no per-call ``sleep``
+(callers with their own clock, and tests, skip waits through it), a backoff it is
+handed (``Retry-After``) escapes its cap, and its test mode is process-wide.
+
 Errors are written for logs and the ledger: they never include a URL's path, query or
 user info, nor the value of an ``env:`` variable, even when the lower layer's message
 would (such text is cut out before the message leaves this module).
@@ -29,6 +35,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
+import tenacity
 
 from orchestrator.codec import canonical_bytes
 from orchestrator.errors import ConfigError
@@ -103,30 +110,40 @@ async def deliver(
         raise ValueError(f"base_delay must be a non-negative number of seconds, not {base_delay}")
     name = sink.describe()
     secrets: list[str] = []
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        error = _redact(failed.message, secrets) if isinstance(failed, _Failed) else "?"
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.info(
+            "delivery to %s: attempt %d failed (%s); next in %.1f s",
+            name,
+            state.attempt_number,
+            error,
+            delay,
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=_backoff(base_delay),
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, _Failed) and exc.retry),
+        sleep=sleep,
+        before_sleep=waiting,
+        reraise=True,
+    )
     try:
         async with _sender(sink, notice, secrets, objects_cache) as send:
-            for index in range(attempts):
-                try:
-                    await _attempt(send)
-                except _Failed as failed:
-                    error = _redact(failed.message, secrets)
-                    if not failed.retry or index + 1 == attempts:
-                        log.warning("could not deliver to %s: %s", name, error)
-                        return Delivery(sink=name, ok=False, attempts=index + 1, error=error)
-                    delay = base_delay * 2.0 ** min(index, 64)
-                    if failed.after is not None:
-                        delay = failed.after
-                    delay = min(delay, MAX_DELAY)
-                    log.info(
-                        "delivery to %s: attempt %d failed (%s); next in %.1f s",
-                        name,
-                        index + 1,
-                        error,
-                        delay,
-                    )
-                    await sleep(delay)
-                else:
-                    return Delivery(sink=name, ok=True, attempts=index + 1)
+            tried = 0
+            try:
+                async for attempt in retrying:
+                    tried = attempt.retry_state.attempt_number
+                    with attempt:
+                        await _attempt(send)
+                        return Delivery(sink=name, ok=True, attempts=tried)
+            except _Failed as failed:
+                error = _redact(failed.message, secrets)
+                log.warning("could not deliver to %s: %s", name, error)
+                return Delivery(sink=name, ok=False, attempts=tried, error=error)
     except _Failed as failed:  # before the first attempt: nothing was sent
         return Delivery(sink=name, ok=False, attempts=0, error=_redact(failed.message, secrets))
     except Exception as exc:  # a bug here must not stop a run either
@@ -134,6 +151,20 @@ async def deliver(
         log.error("could not deliver to %s: %s", name, error)
         return Delivery(sink=name, ok=False, attempts=0, error=error)
     raise AssertionError("unreachable: the loop returns")  # pragma: no cover
+
+
+def _backoff(base_delay: float) -> Callable[[tenacity.RetryCallState], float]:
+    """``base_delay * 2**i`` before retry ``i + 1``, or what a ``Retry-After`` asked; at
+    most :data:`MAX_DELAY` either way."""
+    exponential = tenacity.wait_exponential(multiplier=base_delay, max=MAX_DELAY)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failed, _Failed) and failed.after is not None:
+            return min(failed.after, MAX_DELAY)
+        return exponential(state)
+
+    return wait
 
 
 async def _attempt(send: Send) -> None:

@@ -31,6 +31,7 @@ from typing import Protocol, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.extras import require
 
 __all__ = [
     "DEFAULT_LOCAL_ROOT",
@@ -321,6 +322,7 @@ def _open_s3(url: str) -> ObjectStore:
     if parts.query and not options:
         raise ConfigError(f"object store URL {safe!r}: cannot read options {parts.query!r}")
 
+    require("boto3", f"the S3 object store {safe!r}")
     from orchestrator.storage.s3 import S3Settings, S3Store
 
     return S3Store(bucket, prefix, S3Settings.from_options(options, safe))
