@@ -12,7 +12,8 @@ from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, RunConfig, Runtime, node
 from orchestrator.checkpoint import Manifest
-from orchestrator.gc import GcRefused, collect_garbage
+from orchestrator.errors import GcRefused
+from orchestrator.gc import collect_garbage
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.storage.objects import blob_key, get_blob, put_blob
 from tests.conftest import cli

@@ -18,14 +18,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.agents.github import (
-    GitHubError,
     GitHubRemote,
     PullRequest,
     idempotency_marker,
     open_pull_request,
     parse_remote,
 )
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import GitHubError, OrchestratorError
 from orchestrator.workloads.flaky_hunt import pull_request as pr
 from tests.github_peer import TOKEN, GitHubPeer, Reply
 

@@ -113,3 +113,24 @@ def test_the_check_sees_lazy_relative_and_type_only_imports(tmp_path: Path) -> N
         "orchestrator.runtime.engine",
         "orchestrator.trust",
     }
+
+
+def test_every_public_error_is_defined_in_errors_py() -> None:
+    """One tree: an exception class the package raises for callers to catch lives in
+    errors.py (private helpers and control-flow signals are exempt)."""
+    errors = ast.parse((PACKAGE / "errors.py").read_text())
+    tree = {node.name for node in errors.body if isinstance(node, ast.ClassDef)}
+    stray = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
+                continue
+            bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+            if bases & (tree | {"Exception"}):
+                stray.append(f"{module_name(path)}.{node.name}")
+    assert stray == []
+    documented = errors.body[0].value.value if isinstance(errors.body[0], ast.Expr) else ""
+    assert isinstance(documented, str)
+    assert [name for name in sorted(tree) if name not in documented] == []

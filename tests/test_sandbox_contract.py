@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from orchestrator.sandbox.base import BACKENDS, SandboxError, SandboxSpec
+from orchestrator.errors import SandboxError
+from orchestrator.sandbox.base import BACKENDS, SandboxSpec
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.process import AgentSandbox
 

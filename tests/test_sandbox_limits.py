@@ -19,8 +19,8 @@ from typing import Protocol
 import pytest
 from pydantic import ValidationError
 
+from orchestrator.errors import CgroupError
 from orchestrator.sandbox.cgroups.cgroup import Cgroup
-from orchestrator.sandbox.cgroups.errors import CgroupError
 from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available, sweep_stale
 from orchestrator.sandbox.limits import Limits
 

@@ -20,8 +20,9 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, node
+from orchestrator.errors import SandboxError, SandboxLimitExceeded
 from orchestrator.ledger.events import NodeFailed, SandboxMetered, decode
-from orchestrator.sandbox.base import SandboxError, SandboxLimitExceeded, SandboxSpec
+from orchestrator.sandbox.base import SandboxSpec
 from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.factory import launcher_for
 from orchestrator.sandbox.limits import Limits

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator.codec import canonical_bytes
-from orchestrator.sandbox.snapshot.errors import CorruptChunk, SnapshotError, UnsafeSnapshot
+from orchestrator.errors import CorruptChunk, SnapshotError, UnsafeSnapshot
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.sandbox.snapshot.restore import restore
 from orchestrator.sandbox.snapshot.scan import CHUNK_SIZE, SnapshotIndex, snapshot

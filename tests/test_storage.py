@@ -22,17 +22,20 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.sandbox.snapshot.errors import CorruptChunk, SnapshotError
+from orchestrator.errors import (
+    ConfigError,
+    CorruptChunk,
+    CorruptObject,
+    ObjectMissing,
+    SnapshotError,
+    StorageError,
+)
 from orchestrator.sandbox.snapshot.restore import restore
 from orchestrator.sandbox.snapshot.scan import snapshot
 from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.storage.localdir import TEMP_PREFIX, LocalDirStore
 from orchestrator.storage.objects import (
-    CorruptObject,
-    ObjectMissing,
     ObjectStore,
-    StorageError,
     blob_key,
     get_blob,
     open_object_store,

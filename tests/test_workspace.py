@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import WorkspaceError
 from orchestrator.sandbox import workspace as ws_module
-from orchestrator.sandbox.workspace import (
-    OverlayWorkspace,
-    WorkspaceError,
-    overlay_mounts,
-    sweep_mounts,
-)
+from orchestrator.sandbox.workspace import OverlayWorkspace, overlay_mounts, sweep_mounts
 
 
 def _overlay_unusable() -> str | None:

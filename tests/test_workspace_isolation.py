@@ -20,9 +20,9 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Runtime, node
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, WorkspaceRefused
 from orchestrator.ledger.events import SandboxMetered, decode
-from orchestrator.sandbox.roots import WorkspacePolicy, WorkspaceRefused, check_roots
+from orchestrator.sandbox.roots import WorkspacePolicy, check_roots
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.sandbox.snapshot.scan import snapshot
 from orchestrator.sandbox.snapshot.store import ChunkStore

@@ -8,6 +8,7 @@ from orchestrator.clock import Clock, ManualClock, SystemClock
 from orchestrator.config import RunConfig
 from orchestrator.errors import (
     EffectFailed,
+    ExecFailed,
     NodeTimeout,
     NonDeterminism,
     OrchestratorError,
@@ -18,7 +19,7 @@ from orchestrator.ids import Ref
 from orchestrator.ledger.state import RunState
 from orchestrator.node import NodeSpec, Retry, define_node, node
 from orchestrator.plan import Const, Input, Plan, PlanProblem
-from orchestrator.runtime.context import ExecFailed, ExecResult, NodeContext
+from orchestrator.runtime.context import ExecResult, NodeContext
 from orchestrator.runtime.engine import Runtime
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sinks.base import SinkConfig

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import NodeError
+from orchestrator.errors import BudgetExceeded
 
 
 class Budget(BaseModel):
@@ -61,10 +61,6 @@ class Budget(BaseModel):
             if mine > cap and not math.isclose(mine, cap, rel_tol=1e-9):
                 out.append(f"{dim} {mine:.12g} > {cap:.12g}")
         return out
-
-
-class BudgetExceeded(NodeError):
-    """A model call was refused before it was sent: its maximum cost does not fit."""
 
 
 class ModelPrice(BaseModel):

@@ -28,28 +28,23 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.clock import iso
 from orchestrator.codec import canonical_bytes, digest
-from orchestrator.errors import LedgerCorrupt, OrchestratorError
+from orchestrator.errors import CheckpointError, LedgerCorrupt, SnapshotError, StorageError
 from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, decode
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import LedgerStore, StoredEvent
 from orchestrator.ledger.writer import LedgerWriter
-from orchestrator.sandbox.snapshot.errors import SnapshotError
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.sandbox.snapshot.scan import SnapshotIndex
 from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.signing import Signer, verify
-from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, put_blob
+from orchestrator.storage.objects import ObjectStore, get_blob, put_blob
 
 MANIFEST_VERSION = 1
 
 
 BACKOFF_CAP = 30.0
 """Seconds: failed checkpoints are retried at least this often (or every interval)."""
-
-
-class CheckpointError(OrchestratorError):
-    """A checkpoint could not be written or does not verify."""
 
 
 def retry_delay(interval: float, failures: int) -> float:

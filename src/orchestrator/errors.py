@@ -10,16 +10,38 @@ OrchestratorError
 │   ├── RunNotFound         no such run in the ledger
 │   ├── RunBusy             another live process owns the run
 │   ├── RunStateError       the run is not in a state that allows the request
-│   └── DecisionRefused     a gate decision that is forged, stale or for something else
+│   ├── DecisionRefused     a gate decision that is forged, stale or for something else
+│   └── SandboxUnavailable  the chosen sandbox backend cannot run on this machine
 ├── LedgerError             the ledger cannot be opened or written (sqlite3 errors mapped)
 │   ├── LedgerConflict      two writers raced on one run's chain
 │   └── LedgerCorrupt       a stored event does not hash, decode or parse; a damaged file
+├── SigningError            a key is missing or malformed, or a signature does not verify
+├── StorageError            an object store is unreachable, or refused or failed a call
+│   ├── ObjectMissing       no object under the key
+│   └── CorruptObject       an object does not match the digest it is stored under
+├── CheckpointError         a checkpoint could not be written or does not verify
+├── SnapshotError           a workspace snapshot could not be taken, read or restored
+│   ├── CorruptChunk        a chunk is missing or does not hash to its digest
+│   └── UnsafeSnapshot      a manifest that is malformed or would write outside
+├── GcRefused               gc could not be sure what is referenced; deleted nothing
+├── SandboxError            a sandbox failed to start or broke down
+├── WorkspaceError          a workspace could not be set up, mounted or removed
+│   └── DiskError           a disk image could not be made, mounted or removed
+├── CgroupError             a cgroup could not be created, configured or removed
+├── ProviderError           a model call failed after the SDK's own retries
+├── GitHubError             GitHub refused or could not be reached
 └── NodeError               raised inside node bodies, recorded in the ledger
     ├── EffectFailed        an effect raised; re-raised identically on resume/replay
+    ├── EffectNotDeclared   a node used an effect it did not declare
     ├── NodeTimeout         a node exceeded its declared timeout
     ├── NonDeterminism      a re-run body asked for a different effect than its journal
     ├── GateRejected        a person rejected the node's outputs (their comment)
-    └── BudgetExceeded      a model call refused before sending (orchestrator.budget)
+    ├── BudgetExceeded      a model call refused before sending: its worst case does not fit
+    ├── ExecFailed          ``ctx.exec(..., check=True)`` saw a non-zero exit
+    ├── SandboxLimitExceeded a resource limit was hit; the sandbox's processes were killed
+    └── WorkspaceRefused    a workspace input names a directory the run may not use
+
+Each module imports the errors it raises from here; the tree is the whole list.
 """
 
 from __future__ import annotations
@@ -90,6 +112,10 @@ class DecisionRefused(UserError):
     """A gate decision was refused; nothing was recorded."""
 
 
+class SandboxUnavailable(UserError):
+    """The chosen backend cannot run on this machine."""
+
+
 class LedgerError(OrchestratorError):
     pass
 
@@ -100,6 +126,102 @@ class LedgerConflict(LedgerError):
 
 class LedgerCorrupt(LedgerError):
     pass
+
+
+class SigningError(OrchestratorError):
+    """A key is missing or malformed, or a signature does not verify."""
+
+
+class StorageError(OrchestratorError):
+    """An object store could not be reached, or refused or failed an operation."""
+
+
+class ObjectMissing(StorageError):
+    """There is no object under the key."""
+
+    def __init__(self, key: str, store: str) -> None:
+        self.key, self.store = key, store
+        super().__init__(f"object {key!r} is missing from {store}")
+
+
+class CorruptObject(StorageError):
+    """An object's content does not match the digest it is stored under."""
+
+    def __init__(self, key: str, store: str, problem: str) -> None:
+        self.key, self.store = key, store
+        super().__init__(f"object {key!r} in {store} is corrupt: {problem}")
+
+
+class CheckpointError(OrchestratorError):
+    """A checkpoint could not be written or does not verify."""
+
+
+class SnapshotError(OrchestratorError):
+    """A snapshot could not be taken, read or restored."""
+
+
+class CorruptChunk(SnapshotError):
+    """A stored chunk is missing or does not hash to its digest."""
+
+    def __init__(self, digest: str, problem: str) -> None:
+        self.digest = digest
+        super().__init__(f"chunk {digest} {problem}")
+
+
+class UnsafeSnapshot(SnapshotError):
+    """A manifest that is malformed or could write outside the workspace on restore."""
+
+
+class GcRefused(OrchestratorError):
+    """Garbage collection stopped before deleting anything: it could not know for sure
+    what is referenced (an unreadable manifest or snapshot), or the store is in use."""
+
+
+class SandboxError(OrchestratorError):
+    """A sandbox failed to start or broke down."""
+
+
+class WorkspaceError(OrchestratorError):
+    """A workspace could not be set up, mounted, unmounted or removed."""
+
+
+class DiskError(WorkspaceError):
+    """A disk image could not be made, mounted, unmounted or removed."""
+
+
+class CgroupError(OrchestratorError):
+    """A cgroup could not be found, created, configured, joined, emptied or removed."""
+
+
+class ProviderError(OrchestratorError):
+    """A model call failed after the SDK's own retries.
+
+    The message names the provider, the HTTP status (when there was a response) and the
+    server's own error message; API keys are redacted from it before it is built.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.status_code = status_code
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class GitHubError(OrchestratorError):
+    """GitHub refused or could not be reached. ``status`` is the HTTP status (``None``
+    when no answer came); ``message`` is GitHub's own message, if it sent one."""
+
+    def __init__(self, text: str, *, status: int | None = None, message: str = "") -> None:
+        super().__init__(text)
+        self.status = status
+        self.message = message
 
 
 class NodeError(OrchestratorError):
@@ -137,3 +259,23 @@ class NonDeterminism(NodeError):
 
 class GateRejected(NodeError):
     """A person rejected a gated node's outputs; the message is their comment."""
+
+
+class ExecFailed(NodeError):
+    """``ctx.exec(..., check=True)`` saw a non-zero exit."""
+
+
+class SandboxLimitExceeded(NodeError):
+    """A resource limit was hit; the sandbox's processes were killed."""
+
+    def __init__(self, limit: str, detail: str) -> None:
+        self.limit = limit
+        super().__init__(f"{limit} limit exceeded: {detail}")
+
+
+class WorkspaceRefused(NodeError):
+    """A node's workspace input names a directory the run may not work on."""
+
+
+class BudgetExceeded(NodeError):
+    """A model call was refused before it was sent: its maximum cost does not fit."""

@@ -33,13 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.checkpoint import CheckpointError, read_manifest
-from orchestrator.errors import OrchestratorError, RunBusy
-from orchestrator.sandbox.snapshot.errors import SnapshotError
+from orchestrator.checkpoint import read_manifest
+from orchestrator.errors import CheckpointError, GcRefused, RunBusy, SnapshotError, StorageError
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.sandbox.snapshot.store import CHUNK_KEY_PREFIX, ChunkStore
 from orchestrator.storage.localdir import LocalDirStore
-from orchestrator.storage.objects import ObjectStore, StorageError
+from orchestrator.storage.objects import ObjectStore
 
 if TYPE_CHECKING:
     from orchestrator.runtime.engine import Runtime
@@ -57,11 +56,6 @@ BLOB_KEY_PREFIX = "blobs"
 _MANIFEST_KEY = re.compile(r"runs/[^/]+/checkpoints/[^/]+")
 _CONTENT_KEY = re.compile(r"(chunks|blobs)/([0-9a-f]{2})/([0-9a-f]{64})")
 _WORKERS = 8
-
-
-class GcRefused(OrchestratorError):
-    """Garbage collection stopped before deleting anything: it could not know for sure
-    what is referenced (an unreadable manifest or snapshot), or the store is in use."""
 
 
 @dataclass

@@ -27,11 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from orchestrator.errors import OrchestratorError
-
-
-class SigningError(OrchestratorError):
-    """A key is missing or malformed, or a signature does not verify."""
+from orchestrator.errors import SigningError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import httpx
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import GitHubError
 
 __all__ = [
     "DEFAULT_API",
@@ -49,16 +49,6 @@ _URL_SCHEMES = frozenset({"https", "http", "ssh", "git+ssh", "git"})
 # user@host:path, with no "://" (that is a URL) and a host that is not one letter
 # (so a Windows drive such as C:\repo is not taken for a host)
 _SCP = re.compile(r"(?:[^@/:]+@)?(?P<host>[^@/:\\]{2,}):(?P<path>[^/\\].*)")
-
-
-class GitHubError(OrchestratorError):
-    """GitHub refused or could not be reached. ``status`` is the HTTP status (``None``
-    when no answer came); ``message`` is GitHub's own message, if it sent one."""
-
-    def __init__(self, text: str, *, status: int | None = None, message: str = "") -> None:
-        super().__init__(text)
-        self.status = status
-        self.message = message
 
 
 class GitHubRemote(BaseModel):

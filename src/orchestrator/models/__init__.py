@@ -5,15 +5,9 @@
 imported only when its provider is opened, so importing this package stays cheap.
 """
 
+from orchestrator.errors import ProviderError
 from orchestrator.models.anthropic import AnthropicProvider
-from orchestrator.models.base import (
-    Completion,
-    CompletionRequest,
-    Message,
-    Provider,
-    ProviderError,
-    Usage,
-)
+from orchestrator.models.base import Completion, CompletionRequest, Message, Provider, Usage
 from orchestrator.models.factory import open_provider
 from orchestrator.models.openai_compat import OpenAICompatProvider
 from orchestrator.models.scripted import ScriptedProvider

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ProviderError
 from orchestrator.models.base import (
     Completion,
     CompletionRequest,
-    ProviderError,
     Usage,
     redact,
     status_error,

@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ProviderError
 
 PER_MESSAGE_OVERHEAD = 8
 """Tokens allowed for each message's role and framing in the upper bound."""
@@ -88,27 +88,6 @@ class Provider(Protocol):
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...
-
-
-class ProviderError(OrchestratorError):
-    """A model call failed after the SDK's own retries.
-
-    The message names the provider, the HTTP status (when there was a response) and the
-    server's own error message; API keys are redacted from it before it is built.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str | None = None,
-        status_code: int | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.provider = provider
-        self.status_code = status_code
-        self.request_id = request_id
-        super().__init__(message)
 
 
 REDACTED = "[redacted]"

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import urlsplit
 
+from orchestrator.errors import ProviderError
 from orchestrator.models.base import (
     Completion,
     CompletionRequest,
-    ProviderError,
     Usage,
     redact,
     status_error,

@@ -17,8 +17,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.errors import ConfigError
-from orchestrator.models.base import Completion, CompletionRequest, ProviderError, Usage
+from orchestrator.errors import ConfigError, ProviderError
+from orchestrator.models.base import Completion, CompletionRequest, Usage
 
 BYTES_PER_TOKEN = 4
 """The default usage estimate: one token per four bytes of UTF-8, rounded up."""

@@ -25,10 +25,17 @@ from pydantic_core import to_jsonable_python
 from orchestrator.budget import Budget, Prices, Spent, check_call
 from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.codec import digest
-from orchestrator.errors import EffectFailed, EffectNotDeclared, NodeError, NonDeterminism
+from orchestrator.errors import (
+    EffectFailed,
+    EffectNotDeclared,
+    ExecFailed,
+    NodeError,
+    NonDeterminism,
+    SandboxError,
+)
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
 from orchestrator.models.base import Completion, CompletionRequest, Message, Provider
-from orchestrator.sandbox.base import Sandbox, SandboxError
+from orchestrator.sandbox.base import Sandbox
 
 log = logging.getLogger("orchestrator.node")
 
@@ -100,10 +107,6 @@ class ExecResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.code == 0
-
-
-class ExecFailed(Exception):
-    """``ctx.exec(..., check=True)`` saw a non-zero exit."""
 
 
 @dataclass(frozen=True, slots=True)

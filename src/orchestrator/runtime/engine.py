@@ -22,7 +22,6 @@ from orchestrator import gates, signing
 from orchestrator.budget import Budget
 from orchestrator.checkpoint import (
     Checkpointer,
-    CheckpointError,
     CheckpointReport,
     Manifest,
     PreviousRef,
@@ -37,12 +36,14 @@ from orchestrator.clock import Clock, SystemClock, iso
 from orchestrator.codec import canonical_bytes
 from orchestrator.config import RunConfig
 from orchestrator.errors import (
+    CheckpointError,
     ConfigError,
     InputError,
     LedgerCorrupt,
     PlanInvalid,
     RunNotFound,
     RunStateError,
+    StorageError,
 )
 from orchestrator.gates import Decision
 from orchestrator.ledger.chain import GENESIS
@@ -75,7 +76,7 @@ from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roo
 from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.signing import fingerprint
 from orchestrator.sinks import SinkConfig
-from orchestrator.storage.objects import ObjectStore, StorageError, get_blob, open_object_store
+from orchestrator.storage.objects import ObjectStore, get_blob, open_object_store
 from orchestrator.trust import TrustStore
 
 Listener = Callable[[BaseEvent], None]

@@ -19,19 +19,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.errors import DiskError, SandboxError, SnapshotError, StorageError
 from orchestrator.node import NodeSpec
-from orchestrator.sandbox.base import BackendName, Meter, SandboxError, SandboxSpec
-from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
+from orchestrator.sandbox.base import BackendName, Meter, SandboxSpec
+from orchestrator.sandbox.disk import Disk, remove_tree
 from orchestrator.sandbox.factory import choose
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.pool import WORKSPACE, SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.roots import WorkspacePolicy
-from orchestrator.sandbox.snapshot.errors import SnapshotError
 from orchestrator.sandbox.snapshot.scan import SnapshotIndex
 from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace, sweep_mounts
-from orchestrator.storage.objects import StorageError
 
 SAVE_EVERY_S = 1.0
 """A save that is not needed at once waits until the last one is this old (seconds)."""

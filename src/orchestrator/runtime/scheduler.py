@@ -23,12 +23,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import gates
-from orchestrator.budget import BudgetExceeded, attempt_limit
+from orchestrator.budget import attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef, retry_delay
 from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.codec import digest
 from orchestrator.config import RunConfig
-from orchestrator.errors import DecisionRefused, NodeTimeout
+from orchestrator.errors import BudgetExceeded, DecisionRefused, NodeTimeout, WorkspaceRefused
 from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReserved,
@@ -63,7 +63,6 @@ from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.resumption import resume_point
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
 from orchestrator.sandbox.process import AgentSandbox
-from orchestrator.sandbox.roots import WorkspaceRefused
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
 from orchestrator.signing import Signer
 from orchestrator.sinks import SinkConfig

@@ -15,7 +15,6 @@ from typing import Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.errors import NodeError, OrchestratorError, UserError
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.snapshot.restore import RestoreResult
 from orchestrator.sandbox.snapshot.scan import Snapshot, SnapshotIndex
@@ -55,22 +54,6 @@ class Meter(BaseModel):
     def compute_h(self) -> float:
         """Wall-clock x vCPUs, in hours: what the budget charges."""
         return self.wall_s * self.vcpus / 3600
-
-
-class SandboxError(OrchestratorError):
-    """A sandbox failed to start or broke down."""
-
-
-class SandboxUnavailable(UserError):
-    """The chosen backend cannot run on this machine."""
-
-
-class SandboxLimitExceeded(NodeError):
-    """A resource limit was hit; the sandbox's processes were killed."""
-
-    def __init__(self, limit: str, detail: str) -> None:
-        self.limit = limit
-        super().__init__(f"{limit} limit exceeded: {detail}")
 
 
 class Sandbox(Protocol):

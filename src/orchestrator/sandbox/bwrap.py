@@ -16,8 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.errors import SandboxError
 from orchestrator.sandbox import identity, netns
-from orchestrator.sandbox.base import BackendName, SandboxError, SandboxSpec
+from orchestrator.sandbox.base import BackendName, SandboxSpec
 from orchestrator.sandbox.limits import Limits
 
 ETC_ENTRIES = (

@@ -34,7 +34,8 @@ import subprocess
 from pathlib import Path
 from typing import Self
 
-from orchestrator.sandbox.workspace import MOUNTINFO, WorkspaceError, _unescape, _unmount
+from orchestrator.errors import DiskError, WorkspaceError
+from orchestrator.sandbox.workspace import MOUNTINFO, _unescape, _unmount
 
 __all__ = ["Disk", "DiskError", "image_mb", "mounts_under", "remove_tree"]
 
@@ -59,10 +60,6 @@ MKFS = (
     "-E",
     "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
 )
-
-
-class DiskError(WorkspaceError):
-    """A disk image could not be made, mounted, unmounted or removed."""
 
 
 def image_mb(limit_mb: int) -> int:

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
-from orchestrator.sandbox.base import BACKENDS, BackendName, SandboxSpec, SandboxUnavailable
+from orchestrator.errors import ConfigError, SandboxUnavailable
+from orchestrator.sandbox.base import BACKENDS, BackendName, SandboxSpec
 from orchestrator.sandbox.bwrap import BwrapLauncher
 from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_available
 from orchestrator.sandbox.gvisor import GvisorLauncher

@@ -18,9 +18,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestrator.errors import DiskError
 from orchestrator.sandbox.base import BackendName, SandboxSpec
 from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, sweep_stale
-from orchestrator.sandbox.disk import Disk, DiskError, remove_tree
+from orchestrator.sandbox.disk import Disk, remove_tree
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.process import (

@@ -22,17 +22,10 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Any, Protocol, Self
 
+from orchestrator.errors import CgroupError, SandboxError, SandboxLimitExceeded
 from orchestrator.sandbox import identity
-from orchestrator.sandbox.base import (
-    BackendName,
-    CommandResult,
-    Meter,
-    SandboxError,
-    SandboxLimitExceeded,
-    SandboxSpec,
-)
+from orchestrator.sandbox.base import BackendName, CommandResult, Meter, SandboxSpec
 from orchestrator.sandbox.cgroups.cgroup import Cgroup
-from orchestrator.sandbox.cgroups.errors import CgroupError
 from orchestrator.sandbox.cgroups.limiter import CgroupLimiter
 from orchestrator.sandbox.disk import Disk
 from orchestrator.sandbox.limits import Limits

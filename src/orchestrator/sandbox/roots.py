@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator.errors import ConfigError, NodeError
+from orchestrator.errors import ConfigError, WorkspaceRefused
 
 __all__ = [
     "HOME_WORK_AREAS",
@@ -47,10 +47,6 @@ SYSTEM_DIRS = tuple(Path(p) for p in ("/", "/home", "/root", "/tmp", "/opt", "/m
 # Directories of the home that commands' own scratch repositories live in (the demo's
 # generated monorepo, the flaky hunt's checkouts): a run may be given them as roots.
 HOME_WORK_AREAS = ("demo", "hunts")
-
-
-class WorkspaceRefused(NodeError):
-    """A node's workspace input names a directory the run may not work on."""
 
 
 def _system(path: Path) -> str | None:

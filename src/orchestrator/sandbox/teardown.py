@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from orchestrator.errors import CgroupError
 from orchestrator.sandbox.cgroups.cgroup import Cgroup
-from orchestrator.sandbox.cgroups.errors import CgroupError
 from orchestrator.sandbox.cgroups.owner import starttime
 from orchestrator.sandbox.limits import Limits
 

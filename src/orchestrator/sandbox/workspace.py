@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import WorkspaceError
 from orchestrator.sandbox.hidden import copy_ignore, hide_in_upper, inside
 
 __all__ = ["OverlayWorkspace", "WorkspaceError", "overlay_mounts", "sweep_mounts"]
@@ -40,10 +40,6 @@ MNT_DETACH = 2
 MOUNTINFO = Path("/proc/self/mountinfo")
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 _PAGE = 4096  # mount(2) option data is copied into one page
-
-
-class WorkspaceError(OrchestratorError):
-    """A workspace could not be set up, mounted, unmounted or removed."""
 
 
 class _Libc:

@@ -38,7 +38,7 @@ import httpx
 import tenacity
 
 from orchestrator.codec import canonical_bytes
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, StorageError
 from orchestrator.sinks.base import (
     Delivery,
     Notice,
@@ -49,7 +49,7 @@ from orchestrator.sinks.base import (
     http_origin,
 )
 from orchestrator.sinks.slack import slack_payload
-from orchestrator.storage.objects import ObjectStore, StorageError, open_object_store
+from orchestrator.storage.objects import ObjectStore, open_object_store
 
 __all__ = ["MAX_DELAY", "HTTP_TIMEOUT", "deliver", "notice_key"]
 

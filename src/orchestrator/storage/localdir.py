@@ -20,14 +20,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
-from orchestrator.storage.objects import (
-    ObjectMissing,
-    ObjectStore,
-    StorageError,
-    check_key,
-    check_prefix,
-)
+from orchestrator.errors import ConfigError, ObjectMissing, StorageError
+from orchestrator.storage.objects import ObjectStore, check_key, check_prefix
 
 __all__ = ["TEMP_PREFIX", "LocalDirStore"]
 

@@ -30,7 +30,12 @@ from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import (
+    ConfigError,
+    CorruptObject,
+    ObjectMissing,
+    StorageError,
+)
 from orchestrator.extras import require
 
 __all__ = [
@@ -61,26 +66,6 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class StorageError(OrchestratorError):
-    """An object store could not be reached, or refused or failed an operation."""
-
-
-class ObjectMissing(StorageError):
-    """There is no object under the key."""
-
-    def __init__(self, key: str, store: str) -> None:
-        self.key, self.store = key, store
-        super().__init__(f"object {key!r} is missing from {store}")
-
-
-class CorruptObject(StorageError):
-    """An object's content does not match the digest it is stored under."""
-
-    def __init__(self, key: str, store: str, problem: str) -> None:
-        self.key, self.store = key, store
-        super().__init__(f"object {key!r} in {store} is corrupt: {problem}")
 
 
 # --------------------------------------------------------------------------- keys

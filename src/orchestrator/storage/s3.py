@@ -24,15 +24,8 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from orchestrator.errors import ConfigError
-from orchestrator.storage.objects import (
-    CorruptObject,
-    ObjectMissing,
-    ObjectStore,
-    StorageError,
-    check_key,
-    check_prefix,
-)
+from orchestrator.errors import ConfigError, CorruptObject, ObjectMissing, StorageError
+from orchestrator.storage.objects import ObjectStore, check_key, check_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client

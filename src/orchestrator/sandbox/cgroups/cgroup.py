@@ -15,8 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from orchestrator.errors import CgroupError
 from orchestrator.sandbox.cgroups.discovery import UNIFIED
-from orchestrator.sandbox.cgroups.errors import CgroupError, explain
+from orchestrator.sandbox.cgroups.explain import explain
 from orchestrator.sandbox.cgroups.files import read_int, read_kv, read_pids, tree, write_value
 from orchestrator.sandbox.cgroups.owner import is_owner_name
 from orchestrator.sandbox.limits import Limits

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.sandbox.cgroups.errors import CgroupError, explain
+from orchestrator.errors import CgroupError
+from orchestrator.sandbox.cgroups.explain import explain
 from orchestrator.sandbox.cgroups.files import read_value
 
 __all__ = ["UNIFIED", "V1_REQUIRED", "V2_CONTROLLERS", "Layout", "discover"]

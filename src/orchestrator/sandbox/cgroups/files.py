@@ -8,7 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.sandbox.cgroups.errors import CgroupError, explain
+from orchestrator.errors import CgroupError
+from orchestrator.sandbox.cgroups.explain import explain
 
 __all__ = ["read_int", "read_kv", "read_pids", "read_value", "subdirs", "tree", "write_value"]
 

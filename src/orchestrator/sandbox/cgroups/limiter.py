@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.errors import CgroupError
 from orchestrator.sandbox.cgroups.cgroup import Cgroup, is_live, mark_live
 from orchestrator.sandbox.cgroups.discovery import V1_REQUIRED, V2_CONTROLLERS, discover
-from orchestrator.sandbox.cgroups.errors import CgroupError, explain
+from orchestrator.sandbox.cgroups.explain import explain
 from orchestrator.sandbox.cgroups.files import read_value, subdirs, write_value
 from orchestrator.sandbox.cgroups.owner import owner_alive, owner_name
 from orchestrator.sandbox.limits import Limits

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from orchestrator.codec import canonical_bytes
-from orchestrator.sandbox.snapshot.errors import SnapshotError, UnsafeSnapshot
+from orchestrator.errors import SnapshotError, UnsafeSnapshot
 from orchestrator.sandbox.snapshot.store import ChunkStore
 
 __all__ = ["Entry", "Manifest", "link_problem", "load_manifest", "validate_manifest"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from orchestrator.sandbox.snapshot.errors import UnsafeSnapshot
+from orchestrator.errors import UnsafeSnapshot
 from orchestrator.sandbox.snapshot.manifest import Entry, load_manifest
 from orchestrator.sandbox.snapshot.scan import SnapshotIndex
 from orchestrator.sandbox.snapshot.store import ChunkStore, check_store_outside

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.sandbox.snapshot.errors import SnapshotError
+from orchestrator.errors import SnapshotError
 from orchestrator.sandbox.snapshot.manifest import (
     Entry,
     Manifest,

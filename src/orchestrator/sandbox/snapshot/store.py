@@ -9,9 +9,9 @@ from pathlib import Path
 
 import zstandard
 
-from orchestrator.sandbox.snapshot.errors import CorruptChunk, SnapshotError
+from orchestrator.errors import CorruptChunk, CorruptObject, ObjectMissing, SnapshotError
 from orchestrator.storage.localdir import LocalDirStore
-from orchestrator.storage.objects import CorruptObject, ObjectMissing, ObjectStore
+from orchestrator.storage.objects import ObjectStore
 
 __all__ = ["CHUNK_KEY_PREFIX", "ChunkStore", "check_store_outside"]
 

@@ -1,17 +1,11 @@
-"""The cgroup error, and what a failed cgroup file operation means in words."""
+"""What a failed cgroup file operation means in words (the error is errors.CgroupError)."""
 
 from __future__ import annotations
 
 import errno
 import os
 
-from orchestrator.errors import OrchestratorError
-
-__all__ = ["CgroupError", "explain"]
-
-
-class CgroupError(OrchestratorError):
-    """A cgroup could not be found, created, configured, joined, emptied or removed."""
+__all__ = ["explain"]
 
 
 def explain(exc: OSError) -> str:
