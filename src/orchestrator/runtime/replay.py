@@ -20,14 +20,14 @@ import gc
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from orchestrator import gates, receipts, signing
-from orchestrator.clock import SystemClock, iso, parse_iso
+from orchestrator.clock import SystemClock, parse_iso
 from orchestrator.codec import canonical_bytes
 from orchestrator.errors import NonDeterminism
+from orchestrator.ids import NodeId
 from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import (
     BaseEvent,
@@ -36,6 +36,7 @@ from orchestrator.ledger.events import (
     EffectRecorded,
     ErrorInfo,
     Event,
+    FailureCause,
     GateDecided,
     GateParked,
     NodeDispatched,
@@ -55,16 +56,10 @@ from orchestrator.ledger.events import (
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
+from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
 from orchestrator.runtime.llm import RunModels
-from orchestrator.runtime.scheduler import (
-    allowance_for,
-    completion_events,
-    outputs_of,
-    run_body,
-    site_for,
-    unit_random,
-)
+from orchestrator.runtime.transitions import Fail, after_failure, completion_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +187,7 @@ class Replayer:
         changed: set[str] = set()
         for event in self.recorded:
             if isinstance(event, NodeDispatched):
-                base = event.node.split("[", 1)[0]
+                base = NodeId.parse(event.node).base
                 pn = self.plan.nodes.get(base)
                 if pn is None or pn.spec.code_digest != event.code_digest:
                     changed.add(base)
@@ -257,7 +252,7 @@ class Replayer:
         if isinstance(rec, WorkspaceSaved):
             return self._saved(rec, state)
         if isinstance(rec, BudgetReserved):
-            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+            spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
             return rec.model_copy(update={"amount": spec.budget})
         if isinstance(rec, BudgetRefused):
             return self._refused(rec, state)
@@ -286,7 +281,7 @@ class Replayer:
             (rec.attempt == 1 and rec.node in state.ready)
             or (rec.attempt == ns.attempt + 1 and ns.status == "retrying")
         )
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         over = state.book.admits(spec.budget)
         if ns is None or not legal or over:
             status = "absent" if ns is None else f"{ns.status} after attempt {ns.attempt}"
@@ -336,7 +331,7 @@ class Replayer:
         journal: list[EffectRecorded],
     ) -> tuple[_Life, dict[str, Any]]:
         """Run the body once against one life's journal; queue what that life recorded."""
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         produced: list[EffectFields] = []
         assert self.state is not None
         # Every effect is served from the journal, so the workspace is never touched.
@@ -443,7 +438,7 @@ class Replayer:
         return rec
 
     def _refused(self, rec: BudgetRefused, state: RunState) -> BaseEvent:
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         remaining = state.book.remaining()
         over = state.book.admits(spec.budget)
         if remaining is None or not over:
@@ -475,21 +470,16 @@ class Replayer:
         if "outputs" in outcome:
             return NodeSucceeded(**stamp, outputs=outcome["outputs"])
         error: ErrorInfo = outcome.get("error") or ErrorInfo(type="Halted", message="no outcome")
-        if isinstance(rec, RetryScheduled):
-            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
-            assert self.state is not None
-            delay = spec.retry.delay(
-                rec.attempt, unit_random(self.state.seed, rec.node, rec.attempt)
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
+        assert self.state is not None
+        cause: FailureCause = "rejected" if key in self.rejected else "error"
+        decision = after_failure(spec.retry, self.state.seed, rec.node, rec.attempt, error, cause)
+        if isinstance(decision, Fail):
+            return NodeFailed(
+                seq=rec.seq, ts=rec.ts, **decision.event_fields(rec.node, rec.attempt)
             )
-            return RetryScheduled(
-                **stamp,
-                next_attempt=rec.attempt + 1,
-                reason=error,
-                delay=delay,
-                not_before=iso(parse_iso(rec.ts) + _seconds(delay)),
-            )
-        cause = rec.cause if isinstance(rec, NodeFailed) else "error"
-        return NodeFailed(**stamp, cause=cause, reason=error)
+        fields = decision.event_fields(rec.node, rec.attempt, parse_iso(rec.ts))
+        return RetryScheduled(seq=rec.seq, ts=rec.ts, **fields)
 
     def _derived_failure(self, rec: NodeFailed, state: RunState) -> BaseEvent:
         ns = state.nodes.get(rec.node)
@@ -509,10 +499,6 @@ class _Nothing(BaseEvent):
     """Stands for an event the regenerated history lacks."""
 
     kind: str = "Nothing"
-
-
-def _seconds(value: float) -> timedelta:
-    return timedelta(seconds=value)
 
 
 @contextlib.contextmanager
