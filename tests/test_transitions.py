@@ -1,9 +1,18 @@
 from datetime import UTC, datetime
 
+from orchestrator import gates
 from orchestrator.errors import GateRejected, NodeTimeout
 from orchestrator.ledger.events import ErrorInfo, NodeFailed, RetryScheduled
 from orchestrator.node import Retry
-from orchestrator.runtime.transitions import Fail, RetryLater, after_failure, unit_random
+from orchestrator.runtime.transitions import (
+    Fail,
+    Park,
+    RetryLater,
+    Succeed,
+    after_failure,
+    after_success,
+    unit_random,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 BOOM = ErrorInfo.of(RuntimeError("boom"))
@@ -51,3 +60,13 @@ def test_jitter_is_reproducible_from_the_seed() -> None:
         delays.add(decision.delay)
     assert len(delays) > 1
     assert 0 <= unit_random(42, "n", 2) < 1
+
+
+def test_valid_outputs_succeed_or_park_at_the_nodes_gate() -> None:
+    outputs = {"answer": 42}
+    assert after_success(None, outputs) == Succeed(outputs)
+    parked = after_success("review", outputs)
+    assert parked == Park("review", outputs)
+    fields = parked.event_fields("n", 1)
+    assert (fields["gate"], fields["outputs"]) == ("review", outputs)
+    assert fields["digest"] == gates.held_digest(outputs, fields["review"])

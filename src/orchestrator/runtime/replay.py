@@ -59,7 +59,13 @@ from orchestrator.plan import Plan
 from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
 from orchestrator.runtime.llm import RunModels
-from orchestrator.runtime.transitions import Fail, after_failure, completion_events
+from orchestrator.runtime.transitions import (
+    Fail,
+    Park,
+    Succeed,
+    after_failure,
+    completion_events,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,9 +422,8 @@ class Replayer:
         outputs = self.outcomes.get(key, {}).get("outputs")
         if outputs is None:
             return _Nothing(seq=rec.seq, ts=rec.ts)
-        review = gates.review_of(outputs)
-        digest = gates.held_digest(outputs, review)
-        return rec.model_copy(update={"outputs": outputs, "review": review, "digest": digest})
+        fields = Park(rec.gate, outputs).event_fields(rec.node, rec.attempt)
+        return rec.model_copy(update=fields)
 
     def _decided(self, rec: GateDecided, state: RunState) -> BaseEvent:
         """A recorded decision stands only if its signature holds and it was legal."""
@@ -466,9 +471,9 @@ class Replayer:
                 "WorkspaceRefused",
             ):
                 return rec
-        stamp = {"seq": rec.seq, "ts": rec.ts, "node": rec.node, "attempt": rec.attempt}
         if "outputs" in outcome:
-            return NodeSucceeded(**stamp, outputs=outcome["outputs"])
+            fields = Succeed(outcome["outputs"]).event_fields(rec.node, rec.attempt)
+            return NodeSucceeded(seq=rec.seq, ts=rec.ts, **fields)
         error: ErrorInfo = outcome.get("error") or ErrorInfo(type="Halted", message="no outcome")
         spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         assert self.state is not None

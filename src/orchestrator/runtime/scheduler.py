@@ -59,7 +59,13 @@ from orchestrator.runtime.context import (
 from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.resumption import resume_point
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
-from orchestrator.runtime.transitions import RetryLater, after_failure, completion_events
+from orchestrator.runtime.transitions import (
+    RetryLater,
+    Succeed,
+    after_failure,
+    after_success,
+    completion_events,
+)
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.roots import WorkspaceRefused
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
@@ -473,19 +479,11 @@ class Scheduler:
         if outcome.error is None:
             assert outcome.outputs is not None
             spec = self.plan.nodes[self.state.nodes[node].base].spec
-            if spec.gate is None:
-                writer.stage(NodeSucceeded, node=node, attempt=attempt, outputs=outcome.outputs)
+            decision = after_success(spec.gate, outcome.outputs)
+            if isinstance(decision, Succeed):
+                writer.stage(NodeSucceeded, **decision.event_fields(node, attempt))
                 return
-            review = gates.review_of(outcome.outputs)
-            held = writer.stage(
-                GateParked,
-                node=node,
-                attempt=attempt,
-                gate=spec.gate,
-                outputs=outcome.outputs,
-                review=review,
-                digest=gates.held_digest(outcome.outputs, review),
-            )
+            held = writer.stage(GateParked, **decision.event_fields(node, attempt))
             self.reporter.gate_parked(held)
             return
         self._fail_or_retry(

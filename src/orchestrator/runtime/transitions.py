@@ -1,4 +1,5 @@
-"""What an attempt's outcome leads to: pure decisions shared by the scheduler and replay.
+"""What an attempt's outcome, or a run's end, leads to: pure decisions shared by the scheduler
+and replay.
 
 The scheduler stages the events a decision names; replay regenerates the same events from
 the same decisions and compares them with the record. No I/O, no clock reads (times are
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator import gates
 from orchestrator.clock import iso
 from orchestrator.codec import digest
 from orchestrator.ledger.events import ErrorInfo, FailureCause, NodeFailed, RunCompleted
@@ -21,6 +23,43 @@ from orchestrator.node import Retry
 def unit_random(seed: int, node: str, attempt: int) -> float:
     """A reproducible number in [0, 1) from the run's recorded seed (retry jitter)."""
     return int(digest([seed, node, attempt])[:13], 16) / 16**13
+
+
+@dataclass(frozen=True, slots=True)
+class Succeed:
+    """The node succeeded with these outputs."""
+
+    outputs: dict[str, Any]
+
+    def event_fields(self, node: str, attempt: int) -> dict[str, Any]:
+        """The NodeSucceeded fields."""
+        return {"node": node, "attempt": attempt, "outputs": self.outputs}
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """A gated node's outputs are held for a person's decision."""
+
+    gate: str
+    outputs: dict[str, Any]
+
+    def event_fields(self, node: str, attempt: int) -> dict[str, Any]:
+        """The GateParked fields: the outputs, their review and the digest a decision signs."""
+        review = gates.review_of(self.outputs)
+        digest = gates.held_digest(self.outputs, review)
+        return {
+            "node": node,
+            "attempt": attempt,
+            "gate": self.gate,
+            "outputs": self.outputs,
+            "review": review,
+            "digest": digest,
+        }
+
+
+def after_success(gate: str | None, outputs: dict[str, Any]) -> Succeed | Park:
+    """A body that returned valid outputs succeeds, or parks at its node's gate."""
+    return Succeed(outputs) if gate is None else Park(gate, outputs)
 
 
 @dataclass(frozen=True, slots=True)
