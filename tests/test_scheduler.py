@@ -106,7 +106,7 @@ async def test_retries_follow_backoff_and_record_reasons(home: Path) -> None:
     # The scheduler waited exactly the recorded delays on the injected clock.
     assert clock.slept == [r.delay for r in retries]
     # Jitter is drawn from the run's recorded seed: recomputable, not ambient randomness.
-    from orchestrator.runtime.scheduler import unit_random
+    from orchestrator.runtime.transitions import unit_random
 
     rand = unit_random(state.seed, "flaky", 1)
     assert retries[0].delay == flaky.retry.delay(1, rand)

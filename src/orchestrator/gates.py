@@ -22,6 +22,7 @@ from orchestrator import signing
 from orchestrator.clock import iso, parse_iso
 from orchestrator.codec import canonical_bytes, digest
 from orchestrator.errors import DecisionRefused, GateRejected
+from orchestrator.ids import NodeId
 from orchestrator.ledger.events import Decision as DecisionKind
 from orchestrator.ledger.events import ErrorInfo, GateDecided, GateParked
 from orchestrator.ledger.state import NodeState, RunState
@@ -182,7 +183,7 @@ def awaiting_at(state: RunState, gate: str) -> list[NodeState]:
 
 def approve_command(run_id: str, held: GateParked, reject: bool = False) -> str:
     parts = ["orchestrator", "approve", run_id, held.gate]
-    if "[" in held.node:
+    if NodeId.parse(held.node).index is not None:
         parts += ["--node", held.node]
     if reject:
         parts += ["--reject", "--comment", "WHY"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from orchestrator.budget import BudgetBook
 from orchestrator.errors import LedgerCorrupt
-from orchestrator.ids import Ref
+from orchestrator.ids import NodeId, Ref
 from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
@@ -288,7 +288,7 @@ class RunState:
             return
         del self.nodes[base]
         self.ready.discard(base)
-        ids = [f"{base}[{i}]" for i in range(len(items))]
+        ids = [str(NodeId(base, i)) for i in range(len(items))]
         for i, instance in enumerate(ids):
             self.nodes[instance] = NodeState(instance, base, index=i)
         self.groups[base] = ids

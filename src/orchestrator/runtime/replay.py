@@ -20,14 +20,14 @@ import gc
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from orchestrator import gates, receipts, signing
-from orchestrator.clock import SystemClock, iso, parse_iso
+from orchestrator.clock import SystemClock, parse_iso
 from orchestrator.codec import canonical_bytes
 from orchestrator.errors import NonDeterminism
+from orchestrator.ids import NodeId
 from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import (
     BaseEvent,
@@ -36,6 +36,7 @@ from orchestrator.ledger.events import (
     EffectRecorded,
     ErrorInfo,
     Event,
+    FailureCause,
     GateDecided,
     GateParked,
     NodeDispatched,
@@ -55,15 +56,15 @@ from orchestrator.ledger.events import (
 from orchestrator.ledger.state import RunState
 from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
+from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
 from orchestrator.runtime.llm import RunModels
-from orchestrator.runtime.scheduler import (
-    allowance_for,
+from orchestrator.runtime.transitions import (
+    Fail,
+    Park,
+    Succeed,
+    after_failure,
     completion_events,
-    outputs_of,
-    run_body,
-    site_for,
-    unit_random,
 )
 
 
@@ -192,7 +193,7 @@ class Replayer:
         changed: set[str] = set()
         for event in self.recorded:
             if isinstance(event, NodeDispatched):
-                base = event.node.split("[", 1)[0]
+                base = NodeId.parse(event.node).base
                 pn = self.plan.nodes.get(base)
                 if pn is None or pn.spec.code_digest != event.code_digest:
                     changed.add(base)
@@ -257,7 +258,7 @@ class Replayer:
         if isinstance(rec, WorkspaceSaved):
             return self._saved(rec, state)
         if isinstance(rec, BudgetReserved):
-            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+            spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
             return rec.model_copy(update={"amount": spec.budget})
         if isinstance(rec, BudgetRefused):
             return self._refused(rec, state)
@@ -286,7 +287,7 @@ class Replayer:
             (rec.attempt == 1 and rec.node in state.ready)
             or (rec.attempt == ns.attempt + 1 and ns.status == "retrying")
         )
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         over = state.book.admits(spec.budget)
         if ns is None or not legal or over:
             status = "absent" if ns is None else f"{ns.status} after attempt {ns.attempt}"
@@ -336,7 +337,7 @@ class Replayer:
         journal: list[EffectRecorded],
     ) -> tuple[_Life, dict[str, Any]]:
         """Run the body once against one life's journal; queue what that life recorded."""
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         produced: list[EffectFields] = []
         assert self.state is not None
         # Every effect is served from the journal, so the workspace is never touched.
@@ -421,9 +422,8 @@ class Replayer:
         outputs = self.outcomes.get(key, {}).get("outputs")
         if outputs is None:
             return _Nothing(seq=rec.seq, ts=rec.ts)
-        review = gates.review_of(outputs)
-        digest = gates.held_digest(outputs, review)
-        return rec.model_copy(update={"outputs": outputs, "review": review, "digest": digest})
+        fields = Park(rec.gate, outputs).event_fields(rec.node, rec.attempt)
+        return rec.model_copy(update=fields)
 
     def _decided(self, rec: GateDecided, state: RunState) -> BaseEvent:
         """A recorded decision stands only if its signature holds and it was legal."""
@@ -443,7 +443,7 @@ class Replayer:
         return rec
 
     def _refused(self, rec: BudgetRefused, state: RunState) -> BaseEvent:
-        spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         remaining = state.book.remaining()
         over = state.book.admits(spec.budget)
         if remaining is None or not over:
@@ -471,25 +471,20 @@ class Replayer:
                 "WorkspaceRefused",
             ):
                 return rec
-        stamp = {"seq": rec.seq, "ts": rec.ts, "node": rec.node, "attempt": rec.attempt}
         if "outputs" in outcome:
-            return NodeSucceeded(**stamp, outputs=outcome["outputs"])
+            fields = Succeed(outcome["outputs"]).event_fields(rec.node, rec.attempt)
+            return NodeSucceeded(seq=rec.seq, ts=rec.ts, **fields)
         error: ErrorInfo = outcome.get("error") or ErrorInfo(type="Halted", message="no outcome")
-        if isinstance(rec, RetryScheduled):
-            spec = self.plan.nodes[rec.node.split("[", 1)[0]].spec
-            assert self.state is not None
-            delay = spec.retry.delay(
-                rec.attempt, unit_random(self.state.seed, rec.node, rec.attempt)
+        spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
+        assert self.state is not None
+        cause: FailureCause = "rejected" if key in self.rejected else "error"
+        decision = after_failure(spec.retry, self.state.seed, rec.node, rec.attempt, error, cause)
+        if isinstance(decision, Fail):
+            return NodeFailed(
+                seq=rec.seq, ts=rec.ts, **decision.event_fields(rec.node, rec.attempt)
             )
-            return RetryScheduled(
-                **stamp,
-                next_attempt=rec.attempt + 1,
-                reason=error,
-                delay=delay,
-                not_before=iso(parse_iso(rec.ts) + _seconds(delay)),
-            )
-        cause = rec.cause if isinstance(rec, NodeFailed) else "error"
-        return NodeFailed(**stamp, cause=cause, reason=error)
+        fields = decision.event_fields(rec.node, rec.attempt, parse_iso(rec.ts))
+        return RetryScheduled(seq=rec.seq, ts=rec.ts, **fields)
 
     def _derived_failure(self, rec: NodeFailed, state: RunState) -> BaseEvent:
         ns = state.nodes.get(rec.node)
@@ -509,10 +504,6 @@ class _Nothing(BaseEvent):
     """Stands for an event the regenerated history lacks."""
 
     kind: str = "Nothing"
-
-
-def _seconds(value: float) -> timedelta:
-    return timedelta(seconds=value)
 
 
 @contextlib.contextmanager

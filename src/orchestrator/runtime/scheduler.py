@@ -16,17 +16,14 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from orchestrator import gates
-from orchestrator.budget import attempt_limit
 from orchestrator.checkpoint import Checkpointer, LiveWorkspace, WorkspaceRef, retry_delay
 from orchestrator.clock import Clock, iso, parse_iso
-from orchestrator.codec import digest
 from orchestrator.config import RunConfig
 from orchestrator.errors import BudgetExceeded, DecisionRefused, NodeTimeout, WorkspaceRefused
 from orchestrator.ledger.events import (
@@ -35,6 +32,7 @@ from orchestrator.ledger.events import (
     CheckpointFailed,
     EffectRecorded,
     ErrorInfo,
+    FailureCause,
     GateDecided,
     GateParked,
     NodeDispatched,
@@ -43,7 +41,6 @@ from orchestrator.ledger.events import (
     NodeSucceeded,
     PauseRequested,
     RetryScheduled,
-    RunCompleted,
     RunParked,
     SandboxMetered,
     WorkspaceSaved,
@@ -52,16 +49,22 @@ from orchestrator.ledger.state import NodeState, RunState
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.node import NodeSpec
 from orchestrator.plan import Plan
+from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import (
-    Allowance,
     EffectFields,
-    EffectSite,
     ModelSource,
     NodeContext,
 )
 from orchestrator.runtime.reporting import Reporter
 from orchestrator.runtime.resumption import resume_point
 from orchestrator.runtime.sandboxes import SandboxBroker, SandboxHandle, workspace_path
+from orchestrator.runtime.transitions import (
+    RetryLater,
+    Succeed,
+    after_failure,
+    after_success,
+    completion_events,
+)
 from orchestrator.sandbox.process import AgentSandbox
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S
 from orchestrator.signing import Signer
@@ -85,50 +88,12 @@ class Outcome:
     timed_out: bool = False
 
 
-def unit_random(seed: int, node: str, attempt: int) -> float:
-    """A reproducible number in [0, 1) from the run's recorded seed (retry jitter)."""
-    return int(digest([seed, node, attempt])[:13], 16) / 16**13
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def workspace_dir(work: Path, node: str, attempt: int) -> Path:
     """The attempt's own directory under the run's ``work`` directory."""
     return work / f"{_UNSAFE.sub('_', node)}.a{attempt}"
-
-
-def run_body(spec: NodeSpec, ctx: NodeContext, inputs: dict[str, Any]) -> Any:
-    """Validate inputs and call the node body (a coroutine)."""
-    return spec.fn(ctx, spec.inputs.model_validate(inputs, by_name=True))
-
-
-def site_for(
-    state: RunState,
-    spec: NodeSpec,
-    node: str,
-    attempt: int,
-    workspace: Path,
-    journal: list[EffectRecorded],
-) -> EffectSite:
-    """Where an attempt runs, with its journal and earlier reviewers' comments."""
-    feedback = tuple(state.nodes[node].feedback)
-    return EffectSite(state.run_id, node, attempt, workspace, journal, spec.effects, feedback)
-
-
-def allowance_for(state: RunState, spec: NodeSpec) -> Allowance:
-    """What an attempt may spend on model calls: its reservation when the run has a
-    ceiling (every dispatch then reserves), else what the node declares."""
-    return Allowance(attempt_limit(spec.budget, state.book.ceiling is not None), state.book.prices)
-
-
-def outputs_of(spec: NodeSpec, result: Any) -> dict[str, Any]:
-    """Check a body's return value against the node's output model; JSON-ready data."""
-    if isinstance(result, spec.outputs):
-        model: BaseModel = result
-    else:
-        model = spec.outputs.model_validate(result)
-    return model.model_dump(mode="json")
 
 
 class Scheduler:
@@ -512,36 +477,27 @@ class Scheduler:
         if outcome.error is None:
             assert outcome.outputs is not None
             spec = self.plan.nodes[self.state.nodes[node].base].spec
-            if spec.gate is None:
-                writer.stage(NodeSucceeded, node=node, attempt=attempt, outputs=outcome.outputs)
+            decision = after_success(spec.gate, outcome.outputs)
+            if isinstance(decision, Succeed):
+                writer.stage(NodeSucceeded, **decision.event_fields(node, attempt))
                 return
-            review = gates.review_of(outcome.outputs)
-            held = writer.stage(
-                GateParked,
-                node=node,
-                attempt=attempt,
-                gate=spec.gate,
-                outputs=outcome.outputs,
-                review=review,
-                digest=gates.held_digest(outcome.outputs, review),
-            )
+            held = writer.stage(GateParked, **decision.event_fields(node, attempt))
             self.reporter.gate_parked(held)
             return
         self._fail_or_retry(
             node, attempt, outcome.error, "timeout" if outcome.timed_out else "error"
         )
 
-    def _fail_or_retry(self, node: str, attempt: int, error: ErrorInfo, cause: Any) -> None:
+    def _fail_or_retry(
+        self, node: str, attempt: int, error: ErrorInfo, cause: FailureCause
+    ) -> None:
         """Retry the node if its policy allows this error, else record its failure."""
         retry = self.plan.nodes[self.state.nodes[node].base].spec.retry
-        retryable = retry.retries(error.classes)
-        if retryable and attempt < retry.max_attempts:
-            delay = retry.delay(attempt, unit_random(self.state.seed, node, attempt))
-            self._schedule_retry(node, attempt, error, delay)
-            return
-        if retryable and retry.max_attempts > 1:
-            cause = "retries_exhausted"
-        self.writer.stage(NodeFailed, node=node, attempt=attempt, cause=cause, reason=error)
+        decision = after_failure(retry, self.state.seed, node, attempt, error, cause)
+        if isinstance(decision, RetryLater):
+            self._schedule_retry(node, attempt, decision)
+        else:
+            self.writer.stage(NodeFailed, **decision.event_fields(node, attempt))
 
     # ---- gates -------------------------------------------------------------------------
 
@@ -586,18 +542,9 @@ class Scheduler:
         writer.flush()
         return True
 
-    def _schedule_retry(self, node: str, attempt: int, reason: ErrorInfo, delay: float) -> None:
+    def _schedule_retry(self, node: str, attempt: int, decision: RetryLater) -> None:
         now = self.clock.now()
-        self.writer.stage(
-            RetryScheduled,
-            ts=iso(now),
-            node=node,
-            attempt=attempt,
-            next_attempt=attempt + 1,
-            reason=reason,
-            delay=delay,
-            not_before=iso(now + timedelta(seconds=delay)),
-        )
+        self.writer.stage(RetryScheduled, ts=iso(now), **decision.event_fields(node, attempt, now))
         self._arm_timer(self.state.nodes[node])
 
     def _arm_timer(self, ns: NodeState) -> None:
@@ -688,7 +635,7 @@ class Scheduler:
                     type="CodeChanged",
                     message=f"code {ns.code_digest} -> {spec.code_digest}; starting a new attempt",
                 )
-                self._schedule_retry(ns.id, ns.attempt, reason, 0.0)
+                self._schedule_retry(ns.id, ns.attempt, RetryLater(reason, 0.0))
                 continue
             from_index, snapshot = resume_point(ns, restore_points.get(ns.id))
             self.writer.stage(
@@ -788,27 +735,3 @@ def _released(handle: SandboxHandle, sandbox: AgentSandbox) -> Callable[[], bool
 
 def _journal_length(state: RunState, node_id: str) -> Callable[[], int]:
     return lambda: len(state.nodes[node_id].journal)
-
-
-def completion_events(state: RunState) -> list[tuple[Any, dict[str, Any]]]:
-    """The events that end a run: unreachable nodes failed, then RunCompleted."""
-    events: list[tuple[Any, dict[str, Any]]] = []
-    failed = {
-        k: f"{ns.cause}: {ns.error}" for k, ns in state.nodes.items() if ns.status == "failed"
-    }
-    for node_id, ns in state.nodes.items():
-        if ns.status not in ("succeeded", "failed"):
-            reason = ErrorInfo(type="Unreachable", message="its inputs can never be ready")
-            fields = {"node": node_id, "attempt": ns.attempt, "cause": "upstream", "reason": reason}
-            events.append((NodeFailed, fields))
-            failed[node_id] = f"upstream: {reason}"
-    summary = {
-        "nodes": len(state.nodes),
-        "succeeded": sum(ns.status == "succeeded" for ns in state.nodes.values()),
-        "failed": dict(sorted(failed.items())),
-        "outputs_digest": digest(state.outputs()),
-    }
-    events.append(
-        (RunCompleted, {"status": "failed" if failed else "succeeded", "summary": summary})
-    )
-    return events
