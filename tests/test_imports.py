@@ -28,9 +28,11 @@ DEFERRED = (
 """Top-level packages ``import orchestrator`` must not load."""
 
 
-def loaded_after(code: str) -> set[str]:
-    """The top-level packages in ``sys.modules`` after running ``code`` afresh."""
-    report = "import json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+def loaded_after(code: str, *, whole: bool = False) -> set[str]:
+    """The top-level packages (with ``whole``, the modules) in ``sys.modules`` after
+    running ``code`` afresh."""
+    names = "set(sys.modules)" if whole else "{m.split('.')[0] for m in sys.modules}"
+    report = f"import json, sys; print(json.dumps(sorted({names})))"
     done = subprocess.run(
         [sys.executable, "-c", f"{code}\n{report}"],
         capture_output=True,
@@ -51,3 +53,12 @@ def test_importing_the_package_loads_none_of_the_deferred_libraries() -> None:
 )
 def test_the_modules_that_use_them_do_not_load_them_either(module: str) -> None:
     assert loaded_after(f"import {module}") & {"httpx", "cryptography", "zstandard"} == set()
+
+
+def test_the_help_loads_no_http_cloud_model_or_crypto_library_nor_live_displays() -> None:
+    help_ = "import sys\nsys.argv = ['orchestrator', '--help']\nfrom orchestrator.cli import main\n"
+    help_ += "try:\n    main()\nexcept SystemExit:\n    pass"
+    loaded = loaded_after(help_, whole=True)
+    assert "orchestrator.cli.runs" in loaded  # the commands were registered
+    assert {m.split(".")[0] for m in loaded} & (set(DEFERRED) - {"rich", "typer", "click"}) == set()
+    assert loaded & {"rich.live", "rich.progress_bar"} == set()
