@@ -14,20 +14,17 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import SigningError
+
+# ``cryptography`` is imported where a key is made, loaded or checked, not with this
+# module: importing the package (or reading a fingerprint) should not pay for it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,13 +67,15 @@ def adopt_legacy(old: Path, new: Path) -> None:
 
 
 def generate() -> Signer:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     return Signer(key, _public_hex(key.public_key()))
 
 
 def save(signer: Signer, path: Path) -> None:
     """Write ``path`` (private, 0600, created exclusively) and ``path.pub``."""
-    raw = signer.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    raw = signer.private.private_bytes_raw()
     try:
         _private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,6 +87,8 @@ def save(signer: Signer, path: Path) -> None:
 
 
 def load(path: Path) -> Signer:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         raw = bytes.fromhex(path.read_text().strip())
         key = Ed25519PrivateKey.from_private_bytes(raw)
@@ -106,6 +107,9 @@ def load_or_create(path: Path) -> Signer:
 
 def verify(public: str, data: bytes, signature: str) -> bool:
     """Whether ``signature`` (hex) is ``public``'s (hex) signature of ``data``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
         key.verify(bytes.fromhex(signature), data)
@@ -134,4 +138,4 @@ def _created(path: Path) -> Signer:
 
 
 def _public_hex(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    return key.public_bytes_raw().hex()

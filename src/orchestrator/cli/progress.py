@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import typer
-from rich.live import Live
 from rich.markup import escape
 
 from orchestrator import gates
@@ -46,6 +45,8 @@ def _drive(
     async def main() -> RunState:
         if quiet or not out.is_terminal:
             return await start((fold,))
+        from rich.live import Live  # not imported for --help
+
         with Live(console=out, auto_refresh=False, transient=False) as live:
             task = asyncio.ensure_future(start((fold,)))
             while not task.done():

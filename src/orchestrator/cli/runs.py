@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import typer
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -70,6 +69,8 @@ def status(
     if not (watch and out.is_terminal and rt.owner(run_id)):
         out.print(render(state))
         return
+    from rich.live import Live  # not imported for --help
+
     with Live(render(state), console=out, auto_refresh=False) as live:
         while rt.owner(run_id):
             time.sleep(0.5)

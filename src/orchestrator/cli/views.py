@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -64,6 +63,8 @@ def headline(state: RunState, status: str, now: datetime | None = None) -> Rende
     counts = state.counts()
     done = counts["succeeded"] + counts["failed"]
     total = max(len(state.nodes), 1)
+    from rich.progress_bar import ProgressBar  # not imported for --help
+
     bar = ProgressBar(total=total, completed=done, width=40)
     text = Text.assemble(
         (f"{state.run_id}", "bold"),

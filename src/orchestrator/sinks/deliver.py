@@ -32,9 +32,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-import httpx
 import tenacity
 
 from orchestrator.codec import canonical_bytes
@@ -50,6 +50,9 @@ from orchestrator.sinks.base import (
 )
 from orchestrator.sinks.slack import slack_payload
 from orchestrator.storage.objects import ObjectStore, open_object_store
+
+if TYPE_CHECKING:
+    import httpx  # imported where a notice is posted: it costs a run that sends none
 
 __all__ = ["MAX_DELAY", "HTTP_TIMEOUT", "deliver", "notice_key"]
 
@@ -229,6 +232,8 @@ async def _sender(
                 "X-Orchestrator-Event": notice.kind,
                 "X-Orchestrator-Notice": hashlib.sha256(body).hexdigest(),
             }
+        import httpx
+
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
             yield _http_sender(client, url, body, headers)
 
@@ -257,6 +262,8 @@ def _resolve(url: str, secrets: list[str]) -> str:
 
 
 def _http_sender(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> Send:
+    import httpx
+
     async def send() -> None:
         try:
             response = await client.post(url, content=body, headers=headers)

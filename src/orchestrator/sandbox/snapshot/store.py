@@ -6,12 +6,14 @@ import hashlib
 import re
 import threading
 from pathlib import Path
-
-import zstandard
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import CorruptChunk, CorruptObject, ObjectMissing, SnapshotError
 from orchestrator.storage.localdir import LocalDirStore
 from orchestrator.storage.objects import ObjectStore
+
+if TYPE_CHECKING:
+    import zstandard  # imported by the first chunk (de)compressed, not with the module
 
 __all__ = ["CHUNK_KEY_PREFIX", "ChunkStore", "check_store_outside"]
 
@@ -73,6 +75,8 @@ class ChunkStore:
 
     def get(self, digest: str) -> bytes:
         """The raw bytes of chunk ``digest``, verified against the digest."""
+        import zstandard
+
         blob = self._read(digest)
         try:
             if zstandard.frame_content_size(blob) > MAX_OBJECT_SIZE:
@@ -93,12 +97,16 @@ class ChunkStore:
             raise CorruptChunk(digest, f"is corrupt: {exc}") from None
 
     def _codec(self) -> zstandard.ZstdCompressor:
+        import zstandard
+
         codec: zstandard.ZstdCompressor | None = getattr(self._local, "codec", None)
         if codec is None:
             codec = self._local.codec = zstandard.ZstdCompressor(level=self.level)
         return codec
 
     def _decodec(self) -> zstandard.ZstdDecompressor:
+        import zstandard
+
         codec: zstandard.ZstdDecompressor | None = getattr(self._local, "decodec", None)
         if codec is None:
             codec = self._local.decodec = zstandard.ZstdDecompressor()
