@@ -20,6 +20,7 @@ from orchestrator import Runtime, signing
 from orchestrator.checkpoint import Manifest
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, Event, decode
 from orchestrator.ledger.store import StoredEvent
+from tests.backends import needs
 from tests.conftest import cli
 from tests.s3server import BUCKET, Moto
 from tests.tcpproxy import TcpProxy, tcp_proxy
@@ -148,6 +149,7 @@ def rebuild_elsewhere(
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@needs("bwrap")
 def test_a_store_outage_mid_run_is_recorded_retried_and_caught_up(
     home: Path, proxy: TcpProxy, outage_dir: Path, tmp_path: Path
 ) -> None:
@@ -185,6 +187,7 @@ def test_a_store_outage_mid_run_is_recorded_retried_and_caught_up(
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@needs("bwrap")
 def test_a_store_down_through_the_end_warns_and_sync_catches_up(
     home: Path, proxy: TcpProxy, outage_dir: Path, tmp_path: Path
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +31,14 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.ledger.state import RunState
+from tests.backends import needs
 from tests.conftest import cli
 from tests.crashing import processes_with, wait_until
 from tests.flaky_repos import TRUE_RATE, git, js_repo, python_repo
 from tests.github_peer import TOKEN, GitHubPeer
 from tests.http_peer import HttpPeer
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
+pytestmark = needs("bwrap")
 
 PYTHON = "/usr/bin/python3"  # what the sandboxes run (the venv is made from it)
 SEED = 1  # --seed 1: 29 of 300 runs fail, 95% CI 6.8% to 13.5% (contains TRUE_RATE)

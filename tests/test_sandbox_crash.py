@@ -12,6 +12,7 @@ import pytest
 from orchestrator import Runtime
 from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
 from orchestrator.sandbox.workspace import overlay_mounts
+from tests.backends import backends
 from tests.conftest import cli
 from tests.crashing import sigkill, wait_until
 
@@ -20,7 +21,7 @@ CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", ["gvisor", "bwrap"])
+@pytest.mark.parametrize("backend", backends())
 def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     home.mkdir(parents=True)
     with open(home / "child.log", "w") as log:

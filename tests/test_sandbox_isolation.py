@@ -29,19 +29,9 @@ import pytest_asyncio
 from orchestrator.sandbox.base import SandboxSpec
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-
-ISOLATING = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
+ISOLATING = backends()
 
 CONNECT = (
     "import socket, sys\n"

@@ -19,6 +19,7 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.ledger.state import RunState
 from orchestrator.runtime.clock import ManualClock
+from tests.backends import needs
 
 
 class N(BaseModel):
@@ -332,6 +333,7 @@ async def test_a_failed_ledger_write_stops_the_run_even_if_the_body_swallows_it(
         assert fresh.verify(run_id).ok
 
 
+@needs("bwrap")
 async def test_ctx_vm_is_the_sandbox_door(home: Path) -> None:
     @node("vm-user", effects={"fs"})
     async def vm_user(ctx: NodeContext, inputs: Nothing) -> N:
