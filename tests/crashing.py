@@ -47,6 +47,31 @@ def wait_until(home: Path, predicate: Callable[[RunState], bool], timeout: float
     raise TimeoutError("the run never reached the expected state")
 
 
+def stop_when(
+    proc: subprocess.Popen[str], home: Path, predicate: Callable[[RunState], bool], timeout: float
+) -> RunState:
+    """SIGSTOP ``proc`` at a moment its run's ledger satisfies ``predicate`` and return that
+    state, which holds until the process is continued or killed. (A state seen while the
+    process runs may be gone by the time it is killed.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_until(home, predicate, timeout=max(deadline - time.monotonic(), 0.1))
+        os.kill(proc.pid, signal.SIGSTOP)
+        while _state_letter(proc.pid) != b"T":
+            assert time.monotonic() < deadline + 10, "the process never stopped"
+            time.sleep(0.005)
+        with Runtime(home=home) as rt:
+            state = rt.state(rt.store.runs()[-1].run_id)
+        if predicate(state):
+            return state
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def _state_letter(pid: int) -> bytes:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 :].split()[0]
+
+
 def sigkill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)

@@ -1,9 +1,9 @@
 """Loopback HTTP peers that speak the model vendors' wire formats, for real SDK clients.
 
-Each peer is a stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (port 0) in a thread. It
-records every request (path, headers, JSON body), answers with a configurable text and
-usage, and can fail its next N requests with a chosen status, sending
-``retry-after-ms: 10`` so the SDKs' retries take milliseconds, not seconds.
+Each peer is served by a ``LoopbackServer`` (``tests/loopback.py``). It records every
+request (path, headers, JSON body), answers with a configurable text and usage, and can
+fail its next N requests with a chosen status, sending ``retry-after-ms: 10`` so the
+SDKs' retries take milliseconds, not seconds.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 import pytest
+
+from tests.loopback import LoopbackServer
 
 Wire = Literal["anthropic", "openai"]
 
@@ -52,15 +54,13 @@ class Peer:
     requests: list[Seen] = field(default_factory=list)
     _failures: list[Failure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
+    url: str = ""  # the server's root, once it serves
 
     @property
     def base_url(self) -> str:
         """The URL the SDK takes: the API root (Anthropic) or the ``/v1`` prefix (OpenAI)."""
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        root = f"http://{host!s}:{port}"
-        return root if self.wire == "anthropic" else f"{root}/v1"
+        assert self.url, "the peer is not being served"
+        return self.url if self.wire == "anthropic" else f"{self.url}/v1"
 
     def fail(self, status: int, times: int = 1, message: str = "the peer was told to fail") -> None:
         """Answer the next ``times`` requests with ``status`` and a vendor-shaped error."""
@@ -177,22 +177,17 @@ def _handler(peer: Peer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _PeerServer(LoopbackServer):
+    def __init__(self, peer: Peer) -> None:
+        self._serve(_handler(peer))
+
+
 def serve(wire: Wire) -> Iterator[Peer]:
     """Run a peer until the generator is closed."""
     peer = Peer(wire)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(peer))
-    server.daemon_threads = True
-    peer._server = server
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.02,), name=f"{wire}-peer", daemon=True
-    )
-    thread.start()
-    try:
+    with _PeerServer(peer) as server:
+        peer.url = server.url
         yield peer
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(name="anthropic_peer")

@@ -37,6 +37,7 @@ from orchestrator.ledger.events import (
 )
 from orchestrator.ledger.state import RunState
 from orchestrator.signing import verify
+from tests.backends import needs
 from tests.conftest import PLANS, cli
 from tests.crashing import processes_with
 from tests.llm_peers import Peer
@@ -462,6 +463,7 @@ def sandbox_processes(home: Path) -> list[str]:
     return [c for c in processes_with(str(home)) if "bwrap" in c or "runsc" in c or "agent" in c]
 
 
+@needs("bwrap")
 async def test_in_flight_sandboxed_node_drains_before_the_abort(home: Path, tmp_path: Path) -> None:
     script = script_file(tmp_path, BURN_SCRIPT)
     config = RunConfig(

@@ -53,6 +53,7 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.runtime.context import SANDBOX_EFFECTS
+from tests.backends import needs
 from tests.llm_peers import Peer, serve
 
 DRIVER = Path(__file__).parent / "plans" / "chaos_driver.py"
@@ -305,6 +306,7 @@ def peers() -> Iterator[tuple[Peer, Peer]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@needs("bwrap")
 def test_sigkill_chaos_resumes_to_the_uncrashed_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peers: tuple[Peer, Peer]
 ) -> None:

@@ -14,6 +14,7 @@ from orchestrator import NodeContext, Plan, RunConfig, Runtime, node
 from orchestrator.checkpoint import BACKOFF_CAP, read_manifest, retry_delay
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, decode
 from orchestrator.storage.objects import blob_key
+from tests.backends import needs, require
 
 
 class Nothing(BaseModel):
@@ -42,6 +43,7 @@ def busy_plan() -> Plan:
 
 @pytest.fixture
 def finished(home: Path) -> tuple[Runtime, str]:
+    require("bwrap")
     rt = Runtime(home=home, sandbox="bwrap")
     config = RunConfig(checkpoint_interval=0.2)
     state = asyncio.run(rt.start(busy_plan(), config=config))
@@ -180,6 +182,7 @@ def _break_store(path: str) -> None:
     root.write_text("not a directory")
 
 
+@needs("bwrap")
 def test_a_store_that_fails_never_fails_the_run_and_sync_catches_up(
     home: Path, tmp_path: Path
 ) -> None:

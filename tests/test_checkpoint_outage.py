@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from orchestrator import Runtime, signing
 from orchestrator.checkpoint import Manifest
 from orchestrator.ledger.events import CheckpointFailed, CheckpointTaken, Event, decode
 from orchestrator.ledger.store import StoredEvent
+from tests.backends import needs
 from tests.conftest import cli
 from tests.s3server import BUCKET, Moto
 from tests.tcpproxy import TcpProxy, tcp_proxy
@@ -64,6 +66,30 @@ def start_run(home: Path, objects: str, outage_dir: Path, grace: float) -> subpr
     return subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home.parent
     )
+
+
+@contextmanager
+def holding_run(
+    home: Path, objects: str, outage_dir: Path, grace: float
+) -> Iterator[subprocess.Popen[str]]:
+    """The outage plan, started and waited for until its workers hold mid-run after a
+    first checkpoint; killed on the way out if it is still going."""
+    proc = start_run(home, objects, outage_dir, grace)
+    try:
+        wait_for(home, "nodes mid-run and a first checkpoint", holding, 180)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def released(proc: subprocess.Popen[str], outage_dir: Path) -> tuple[str, str]:
+    """Let the workers finish; the run's output once it has succeeded."""
+    (outage_dir / "release").touch()
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    return stdout, stderr
 
 
 def events_of(home: Path) -> tuple[str, list[StoredEvent], list[Event]]:
@@ -148,25 +174,17 @@ def rebuild_elsewhere(
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@needs("bwrap")
 def test_a_store_outage_mid_run_is_recorded_retried_and_caught_up(
     home: Path, proxy: TcpProxy, outage_dir: Path, tmp_path: Path
 ) -> None:
     objects = store_url(proxy, f"outage/{tmp_path.name}")
-    proc = start_run(home, objects, outage_dir, grace=30)
-    try:
-        wait_for(home, "nodes mid-run and a first checkpoint", holding, 180)
+    with holding_run(home, objects, outage_dir, grace=30) as proc:
         proxy.stop()
         wait_for(home, "two failed checkpoints", lambda es: len(failures(es)) >= 2, 120)
         proxy.start()
         wait_for(home, "a checkpoint after the outage", taken_after_failure, 120)
-        (outage_dir / "release").touch()
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        proxy.start()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+        stdout, stderr = released(proc, outage_dir)
     assert "succeeded" in stdout and "warning" not in stderr and "Traceback" not in stderr
     run_id, rows, events = events_of(home)
     failed = failures(events)
@@ -185,24 +203,17 @@ def test_a_store_outage_mid_run_is_recorded_retried_and_caught_up(
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@needs("bwrap")
 def test_a_store_down_through_the_end_warns_and_sync_catches_up(
     home: Path, proxy: TcpProxy, outage_dir: Path, tmp_path: Path
 ) -> None:
     objects = store_url(proxy, f"down/{tmp_path.name}")
-    proc = start_run(home, objects, outage_dir, grace=2)
-    try:
-        wait_for(home, "nodes mid-run and a first checkpoint", holding, 180)
+    with holding_run(home, objects, outage_dir, grace=2) as proc:
         proxy.stop()
         wait_for(home, "a failed checkpoint", lambda es: len(failures(es)) >= 1, 120)
-        (outage_dir / "release").touch()
         # The store never comes back: the run still ends, within its grace plus the
         # store's own bounded timeouts.
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+        stdout, stderr = released(proc, outage_dir)
     assert "succeeded" in stdout and "Traceback" not in stderr
     run_id, rows, events = events_of(home)
     assert f"orchestrator checkpoints sync {run_id}" in " ".join(stderr.split())

@@ -12,10 +12,13 @@ import pytest
 from orchestrator import Runtime
 from orchestrator.ledger.events import NodeResumed, decode
 from orchestrator.storage.objects import blob_key, open_object_store
+from tests.backends import needs
 from tests.conftest import cli
 from tests.crashing import sigkill, wait_until
 from tests.plans.ckpt import STEPS
 from tests.s3server import Moto
+
+pytestmark = needs("bwrap")
 
 PLAN = f"{Path(__file__).parent / 'plans' / 'ckpt.py'}:plan"
 CLI = [sys.executable, "-m", "orchestrator.cli"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
+from tests.backends import backends
 from tests.conftest import cli
 from tests.crashing import PLANS, spawn_run, wait_until
 
@@ -186,7 +187,7 @@ def test_the_readme_example_runs(home: Path, tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("backend", ["bwrap", "gvisor"])
+@pytest.mark.parametrize("backend", backends("bwrap", "gvisor"))
 def test_ctrl_c_pauses_without_killing_the_sandboxes_that_drain(
     home: Path, tmp_path: Path, backend: str
 ) -> None:

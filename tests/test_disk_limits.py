@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,19 +18,13 @@ import pytest
 from orchestrator import Runtime, signing
 from orchestrator.ledger.events import NodeFailed, NodeResumed, RetryScheduled, decode
 from orchestrator.sandbox.disk import Disk, mounts_under
+from tests.backends import backends, needs
 from tests.conftest import cli
 from tests.crashing import sigkill, spawn_run, wait_until
 from tests.plans.disk import LIMIT_MB, filler_plan
 
 ROOT = os.geteuid() == 0
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(shutil.which(binary) is None, reason=f"no `{binary}`"),
-        id=backend,
-    )
-    for backend, binary in {"gvisor": "runsc", "bwrap": "bwrap"}.items()
-]
+BACKENDS = backends()
 pytestmark = pytest.mark.skipif(not ROOT, reason="loop-mounting disk images needs root")
 KEEPER = "tests.plans.disk:keeper_plan"
 REPO = str(Path(__file__).resolve().parents[1])  # so that `resume` imports tests.plans
@@ -129,6 +122,7 @@ def test_writes_within_the_limit_survive_sigkill_and_resume(backend: str, tmp_pa
 
 
 @pytest.mark.timeout(300)
+@needs("bwrap")
 def test_gc_removes_leftovers_and_keeps_the_work_of_runs_that_can_resume(tmp_path: Path) -> None:
     home, gate = tmp_path / "home", tmp_path / "gate"
     env = {"ORCHESTRATOR_SANDBOX": "bwrap", "PYTHONPATH": REPO}

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Runtime
+from tests.backends import needs
 from tests.conftest import cli
 from tests.flaky_repos import FixtureRepo, git, python_repo
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), needs("bwrap")]
 
 HUNT = ["--test", "python -m unittest", "--runs", "60", "--batch", "30", "--seed", "11"]
 

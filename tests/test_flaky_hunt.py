@@ -36,13 +36,14 @@ from orchestrator.ledger.state import RunState
 from orchestrator.workloads.flaky_hunt import stats
 from orchestrator.workloads.flaky_hunt.nodes.bisector import MISS
 from orchestrator.workloads.flaky_hunt.nodes.reruns import flake_rerunner
+from tests.backends import needs
 from tests.conftest import cli
 from tests.crashing import processes_with, wait_until
 from tests.flaky_repos import TRUE_RATE, git, js_repo, python_repo
 from tests.github_peer import TOKEN, GitHubPeer
 from tests.http_peer import HttpPeer
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
+pytestmark = needs("bwrap")
 
 PYTHON = "/usr/bin/python3"  # what the sandboxes run (the venv is made from it)
 SEED = 1  # --seed 1: 29 of 300 runs fail, 95% CI 6.8% to 13.5% (contains TRUE_RATE)
@@ -491,12 +492,30 @@ def test_the_pull_request_waits_for_review_and_opens_once_on_approval(
 # ---- 5. JavaScript: npm + Vitest, install in the sandbox, Math.random flake ---------------
 
 
+def npm_registry_unreachable(cwd: Path) -> str | None:
+    """Why ``npm install`` cannot fetch from here, or None: npm's own ``ping`` of the
+    registry it is configured with (through its configured proxy), given 3 s."""
+    if shutil.which("npm") is None:
+        return "npm is not installed"
+    argv = ["npm", "ping", "--fetch-timeout=3000", "--fetch-retries=0"]
+    try:
+        pinged = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "`npm ping` did not finish within 15 s"
+    if pinged.returncode == 0:
+        return None
+    said = re.findall(r"^npm error (?!code |syscall |errno |\s)(.+)$", pinged.stderr, re.M)
+    return f"npm's registry is unreachable from this host: {(said or ['no answer'])[0]}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_vitest_flake_is_found_with_npm_installed_in_the_sandbox(
     tmp_path: Path, home: Path
 ) -> None:
     repo = js_repo(tmp_path)
+    if why := npm_registry_unreachable(repo):
+        pytest.skip(why)
     bad, good = git(repo, "rev-parse", "HEAD"), git(repo, "rev-parse", "HEAD~1")
     # 60 runs: P(no failure at all at 10%) = 0.9**60 = 0.2%
     done = hunt(

@@ -27,6 +27,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.workloads.flaky_hunt import rerun_driver as rerun
 from orchestrator.workloads.flaky_hunt import stats
 from orchestrator.workloads.flaky_hunt.bisection import Verdict, bisect, find_good
+from tests.fresh import in_fresh_processes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -904,8 +905,21 @@ def _run_all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
 
 
+def bisected(cases: list[tuple[int, int, list[int]]]) -> list[dict[str, Any]]:
+    """Bisect each synthetic history (commits, first bad, unbuildable): results as JSON."""
+
+    async def main() -> list[dict[str, Any]]:
+        return [
+            (await bisect(_commits(n), Oracle(first_bad, frozenset(skip)))).model_dump(mode="json")
+            for n, first_bad, skip in cases
+        ]
+
+    return asyncio.run(main())
+
+
 def test_bisect_finds_every_first_bad_position_in_about_log2_probes() -> None:
     checked = 0
+    results: list[dict[str, Any]] = []
 
     async def check(n: int, first_bad: int) -> None:
         nonlocal checked
@@ -923,16 +937,19 @@ def test_bisect_finds_every_first_bad_position_in_about_log2_probes() -> None:
         for step in result.steps:
             assert step.lo < int(step.commit[1:]) < step.hi
             assert step.trials == (1 if step.verdict == "bad" else 3)
-        again = await bisect(commits, Oracle(first_bad))
-        assert again == result
+        results.append(result.model_dump(mode="json"))
         checked += 1
 
-    _run_all(check(n, b) for n in range(2, 42) for b in range(1, n))
-    assert checked == sum(n - 1 for n in range(2, 42))
+    cases = [(n, b, []) for n in range(2, 42) for b in range(1, n)]
+    _run_all(check(n, b) for n, b, _ in cases)
+    assert checked == len(cases) == sum(n - 1 for n in range(2, 42))
+    # the same steps and verdicts after a restart (a resumed hunt must not diverge)
+    assert in_fresh_processes("tests.test_flaky_parts:bisected", cases) == [results, results]
 
 
 def test_bisect_with_every_skip_set() -> None:
     exact = vague = 0
+    results: list[dict[str, Any]] = []
 
     async def check(n: int, first_bad: int, skip: frozenset[int]) -> None:
         nonlocal exact, vague
@@ -957,17 +974,18 @@ def test_bisect_with_every_skip_set() -> None:
             assert named[-1] not in {commits[i] for i in skip}
             assert named[:-1] == [commits[i] for i in range(lo + 1, lo + len(named))]
             assert all(int(c[1:]) in skip for c in named[:-1])
-        assert await bisect(commits, Oracle(first_bad, skip)) == result
+        results.append(result.model_dump(mode="json"))
 
-    cases = (
-        (n, b, frozenset(skip))
+    cases = [
+        (n, b, list(skip))
         for n in range(2, 11)
         for size in range(n - 1)
         for skip in itertools.combinations(range(1, n - 1), size)
         for b in range(1, n)
-    )
-    _run_all(check(*case) for case in cases)
+    ]
+    _run_all(check(n, b, frozenset(skip)) for n, b, skip in cases)
     assert exact > 0 and vague > 0
+    assert in_fresh_processes("tests.test_flaky_parts:bisected", cases) == [results, results]
 
 
 def test_bisect_skip_probes_nearest_right_then_left() -> None:

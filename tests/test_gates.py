@@ -431,7 +431,11 @@ async def _live_run(
 
 
 async def test_a_decision_reaches_the_live_process_through_the_control_channel(
-    home: Path, tmp_path: Path, approver: signing.Signer, stranger: signing.Signer
+    home: Path,
+    tmp_path: Path,
+    approver: signing.Signer,
+    stranger: signing.Signer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = tmp_path / "release"
     with Runtime(home=home) as owner:
@@ -446,7 +450,9 @@ async def test_a_decision_reaches_the_live_process_through_the_control_channel(
             with pytest.raises(DecisionRefused, match="is not an approver"):
                 await other.decide(run_id, [theirs])
             other.store.send_control(run_id, "decide", theirs.model_dump_json())
-            await asyncio.sleep(0.5)  # several control polls
+            async with asyncio.timeout(10):  # until the live process has read it, and said no
+                while not [r for r in caplog.records if "is not an approver" in r.getMessage()]:
+                    await asyncio.sleep(0.02)
             assert not of(GateDecided, events(other, run_id))
             assert other.state(run_id).nodes["propose"].status == "awaiting"
 
@@ -506,7 +512,11 @@ async def test_a_decision_sent_to_a_process_that_exits_without_reading_it_still_
     owner.acquire()
     try:
         deciding = asyncio.ensure_future(rt.decide(run_id, decisions, wait=5))
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # until the decision is sent...
+            while not (sent := rt.store.take_controls(run_id)):
+                await asyncio.sleep(0.02)
+        for control in sent:  # ...where it stays: the owner never reads it
+            rt.store.send_control(run_id, control.command, control.source)
         assert not deciding.done()
         assert not of(GateDecided, events(rt, run_id))
     finally:

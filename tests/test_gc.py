@@ -16,6 +16,7 @@ from orchestrator.errors import GcRefused
 from orchestrator.gc import collect_garbage
 from orchestrator.sandbox.snapshot.manifest import load_manifest
 from orchestrator.storage.objects import blob_key, get_blob, put_blob
+from tests.backends import require
 from tests.conftest import cli
 from tests.crashing import PLANS, spawn_run, wait_until
 
@@ -53,6 +54,7 @@ def finished(home: Path) -> tuple[Runtime, str]:
     # Only the explicit checkpoints and the final one: a periodic checkpoint cancelled at
     # the run's end can leave an orphan segment blob (garbage, which is fine) or even a
     # manifest the ledger never recorded (a broken chain), which would make these flaky.
+    require("bwrap")
     rt = Runtime(home=home, sandbox="bwrap")
     state = asyncio.run(rt.start(writer_plan(), config=RunConfig(checkpoint_interval=60)))
     assert state.status == "succeeded", state.summary

@@ -8,7 +8,6 @@ runs sharing one home.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,31 +22,17 @@ from orchestrator.ledger.events import SandboxMetered
 from orchestrator.ledger.events import decode as decode_event
 from orchestrator.ledger.state import RunState
 from orchestrator.sandbox.teardown import TEARDOWN_GRACE_S, leaks, leaks_dir
+from tests.backends import backends, needs
 from tests.conftest import cli
 from tests.crashing import PLANS, wait_until
 from tests.plans.stubborn import stubborn_plan
-
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-
-
-def _backends(*names: str) -> list[object]:
-    return [
-        pytest.param(
-            name,
-            id=name,
-            marks=pytest.mark.skipif(
-                shutil.which(BINARIES[name]) is None, reason=f"`{BINARIES[name]}` missing"
-            ),
-        )
-        for name in names
-    ]
 
 
 def _argv(home: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", "--home", str(home), *args]
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap", "gvisor"))
+@pytest.mark.parametrize("backend", backends("bwrap", "gvisor"))
 async def test_nodes_whose_agent_is_stopped_or_whose_pipes_are_held_still_finish(
     home: Path, backend: str
 ) -> None:
@@ -73,7 +58,7 @@ def _spawn(home: Path, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(_argv(home, *args), start_new_session=True, stdout=log, stderr=log)
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap", "gvisor"))
+@pytest.mark.parametrize("backend", backends("bwrap", "gvisor"))
 def test_ctrl_c_parks_and_a_second_ctrl_c_stops_at_once_leaving_it_resumable(
     home: Path, tmp_path: Path, backend: str
 ) -> None:
@@ -135,6 +120,7 @@ def _sandboxes_of(home: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
+@needs("bwrap")
 def test_twenty_concurrent_runs_of_a_hundred_sandboxed_nodes_in_one_home_all_finish(
     home: Path,
 ) -> None:

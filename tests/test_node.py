@@ -29,10 +29,9 @@ from orchestrator.ledger.events import ErrorInfo
 
 class MigrateIn(BaseModel):
     # ``from`` is a keyword, so the field is ``from_`` with the alias "from". The plan wires
-    # ports by *field name* (``from_=``), and the runtime builds the inputs model from a dict
-    # keyed by port name; without populate_by_name Pydantic only accepts the alias, and the
-    # node would fail at run time although the plan validates (see
-    # test_alias_port_without_populate_by_name_runs below).
+    # ports by *field name* (``from_=``) and the runtime validates inputs by field name, so
+    # an alias-only model runs too (test_alias_port_without_populate_by_name_runs below);
+    # populate_by_name lets code outside the runtime build this model by field name as well.
     model_config = ConfigDict(populate_by_name=True)
 
     repo: str
@@ -172,7 +171,7 @@ async def _alias_only(ctx: NodeContext, inputs: AliasOnlyIn) -> AliasOut:
 
 
 def test_alias_only_model_rejects_the_port_name() -> None:
-    # why MigrateIn sets populate_by_name: the runtime validates {port: value}
+    # plain Pydantic validation of {port: value} needs populate_by_name (the runtime's does not)
     with pytest.raises(ValidationError):
         AliasOnlyIn.model_validate({"from_": "1.0"})
     assert MigrateIn.model_validate(

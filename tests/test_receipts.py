@@ -87,6 +87,25 @@ async def until(predicate: Any, within: float = 5.0) -> float:
     return time.monotonic() - began
 
 
+class Polls:
+    """Counts a runtime's control polls; each poll also issues a receipt if one is due."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.count = 0
+        take = rt.store.take_controls
+
+        def counted(run_id: str) -> list[Any]:
+            self.count += 1
+            return take(run_id)
+
+        rt.store.take_controls = counted  # type: ignore[method-assign]
+
+    async def wait(self, polls: int = 2) -> None:
+        """Wait until the run has polled ``polls`` more times, all begun after this call."""
+        target = self.count + polls
+        await until(lambda: self.count >= target)
+
+
 # ---- 6. interval emission on the run's clock ------------------------------------------------
 
 
@@ -111,17 +130,18 @@ async def test_receipts_every_interval_of_the_runs_clock_and_at_the_end(
     )
     plan = talker(go)
     with Runtime(home=home, clock=clock) as rt:
+        polls = Polls(rt)
         run = asyncio.create_task(rt.start(plan, config=config, listeners=(listen,)))
         await until(lambda: calls == 1)
-        await asyncio.sleep(0.3)  # several control polls: no receipt is due yet
+        await polls.wait()  # no receipt is due yet
         assert issued == []
         clock.advance(3599)
-        await asyncio.sleep(0.3)
+        await polls.wait()
         assert issued == []
         clock.advance(1)
         assert await until(lambda: len(issued) == 1) < 1.0
         clock.advance(1800)
-        await asyncio.sleep(0.3)
+        await polls.wait()
         assert len(issued) == 1  # the next one is due an interval after the first
         clock.advance(1800)
         assert await until(lambda: len(issued) == 2) < 1.0

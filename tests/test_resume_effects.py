@@ -15,10 +15,12 @@ from orchestrator.checkpoint import WorkspaceRef
 from orchestrator.ledger.events import EffectRecorded, NodeResumed, WorkspaceSaved, decode
 from orchestrator.ledger.state import NodeState
 from orchestrator.runtime.resumption import resume_point
+from tests.backends import needs
 from tests.conftest import cli
 from tests.crashing import PLANS, sigkill, spawn_run, wait_until
 
 
+@needs("bwrap")
 @pytest.mark.timeout(180)
 def test_a_resumed_node_does_not_perform_its_journaled_tool_again(
     home: Path, tmp_path: Path

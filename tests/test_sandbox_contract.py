@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,25 +21,12 @@ from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import BACKENDS, SandboxSpec
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
 
-
-def _backends() -> list[object]:
-    params = []
-    for backend in BACKENDS:
-        binary = BINARIES.get(backend)
-        missing = binary is not None and shutil.which(binary) is None
-        mark = pytest.mark.skipif(
-            missing, reason=f"{backend}: `{binary}` is not installed on this machine"
-        )
-        params.append(pytest.param(backend, marks=mark, id=backend))
-    return params
-
-
-@pytest.fixture(scope="module", params=_backends())
+@pytest.fixture(scope="module", params=backends(*BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name

@@ -12,16 +12,17 @@ import pytest
 from orchestrator import Runtime
 from orchestrator.ledger.events import NodeResumed, RetryScheduled, decode
 from orchestrator.sandbox.workspace import overlay_mounts
+from tests.backends import backends
 from tests.conftest import cli
-from tests.crashing import sigkill, wait_until
+from tests.crashing import sigkill, stop_when
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", ["gvisor", "bwrap"])
-def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
+@pytest.mark.parametrize("backend", backends())
+def test_kill_mid_demo_then_resume(home: Path, key_dir: Path, backend: str) -> None:
     home.mkdir(parents=True)
     with open(home / "child.log", "w") as log:
         proc = subprocess.Popen(
@@ -30,7 +31,10 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
             stderr=log,
             env=dict(os.environ),
         )
-    state = wait_until(
+    # Stopped while at least two nodes are at work in their sandboxes, then killed: their
+    # overlays are still mounted, and resume continues them rather than restarting them.
+    state = stop_when(
+        proc,
         home,
         lambda s: sum(len(n.journal) >= 2 and n.status == "running" for n in s.nodes.values()) >= 2,
         timeout=120,
@@ -39,13 +43,11 @@ def test_kill_mid_demo_then_resume(home: Path, backend: str) -> None:
     run_id = state.run_id
     with Runtime(home=home) as rt:
         in_flight = {n.id for n in rt.state(run_id).nodes.values() if n.status == "running"}
-    # The kill lands while nodes work (almost always; bwrap nodes are quick): their
-    # overlays are still mounted, and resume continues them rather than restarting them.
-    if in_flight:
-        assert [m for m in overlay_mounts() if str(home) in str(m)]
+    assert len(in_flight) >= 2, in_flight
+    assert [m for m in overlay_mounts() if str(home) in str(m)]
     resumed = cli(home, "resume", "-q", run_id)
     assert resumed.returncode == 3, resumed.stderr  # parked at the demo's merge gate
-    key = str(home / "keys" / "demo-approver.key")
+    key = str(key_dir / "demo-approver.key")
     approved = cli(home, "approve", "-q", run_id, "merge", "--key", key)
     assert approved.returncode == 0, approved.stderr
     with Runtime(home=home) as rt:

@@ -29,19 +29,9 @@ import pytest_asyncio
 from orchestrator.sandbox.base import SandboxSpec
 from orchestrator.sandbox.factory import launcher_for, limiter_for
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-
-ISOLATING = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
+ISOLATING = backends()
 
 CONNECT = (
     "import socket, sys\n"
@@ -112,6 +102,7 @@ class Listener:
         self.sock.settimeout(0.05)
         self.port: int = self.sock.getsockname()[1]
         self.accepted: list[tuple[str, int]] = []
+        self._own: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -124,9 +115,20 @@ class Listener:
                 continue
             except OSError:
                 return
-            self.accepted.append(peer)
+            if peer not in self._own:
+                self.accepted.append(peer)
             with conn:
                 conn.sendall(b"hello")
+
+    def flush(self) -> None:
+        """Connect from here and wait until that is accepted (not counted): connections
+        made before it are accepted, and counted, by then (the backlog is served in order)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self._own.add(probe.getsockname())
+            probe.settimeout(10)
+            probe.connect(("127.0.0.1", self.port))
+            assert probe.recv(16) == b"hello"
 
     def close(self) -> None:
         self._stop.set()
@@ -216,7 +218,7 @@ async def test_no_network_without_net_and_host_loopback_only_with_host_net(
         refused = await sandbox.exec(["python3", "-c", CONNECT, str(listener.port)], timeout=30)
         assert refused.code == 3, refused.stdout + refused.stderr
         assert refused.stdout.startswith(b"refused")
-    await asyncio.sleep(0.2)  # anything in flight would have been accepted by now
+    await asyncio.to_thread(listener.flush)
     assert listener.accepted == []
 
     # Not just loopback: without `net` there is no route anywhere but its own lo.

@@ -180,7 +180,11 @@ def test_remove_tolerates_an_already_gone_cgroup(limiter: CgroupLimiter) -> None
     cgroup = limiter.create(f"t-{secrets.token_hex(4)}", Limits())
     for path in cgroup.paths:
         path.rmdir()
-    cgroup.remove()
+    assert cgroup.pids() == []
+    cgroup.remove()  # no error: nothing was left to kill or remove
+    assert not any(p.exists() for p in cgroup.paths)
+    assert (cgroup.breach(), cgroup.usage().cpu_s) == (None, 0)
+    limiter.create(cgroup.name, Limits()).remove()  # and its name is free again
 
 
 def test_names_are_checked_and_unique(make: Make, limiter: CgroupLimiter) -> None:
@@ -315,7 +319,12 @@ def test_discovery_v2_and_comounted_v1(tmp_path: Path) -> None:
         CgroupLimiter(mountinfo=mountinfo, proc_cgroup=own)
 
 
-def test_cgroups_available_says_where() -> None:
-    ok, reason = cgroups_available()
-    assert ok
-    assert "cgroup v" in reason
+def test_cgroups_available_says_where_or_why_not(limiter: CgroupLimiter) -> None:
+    where = ", ".join(str(p) for p in dict.fromkeys(limiter.parents.values()))
+    assert cgroups_available() == (True, f"cgroup v{limiter.version} under {where}")
+    # the cgroup it made to find out is gone again
+    assert [d for p in limiter.parents.values() for d in p.glob(f"{limiter.owner}/probe-*")] == []
+    # where none can be made (a parent below a file): no, and the reason names the place
+    ok, reason = cgroups_available(parent="/cgroup.procs")
+    assert not ok
+    assert "/cgroup.procs" in reason, reason

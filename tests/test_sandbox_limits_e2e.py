@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,22 +26,13 @@ from orchestrator.sandbox.cgroups.limiter import CgroupLimiter, cgroups_availabl
 from orchestrator.sandbox.factory import launcher_for
 from orchestrator.sandbox.limits import Limits
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends, needs
 from tests.crashing import processes_with
 
 AVAILABLE, REASON = cgroups_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"cgroups unusable here: {REASON}")
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
+BACKENDS = backends()
 
 HOG = "b = bytearray(512 << 20); b[::4096] = b'x' * len(b[::4096]); print('survived')"
 
@@ -220,7 +210,7 @@ async def modest(ctx: NodeContext, inputs: Nothing) -> Done:
     return Done(code=result.code)
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap: `bwrap` is not installed")
+@needs("bwrap")
 async def test_a_node_over_its_memory_limit_fails_with_the_reason_on_the_ledger(
     tmp_path: Path,
 ) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,24 +26,12 @@ from orchestrator.sandbox.gvisor import GvisorLauncher
 from orchestrator.sandbox.local import LocalLauncher
 from orchestrator.sandbox.pool import SandboxPool, sweep
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends, needs, require
 from tests.crashing import processes_with
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
 CGROUPS, CGROUPS_WHY = cgroups_available()
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
-BOTH = pytest.mark.skipif(
-    not all(shutil.which(b) for b in BINARIES.values()),
-    reason="needs both `runsc` and `bwrap` installed",
-)
+BACKENDS = backends()
+BOTH = needs("gvisor", "bwrap")
 SPEC = SandboxSpec(effects=frozenset({"fs"}))
 
 
@@ -124,9 +111,9 @@ async def test_concurrent_acquires_get_distinct_working_sandboxes_and_close_clea
             assert sandbox.workspace.parents[2] == home / "sandbox" / "live"
             assert os.path.ismount(sandbox.workspace.parent)  # on its own disk
 
-        # The pool refills behind the acquires, back to its size and not beyond.
-        assert await eventually(lambda: pool.counts()["warm"] == 2 and not pool._refills)
-        await asyncio.sleep(0.2)
+        # The pool refills behind the acquires, back to its size and not beyond: once every
+        # refill has finished, nothing else adds to it.
+        assert await eventually(lambda: not pool._refills)
         assert pool.counts() == {"warm": 2, "leased": 8}
 
         # Releasing tears one down: its process, cgroup and directory go.
@@ -268,8 +255,7 @@ async def test_sweep_removes_what_a_killed_orchestrator_left_and_spares_a_live_p
 def test_runsc_state_listing_is_what_the_sweep_reads(tmp_path: Path) -> None:
     """``runsc list`` of an empty state directory is empty, not an error the sweep
     would mistake for containers (guards the leftovers() parsing)."""
-    if shutil.which("runsc") is None:
-        pytest.skip("gvisor: `runsc` is not installed")
+    require("gvisor")
     launcher = GvisorLauncher(tmp_path / "gvisor")
     (launcher.state / "runsc").mkdir(parents=True)
     assert launcher.leftovers() == []

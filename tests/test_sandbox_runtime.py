@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,11 @@ from orchestrator import NodeContext, Plan, Runtime, node
 from orchestrator.ledger.events import EffectRecorded, NodeDispatched, SandboxMetered, decode
 from orchestrator.sandbox.disk import mounts_under
 from orchestrator.sandbox.process import AgentSandbox
+from tests.backends import backends, needs
 from tests.plans.basic import words_plan
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
-NEEDS_BWRAP = pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
+BACKENDS = backends()
+NEEDS_BWRAP = needs("bwrap")
 
 LIST = (
     "import json, os\n"

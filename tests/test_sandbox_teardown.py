@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from orchestrator.sandbox.teardown import (
     record_leak,
     sweep_leaks,
 )
+from tests.backends import backends
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
 BOUND_S = TEARDOWN_GRACE_S + 30  # generous: the machine is shared and slow under load
 
 # Answers the host like the real agent, but ignores SIGTERM (noting that it came) and end
@@ -59,16 +58,6 @@ note("eof")
 while True:
     time.sleep(1)
 """
-
-
-def _backends(*names: BackendName) -> list[object]:
-    params = []
-    for name in names:
-        binary = BINARIES.get(name)
-        missing = binary is not None and shutil.which(binary) is None
-        mark = pytest.mark.skipif(missing, reason=f"`{binary}` is not installed")
-        params.append(pytest.param(name, marks=mark, id=name))
-    return params
 
 
 class StubbornLauncher:
@@ -114,7 +103,7 @@ async def _wait_for(path: Path, bound: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap", "gvisor", "local"))
+@pytest.mark.parametrize("backend", backends("bwrap", "gvisor", "local"))
 async def test_an_agent_ignoring_eof_and_sigterm_is_killed_within_the_grace(
     tmp_path: Path, backend: BackendName
 ) -> None:
@@ -175,7 +164,7 @@ for _ in range(3):
 """
 
 
-@pytest.mark.parametrize("backend", _backends("bwrap"))
+@pytest.mark.parametrize("backend", backends("bwrap"))
 def test_concurrent_probes_in_one_home_do_not_pull_each_others_workspace(
     tmp_path: Path, backend: BackendName
 ) -> None:

@@ -16,9 +16,11 @@ from orchestrator.ledger.events import (
     NodeFailed,
     NodeSucceeded,
     RetryScheduled,
+    RunParked,
     decode,
 )
 from orchestrator.ledger.state import RunState
+from tests.backends import needs
 
 
 class N(BaseModel):
@@ -260,14 +262,23 @@ async def test_pause_drains_in_flight_nodes_then_parks_and_resume_finishes(
     while rt.state(run_id).nodes["wait-for-file"].status != "running":
         await asyncio.sleep(0.01)
     rt.pause(run_id)
-    await asyncio.sleep(0.3)
-    assert not task.done(), "pause must let the in-flight node finish first"
+    async with asyncio.timeout(10):  # the pause is on record while the node still works
+        while (pausing := rt.state(run_id)).status == "running":
+            await asyncio.sleep(0.01)
+    assert pausing.nodes["wait-for-file"].status == "running"
+    assert not task.done()
     gate.write_text("hello")
     parked = await asyncio.wait_for(task, 10)
     assert parked.status == "parked"
     assert parked.nodes["wait-for-file"].status == "succeeded"
     assert parked.nodes["after"].status == "pending"  # nothing new dispatched while pausing
-    assert RunState.fold(events(rt, run_id)).status == "parked"
+    evs = events(rt, run_id)
+    assert RunState.fold(evs).status == "parked"
+    ends = [e for e in evs if isinstance(e, NodeSucceeded | RunParked)]
+    assert [(e.kind, getattr(e, "node", "")) for e in ends[-2:]] == [
+        ("NodeSucceeded", "wait-for-file"),
+        ("RunParked", ""),
+    ], "pause must let the in-flight node finish first"
     done = await rt.resume(run_id, plan)
     assert done.status == "succeeded"
     assert done.nodes["after"].outputs == {"count": 5}
@@ -332,6 +343,7 @@ async def test_a_failed_ledger_write_stops_the_run_even_if_the_body_swallows_it(
         assert fresh.verify(run_id).ok
 
 
+@needs("bwrap")
 async def test_ctx_vm_is_the_sandbox_door(home: Path) -> None:
     @node("vm-user", effects={"fs"})
     async def vm_user(ctx: NodeContext, inputs: Nothing) -> N:

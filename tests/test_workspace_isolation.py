@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -28,19 +27,10 @@ from orchestrator.sandbox.snapshot.scan import snapshot
 from orchestrator.sandbox.snapshot.store import ChunkStore
 from orchestrator.sandbox.workspace import OverlayWorkspace
 from orchestrator.storage.localdir import LocalDirStore
+from tests.backends import backends, needs
 from tests.conftest import PLANS, cli
 
-BINARIES = {"gvisor": "runsc", "bwrap": "bwrap"}
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            shutil.which(binary) is None, reason=f"{backend}: `{binary}` is not installed"
-        ),
-        id=backend,
-    )
-    for backend, binary in BINARIES.items()
-]
+BACKENDS = backends()
 
 # Everything a node could try from inside its workspace to reach the home.
 LOOK = r"""
@@ -262,7 +252,7 @@ def test_the_cli_refuses_etc_and_runs_nothing(home: Path, tmp_path: Path) -> Non
     assert "workspace root '/' is refused" in " ".join(bad_root.stderr.split())
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="`bwrap` is not installed")
+@needs("bwrap")
 def test_sandbox_exec_never_shows_the_home_nor_takes_a_directory_over(
     home: Path, tmp_path: Path
 ) -> None:
