@@ -509,7 +509,7 @@ def npm_registry_unreachable(cwd: Path) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(660)  # ~6 s per Vitest run here: reruns, bisection and repro take minutes
 def test_a_vitest_flake_is_found_with_npm_installed_in_the_sandbox(
     tmp_path: Path, home: Path
 ) -> None:
@@ -523,7 +523,7 @@ def test_a_vitest_flake_is_found_with_npm_installed_in_the_sandbox(
         repo,
         *("--test", "npm test", "--sandbox", "bwrap"),
         *("--runs", "60", "--batch", "30", "--good", "HEAD~1"),
-        timeout=280,
+        timeout=600,
     )
     h = load(home)
     intake_ns = h.state.nodes["repo-intake"]
