@@ -112,7 +112,7 @@ class SqliteLedgerStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=10000")
         if not fresh:
-            self._require_ledger()
+            self._require_ledger(being_created=create)
         if create:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -137,17 +137,29 @@ class SqliteLedgerStore:
                 "from checkpoints (`orchestrator resume RUN --from STORE`)"
             ) from exc
 
-    def _require_ledger(self) -> None:
+    def _require_ledger(self, *, being_created: bool = False) -> None:
         """Refuse a file SQLite reads as a database but that holds no ledger (SQLite takes
-        a file of a few stray bytes for an empty database, and would write over it)."""
+        a file of a few stray bytes for an empty database, and would write over it).
+        ``being_created``: an empty SQLite database is accepted, for it is a ledger
+        another process is creating right now (its migration, which ours waits for)."""
         found = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'"
         ).fetchone()
         if found is None:
+            if being_created and self._empty_database():
+                return
             raise LedgerCorrupt(
                 f"{self._shown} is not an Orchestrator ledger (it has no events table); "
                 "move it away, or point --home or --ledger elsewhere"
             )
+
+    def _empty_database(self) -> bool:
+        """A real SQLite file (its header says so) with no tables yet."""
+        with open(self.path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                return False
+        tables: int = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        return tables == 0
 
     def _migrate(self) -> None:
         db = self._db
