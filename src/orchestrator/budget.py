@@ -237,12 +237,15 @@ class BudgetBook:
         return [] if remaining is None else worst_case.over(remaining)
 
 
+_UNDECLARED = Budget()
+
+
 def attempt_limit(declared: Budget, reserved: bool) -> Budget | None:
     """What one attempt may use: its reservation when the run has a ceiling; otherwise its
     declared worst case in each dimension it declares (zero means "not declared")."""
     if reserved:
         return declared
-    if declared == Budget():
+    if declared == _UNDECLARED:
         return None
     return Budget(
         tokens=declared.tokens or 2**62,

@@ -44,7 +44,9 @@ class ManualClock:
 
 def iso(moment: datetime) -> str:
     """The ledger's timestamp form: ISO-8601 UTC with microseconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    # isoformat is the same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ"), several times faster
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -121,6 +121,7 @@ class Scheduler:
         self.state: RunState = writer.state
         self.clock = clock
         self.home = home
+        self._work = home / "runs" / self.state.run_id / "work"
         self.config = config
         self.concurrency = config.concurrency
         self.poll_controls = poll_controls
@@ -298,7 +299,7 @@ class Scheduler:
         fresh: bool = False,
     ) -> None:
         spec = self.plan.nodes[ns.base].spec
-        base = workspace_dir(self.home / "runs" / self.state.run_id / "work", ns.id, ns.attempt)
+        base = workspace_dir(self._work, ns.id, ns.attempt)
         # What the sandbox sees at /workspace, on the host: an overlay's merged view of
         # the node's repository, or the attempt's own directory.
         seen = workspace_path(base, overlay=spec.workspace is not None)
