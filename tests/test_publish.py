@@ -4,13 +4,20 @@ not make. Real git repositories built in tmp; the runtime tests use real sandbox
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator import Runtime
 from orchestrator.agents import host
 from orchestrator.errors import BranchRefused
+from tests.backends import backends
+from tests.conftest import cli
+from tests.crashing import sigkill
 
 ENV = {
     "PATH": "/usr/bin:/bin",
@@ -21,6 +28,7 @@ ENV = {
     "GIT_COMMITTER_NAME": "Person",
     "GIT_COMMITTER_EMAIL": "person@example.invalid",
 }
+CLI = [sys.executable, "-m", "orchestrator.cli"]
 RUN = "20261203-170000-a1b2c3"
 LATER_RUN = "20261204-090000-d4e5f6"
 
@@ -164,3 +172,113 @@ def test_publishing_to_a_url_creates_once_then_is_a_no_op(tmp_path: Path) -> Non
     assert host.publish_branch(f"file://{repo}", branch, str(tree)) == sha
     assert host.publish_branch(f"file://{repo}", branch, str(tree)) == sha
     assert git(repo, "rev-parse", branch) == sha
+
+
+# ---- in real sandboxes, through the runtime -------------------------------------------------
+
+PLAN = Path(__file__).parent / "plans" / "publishing.py"
+
+
+def _lower_of(tmp_path: Path, repo: Path) -> Path:
+    """The run's own clone, the lower its workspaces stack on (as intake makes it)."""
+    lower = tmp_path / "work" / "lower"
+    host.clone_checkout(str(repo), "main", str(lower), [])
+    return lower
+
+
+def _tree_of(root: Path) -> list[tuple[str, int, int, int]]:
+    """Every entry below ``root`` with its owner, mode and size: what a write would change."""
+    found = []
+    for directory, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            found.append((os.path.relpath(path, root), info.st_uid, info.st_mode, info.st_size))
+    return sorted(found)
+
+
+def _run_argv(home: Path, tmp_path: Path, attr: str, backend: str, **inputs: str) -> list[str]:
+    argv = [*CLI, "--home", str(home), "run", "-q", f"{PLAN}:{attr}", "--sandbox", backend]
+    argv += ["--workspace-root", str(tmp_path)]
+    for key, value in inputs.items():
+        argv += ["--input", f"{key}={value}"]
+    return argv
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", backends("bwrap"))
+def test_publishing_beside_a_live_workspace_on_the_same_lower(
+    tmp_path: Path, home: Path, backend: str
+) -> None:
+    """A publish while another node's sandbox works on the same lower: that sandbox's
+    git (an unprivileged uid) still writes objects and refs, and the lower is unchanged."""
+    repo = origin(tmp_path)
+    lower = _lower_of(tmp_path, repo)
+    before = _tree_of(lower)
+    mark = tmp_path / "published"
+    argv = _run_argv(
+        home,
+        tmp_path,
+        "side_by_side",
+        backend,
+        lower=str(lower),
+        dest=str(repo),
+        hold="",
+        mark=str(mark),
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Runtime(home=home) as rt:
+        state = rt.state(rt.runs()[-1].run_id)
+    assert state.status == "succeeded"
+    assert {n.id: n.attempt for n in state.nodes.values()} == {"publisher": 1, "neighbour": 1}
+    published = state.nodes["publisher"].outputs or {}
+    assert git(repo, "rev-parse", published["branch"]) == published["sha"]
+    assert _tree_of(lower) == before  # nothing was written into the lower
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", backends("bwrap"))
+def test_resume_after_a_kill_during_publish_is_idempotent(
+    tmp_path: Path, home: Path, backend: str
+) -> None:
+    repo = origin(tmp_path)
+    lower = _lower_of(tmp_path, repo)
+    hold = tmp_path / "go-on"
+    argv = _run_argv(
+        home,
+        tmp_path,
+        "alone",
+        backend,
+        lower=str(lower),
+        dest=str(repo),
+        hold=str(hold),
+        mark="",
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "child.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not git(repo, "for-each-ref", "refs/heads/orchestrator"):
+            assert proc.poll() is None and time.monotonic() < deadline, "never published"
+            time.sleep(0.05)
+    finally:
+        sigkill(proc)  # the branch exists; the publish is not yet on the record
+    listed = git(
+        repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/orchestrator"
+    )
+    ref, sha = listed.split()
+    with Runtime(home=home) as rt:
+        run_id = rt.runs()[-1].run_id
+        assert rt.state(run_id).nodes["publisher"].status == "running"
+    hold.write_text("go\n")
+    resumed = cli(home, "resume", "-q", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with Runtime(home=home) as rt:
+        state = rt.state(run_id)
+    node_state = state.nodes["publisher"]
+    assert (state.status, node_state.attempt) == ("succeeded", 1)  # resumed, not retried
+    assert node_state.outputs == {"branch": ref.removeprefix("refs/heads/"), "sha": sha}
+    assert git(repo, "rev-parse", ref) == sha
+    assert len(git(repo, "reflog", "show", "--format=%H", ref).splitlines()) == 1  # never moved
