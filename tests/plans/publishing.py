@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from orchestrator import NodeContext, Plan, Retry, node
 from orchestrator.agents import host
 from orchestrator.errors import BranchRefused
+from orchestrator.node import NodeSpec
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test",
@@ -82,10 +84,11 @@ async def neighbour(ctx: NodeContext, inputs: Target) -> Published:
     return Published(branch=branch, sha=head.stdout.strip())
 
 
-def _build(name: str, *specs: object) -> Plan:
+def _build(name: str, *specs: NodeSpec) -> Plan:
     plan = Plan(name, inputs=Target)
+    wired: dict[str, Any] = {k: plan.input(k) for k in Target.model_fields}
     for spec in specs:
-        plan.add(spec, **{k: plan.input(k) for k in Target.model_fields})  # type: ignore[arg-type]
+        plan.add(spec, **wired)
     return plan
 
 
