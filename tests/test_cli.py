@@ -141,7 +141,7 @@ def test_demo_does_real_work_and_replays(home: Path) -> None:
     assert data["replay"]["ok"] is True
     migrated = [data["nodes"][f"codemod-runner[{i}]"]["outputs"] for i in range(4)]
     assert [m["package"] for m in migrated] == ["api", "billing", "core", "search"]
-    repo = next((home / "demo").iterdir())
+    (repo,) = (home / "demo").glob("monorepo-*")
     branches = subprocess.run(
         ["git", "branch", "--list", "orchestrator/*"],
         cwd=repo,
@@ -149,11 +149,24 @@ def test_demo_does_real_work_and_replays(home: Path) -> None:
         text=True,
         check=True,
     ).stdout.split()
+    tag = data["run_id"].rsplit("-", 1)[-1]  # the run's own branches
     assert sorted(branches) == [
-        f"orchestrator/esm-{p}" for p in ("api", "billing", "core", "search")
+        f"orchestrator/esm-{p}-{tag}" for p in ("api", "billing", "core", "search")
     ]
+    assert [m["branch"] for m in migrated] == sorted(branches)
+    # the migrations stacked on the run's own clone, which nothing wrote into
+    lower = Path(data["nodes"]["workspace-detect"]["outputs"]["checkout"])
+    assert lower != repo and lower.is_dir()
+    in_lower = subprocess.run(
+        ["git", "for-each-ref", "refs/heads/orchestrator"],
+        cwd=lower,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert in_lower.stdout == ""
     changed = subprocess.run(
-        ["git", "show", "orchestrator/esm-core:packages/core/src/index.js"],
+        ["git", "show", f"orchestrator/esm-core-{tag}:packages/core/src/index.js"],
         cwd=repo,
         capture_output=True,
         text=True,

@@ -166,12 +166,14 @@ def check_branch(fixture_repo: Path, hunt_: Hunt, base: str) -> str:
     opened = hunt_.out("pr-open")["opened"]
     branch = authored["branch"]
     assert branches(fixture_repo) == [branch]
-    assert re.fullmatch(r"orchestrator/flaky-[a-z0-9-]+-[0-9a-f]{8}", branch)
+    # the test's name, then the hunt's own tag (the random part of its run id)
+    named = re.fullmatch(r"orchestrator/(flaky-[a-z0-9-]+-[0-9a-f]{8})-([0-9a-f]{6})", branch)
+    assert named and hunt_.run_id.endswith("-" + named[2])
     assert opened["branch"] == branch
     assert opened["published"] == git(fixture_repo, "rev-parse", branch)
     assert git(fixture_repo, "rev-parse", f"{branch}~1") == base
     changed = git(fixture_repo, "diff-tree", "--no-commit-id", "-r", "--name-only", branch)
-    assert changed.splitlines() == [f"flaky-repro/{branch.removeprefix('orchestrator/')}.sh"]
+    assert changed.splitlines() == [f"flaky-repro/{named[1]}.sh"]
     assert git(fixture_repo, "ls-tree", branch, changed).startswith("100755 blob ")
     assert Path(opened["patch_file"]).read_text() == authored["diff"]
     assert git(fixture_repo, "log", "-1", "--format=%s", branch) == authored["title"]

@@ -503,3 +503,16 @@ def test_code_digest_without_source_is_stable_across_processes() -> None:
     assert _no_source_digest("1", "2") == first
     assert _no_source_digest("1", "3") == first
     assert _no_source_digest("2", "1") != first
+
+
+def test_retry_never_retries_a_refusal_even_when_on_matches_it() -> None:
+    from orchestrator.errors import BranchRefused, NodeError
+
+    refused = ErrorInfo.of(BranchRefused("branch x exists")).classes
+    assert Retry(max_attempts=3).retries(refused)
+    assert not Retry(max_attempts=3, never=BranchRefused).retries(refused)
+    assert not Retry(on=BaseException, never=(NodeError,)).retries(refused)
+    assert Retry(never=BranchRefused).retries(ErrorInfo.of(OSError()).classes)
+    # a policy without `never` describes itself as before (plan digests unchanged)
+    assert "never" not in Retry().describe()
+    assert Retry(never=BranchRefused).describe()["never"] == ["BranchRefused"]

@@ -39,7 +39,8 @@ OrchestratorError
     ├── BudgetExceeded      a model call refused before sending: its worst case does not fit
     ├── ExecFailed          ``ctx.exec(..., check=True)`` saw a non-zero exit
     ├── SandboxLimitExceeded a resource limit was hit; the sandbox's processes were killed
-    └── WorkspaceRefused    a workspace input names a directory the run may not use
+    ├── WorkspaceRefused    a workspace input names a directory the run may not use
+    └── BranchRefused       publishing would move a branch this run did not create
 
 Each module imports the errors it raises from here; the tree is the whole list.
 """
@@ -275,6 +276,11 @@ class SandboxLimitExceeded(NodeError):
 
 class WorkspaceRefused(NodeError):
     """A node's workspace input names a directory the run may not work on."""
+
+
+class BranchRefused(NodeError):
+    """Publishing would move a branch that exists and that this run did not create (it
+    may be a person's work): nothing was written. Never retried."""
 
 
 class BudgetExceeded(NodeError):

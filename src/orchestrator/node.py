@@ -34,7 +34,9 @@ NodeFn = Callable[["NodeContext", Any], Awaitable[BaseModel]]
 
 
 class Retry(BaseModel):
-    """How a failed attempt is retried. ``on`` lists the retryable exception types."""
+    """How a failed attempt is retried. ``on`` lists the retryable exception types;
+    ``never`` the ones no attempt could fix (a refusal), not retried even when ``on``
+    matches them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -44,8 +46,9 @@ class Retry(BaseModel):
     max_delay: float = Field(default=300.0, ge=0)
     jitter: float = Field(default=0.2, ge=0, le=1)
     on: tuple[type[BaseException], ...] = (Exception,)
+    never: tuple[type[BaseException], ...] = ()
 
-    @field_validator("on", mode="before")
+    @field_validator("on", "never", mode="before")
     @classmethod
     def _tuple(cls, value: Any) -> Any:
         return (value,) if isinstance(value, type) else tuple(value)
@@ -63,13 +66,18 @@ class Retry(BaseModel):
 
     def retries(self, class_names: Iterable[str]) -> bool:
         """Whether an error whose classes are ``class_names`` is retryable."""
+        names = set(class_names)
+        if not names.isdisjoint(c.__name__ for c in self.never):
+            return False
         wanted = {c.__name__ for c in self.on}
         # recorded class names leave out BaseException (ErrorInfo.of), which matches all
-        return "BaseException" in wanted or not wanted.isdisjoint(class_names)
+        return "BaseException" in wanted or not wanted.isdisjoint(names)
 
     def describe(self) -> dict[str, Any]:
-        data = self.model_dump(exclude={"on"})
+        data = self.model_dump(exclude={"on", "never"})
         data["on"] = sorted(c.__name__ for c in self.on)
+        if self.never:  # absent when empty: plans that use none keep their digest
+            data["never"] = sorted(c.__name__ for c in self.never)
         return data
 
 

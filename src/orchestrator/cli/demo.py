@@ -53,7 +53,10 @@ def demo(
         rt,
         lambda ls: rt.start(
             workload.plan,
-            {"repo": str(repo.resolve())},
+            {
+                "repo": str(repo.resolve()),
+                "workdir": str(repo.parent.resolve() / ".work" / repo.name),
+            },
             config,
             plan_ref=workload.PLAN_REF,
             listeners=ls,

@@ -26,13 +26,14 @@ RUN_CEILING = Budget(tokens=0, compute_h=1.0, spend_usd=0.1)
 
 def build_plan() -> Plan:
     plan = Plan("esm-migration-demo", inputs=RepoInputs)
-    detect = plan.add(workspace_detect, repo=plan.input("repo"))
+    detect = plan.add(workspace_detect, repo=plan.input("repo"), workdir=plan.input("workdir"))
     migrate = plan.map(
         codemod_runner,
         over=detect.out.packages,
         item="package",
         max_items=50,
         repo=plan.input("repo"),
+        checkout=detect.out.checkout,
     )
     plan.add(
         diff_summarizer,

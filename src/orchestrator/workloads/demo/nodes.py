@@ -1,24 +1,27 @@
 """The demo's nodes, each in a sandbox.
 
 ``workspace-detect`` reads the workspaces of the repository (a read-only copy-on-write
-view of it); ``codemod-runner`` is mapped over the packages, one instance per package in
-parallel, each in its own copy-on-write view: it rewrites ``require``/``module.exports``
-with ``sed``, marks the package ``"type": "module"``, commits on a branch of its own, and a
-recorded host-side step fetches that branch back into the repository; ``diff-summarizer``
-reports the changes. Every command goes through ``ctx.exec``, so the run is journaled,
-resumable and replayable.
+view of it) and clones the commit it read into the run's work directory: that clone is
+the lower layer the migrations stack on, and nothing writes into it while they run (the
+branches go to the repository, never into a tree a live overlay sits on).
+``codemod-runner`` is mapped over the packages, one instance per package in parallel,
+each in its own copy-on-write view of the clone: it rewrites ``require``/``module.exports``
+with ``sed``, marks the package ``"type": "module"``, commits on a branch of its own
+(named for the run), and a recorded host-side step creates that branch in the
+repository; ``diff-summarizer`` reports the changes. Every command goes through
+``ctx.exec``, so the run is journaled, resumable and replayable.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from orchestrator.agents.host import fetch_from
+from orchestrator.agents import host
 from orchestrator.budget import Budget
+from orchestrator.errors import BranchRefused
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
 
@@ -40,15 +43,20 @@ SED_REWRITES = (
 
 class RepoInputs(BaseModel):
     repo: str
+    workdir: str
+    """Where the run keeps its clone of ``repo`` (the migrations' shared lower layer)."""
 
 
 class Detected(BaseModel):
     workspaces: list[str]
     packages: list[str]
+    checkout: str
+    """The clone of the commit that was read, which the migrations work on."""
 
 
 class MigrateInputs(BaseModel):
     repo: str
+    checkout: str
     package: str
 
 
@@ -93,21 +101,31 @@ async def workspace_detect(ctx: NodeContext, inputs: RepoInputs) -> Detected:
         ["git", "ls-files", "--", *(f"{p}/package.json" for p in patterns)], check=True
     )
     packages = sorted(Path(line).parent.name for line in listing.stdout.split())
+    head = await ctx.exec(["git", "rev-parse", "HEAD"], check=True)
+    cloned = await ctx.tool(
+        "clone",
+        host.clone_checkout,
+        inputs.repo,
+        head.stdout.strip(),
+        f"{inputs.workdir}/lower",
+        [],
+    )
     await ctx.checkpoint("detected")
-    return Detected(workspaces=patterns, packages=packages)
+    return Detected(workspaces=patterns, packages=packages, checkout=str(cloned["checkout"]))
 
 
 @node(
     "codemod-runner",
-    workspace="repo",
+    workspace="checkout",
     budget=NODE_BUDGET,
     effects={"fs"},
-    retry=Retry(max_attempts=3, base_delay=0.2),
+    retry=Retry(max_attempts=3, base_delay=0.2, never=BranchRefused),
     timeout=120,
 )
 async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
     """Rewrite one package to ES modules on its own branch, then publish the branch."""
-    pkg, branch = inputs.package, f"orchestrator/esm-{inputs.package}"
+    pkg = inputs.package
+    branch = host.branch_for_run(f"orchestrator/esm-{pkg}", ctx.run_id)
     await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
     listing = await ctx.exec(["git", "ls-files", "--", f"packages/{pkg}/src/*.js"], check=True)
     files = listing.stdout.split()
@@ -132,26 +150,8 @@ async def codemod_runner(ctx: NodeContext, inputs: MigrateInputs) -> Migrated:
         for added, removed, _ in (row.split("\t", 2) for row in numstat.stdout.splitlines())
     )
     diff = await ctx.exec(["git", "diff", "main..HEAD"], check=True)
-    await ctx.tool("publish-branch", publish_branch, inputs.repo, branch)
+    await host.publish(ctx, inputs.repo, branch)
     return Migrated(package=pkg, branch=branch, files=files, lines_changed=lines, diff=diff.stdout)
-
-
-def publish_branch(repo: str, branch: str, workspace: str) -> str:
-    """Fetch a branch a sandbox committed in its copy-on-write view back into the repo.
-
-    Runs on the host (a recorded tool call): the sandbox itself never sees the original.
-    Fetching the same branch again is harmless, so a retry after a crash is safe.
-    """
-    refspec = f"+{branch}:{branch}"
-    subprocess.run(
-        ["git", "-C", repo, "fetch", "--quiet", *fetch_from(workspace), workspace, refspec],
-        check=True,
-        capture_output=True,
-    )
-    head = subprocess.run(
-        ["git", "-C", repo, "rev-parse", branch], check=True, capture_output=True, text=True
-    )
-    return head.stdout.strip()
 
 
 @node("diff-summarizer", effects={"fs"}, timeout=60, gate="merge", budget=NODE_BUDGET)

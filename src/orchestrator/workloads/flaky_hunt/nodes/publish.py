@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from orchestrator.agents import host
 from orchestrator.agents.budgets import worst_case
 from orchestrator.agents.intake import Intake
+from orchestrator.errors import BranchRefused
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
 from orchestrator.sinks import SinkConfig, SummaryNotice, deliver
@@ -80,7 +81,7 @@ def facts_of(inputs: AuthorInputs) -> pr.HuntFacts:
 async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
     """A branch with the repro script (and the verified fix), its description and patch."""
     facts = facts_of(inputs)
-    branch = pr.branch_name(facts.test)
+    branch = host.branch_for_run(pr.branch_name(facts.test), ctx.run_id)
     await checkout(ctx, inputs.intake.sha)
     await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
     script_path = pr.repro_path(facts.test)
@@ -144,7 +145,7 @@ class OpenInputs(BaseModel):
     effects={"fs", "net"},
     timeout=600,
     budget=worst_case(600),
-    retry=Retry(max_attempts=3, base_delay=2),
+    retry=Retry(max_attempts=3, base_delay=2, never=BranchRefused),
 )
 async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
     """Publish the reviewed patch as a branch; open the pull request when a GitHub
@@ -164,13 +165,7 @@ async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
         f"{hunt.workdir}/{authored.branch.rsplit('/', 1)[-1]}.patch",
         authored.diff,
     )
-    local = await ctx.tool("is-local", _is_local_repo, hunt.repo)
-    if local:
-        published = await ctx.tool(
-            "publish-branch", host.publish_branch, hunt.repo, authored.branch
-        )
-    else:
-        published = await ctx.tool("push-branch", host.push_branch, hunt.repo, authored.branch)
+    published = await host.publish(ctx, hunt.repo, authored.branch)
     url = None
     note = f"branch {authored.branch} is in {hunt.repo}; the patch is {patch_file}"
     if hunt.github:
@@ -201,12 +196,6 @@ async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
         note=note,
     )
     return OpenedOut(opened=opened)
-
-
-def _is_local_repo(repo: str) -> bool:
-    from pathlib import Path
-
-    return Path(repo).is_dir()
 
 
 def _has_token() -> bool:
