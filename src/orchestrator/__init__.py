@@ -96,4 +96,5 @@ _HOMES = {
     "orchestrator.sinks.base": ("SinkConfig",),
 }
 
-__getattr__ = lazy_exports(__name__, _HOMES)
+if not TYPE_CHECKING:  # type checkers read the imports above, and flag unknown names
+    __getattr__ = lazy_exports(__name__, _HOMES)

@@ -1,7 +1,9 @@
 """Public names that a package's ``__init__`` imports on first use (PEP 562).
 
 ``__getattr__ = lazy_exports(__name__, {"pkg.module": ("Name", ...)})`` makes
-``from pkg import Name`` load ``pkg.module`` only then, and keeps ``Name`` afterwards.
+``from pkg import Name`` load ``pkg.module`` only then, and keeps ``Name`` afterwards. The
+package imports the same names under ``TYPE_CHECKING`` and assigns ``__getattr__`` only
+when not type checking, so type checkers see every name and still reject unknown ones.
 Where a name is also a submodule's (``orchestrator.node``, ``orchestrator.sinks.deliver``),
 importing that submodule would set it on the package and hide the public object; the
 package's class is swapped for one that keeps the public name instead, as the eager

@@ -50,4 +50,5 @@ _HOMES = {
     "orchestrator.sinks.deliver": ("deliver", "notice_key"),
     "orchestrator.sinks.slack": ("slack_payload",),
 }
-__getattr__ = lazy_exports(__name__, _HOMES)
+if not TYPE_CHECKING:  # type checkers read the imports above, and flag unknown names
+    __getattr__ = lazy_exports(__name__, _HOMES)
