@@ -4,7 +4,10 @@ Each command runs ``--rounds`` times (default 15) in a fresh interpreter, the co
 interleaved round by round so a busy machine weighs on all of them alike:
 
 * ``python -c pass`` (bare interpreter start, the baseline);
-* ``python -c "import orchestrator"`` (the library);
+* ``python -c "import orchestrator"`` (the library; its public names load on first use);
+* ``from orchestrator import Plan, node`` and ``from orchestrator import Runtime`` (what a
+  program defining, or running, a plan pays: no target, shown so the lazy package is not
+  mistaken for a faster library);
 * ``python -m orchestrator.cli --help`` (the command line);
 * ``.venv/bin/orchestrator --help`` (the console script), when it is installed.
 
@@ -12,8 +15,10 @@ With ``--base DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``
 three orchestrator commands also run with ``PYTHONPATH=DIR/src``, in the same rounds, so
 the two trees are compared side by side on the same load.
 
-``PYTHONDONTWRITEBYTECODE`` is dropped from their environment: a first, untimed run of
-each writes the ``.pyc`` files that the timed runs then read, as after an install.
+Bytecode: ``PYTHONDONTWRITEBYTECODE`` is dropped from their environment, and a first,
+untimed run of each writes the ``.pyc`` files that the timed runs then read — as an
+installed tool does (pip and uv compile on install). The report's first line says so and
+gives the load average before and after, since a busy machine slows every figure.
 
 Reported per command: median and minimum wall time, their difference over bare python,
 and the median CPU time (user + system; steadier than wall time on a loaded machine);
@@ -47,6 +52,8 @@ def commands(base: Path | None) -> dict[str, Command]:
     python = sys.executable
     argvs = {
         "import orchestrator": [python, "-c", "import orchestrator"],
+        "import Plan, node": [python, "-c", "from orchestrator import Plan, node"],
+        "import Runtime": [python, "-c", "from orchestrator import Runtime"],
         "orchestrator.cli --help": [python, "-m", "orchestrator.cli", "--help"],
     }
     script = Path(python).parent / "orchestrator"
@@ -80,6 +87,7 @@ def main() -> None:
     base = args.base.resolve() if args.base is not None else None
     if base is not None and not (base / "src" / "orchestrator").is_dir():
         parser.error(f"{base} has no src/orchestrator")
+    load_before = os.getloadavg()
     timed = commands(base)
     walls: dict[str, list[float]] = {label: [] for label in timed}
     cpus: dict[str, list[float]] = {label: [] for label in timed}
@@ -92,7 +100,10 @@ def main() -> None:
             cpus[label].append(cpu)
 
     bare_median, bare_min = statistics.median(walls[BARE]), min(walls[BARE])
+    load = " ".join(f"{x:.2f}" for x in load_before) + " -> "
+    load += " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{args.rounds} rounds, {sys.executable}" + (f", base {base}" if base else ""))
+    print(f"bytecode: .pyc files warmed and read; load average (1, 5, 15 min) {load}")
     print(f"{'command':<32}{'median':>8}{'min':>8}{'+median':>9}{'+min':>8}{'cpu':>8}  target")
     for label, samples in walls.items():
         median, low = statistics.median(samples), min(samples)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -20,6 +19,8 @@ class SystemClock:
         return datetime.now(UTC)
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio  # loaded already when a loop runs; kept out of the import of clocks
+
         await asyncio.sleep(max(0.0, seconds))
 
 
@@ -39,6 +40,8 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.advance(max(0.0, seconds))
+        import asyncio
+
         await asyncio.sleep(0)
 
 

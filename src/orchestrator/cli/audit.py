@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -17,6 +15,8 @@ from orchestrator.runid import check_run_id
 @app.command()
 def replay(ctx: typer.Context, run_id: str = RunArg, as_json: bool = JsonOpt) -> None:
     """Re-execute the run's node code against its ledger; check it byte for byte."""
+    import asyncio
+
     rt = _runtime(ctx, access="read")
     report = asyncio.run(rt.replay(run_id))
     if as_json:
@@ -101,6 +101,8 @@ def checkpoints(
 
 
 def _sync(ctx: typer.Context, run_id: str, as_json: bool) -> None:
+    import asyncio
+
     rt = _runtime(ctx)
     taken = asyncio.run(rt.sync_checkpoints(run_id))
     if as_json:

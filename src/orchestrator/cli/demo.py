@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
-from orchestrator import gates, signing
 from orchestrator.cli.options import JsonOpt, SandboxOpt, _config
 from orchestrator.cli.progress import _drive, _finish, _summary
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, out
-from orchestrator.cli.views import state_json
-from orchestrator.sinks import SinkConfig
 
 
 @app.command()
@@ -31,6 +27,11 @@ def demo(
     """Migrate a generated npm-workspaces monorepo from CommonJS to ES modules: one branch
     per package in parallel sandboxes, a signed approval at the merge gate, budget
     receipts, then a byte-identical replay."""
+    import asyncio
+
+    from orchestrator import gates, signing
+    from orchestrator.cli.views import state_json
+    from orchestrator.sinks import SinkConfig
     from orchestrator.workloads import demo as workload
     from orchestrator.workloads.demo.monorepo import make_monorepo
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator import gates, receipts, signing
+from orchestrator import signing
 from orchestrator.cli.options import JsonOpt, RunArg
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, keys_app, out
@@ -63,6 +62,10 @@ def approve(
 ) -> None:
     """Sign a decision on a parked gate and hand it to the run; a run no process drives
     continues here."""
+    import asyncio
+
+    from orchestrator import gates
+
     rt = _runtime(ctx, access="existing")
     state = rt.state(run_id, verify=True)
     if show:
@@ -107,6 +110,8 @@ def show_receipts(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a run's signed budget receipts (from the ledger, or a file sink's copy)."""
+    from orchestrator import receipts
+
     rt = _runtime(ctx, access="read")
     key = rt.signer_public(run_id)
     recorded = rt.state(run_id).receipts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,11 +22,11 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.progress import _drive, _summary
 from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, _runtime, app, err, out
-from orchestrator.cli.views import state_json
-from orchestrator.ledger.events import BaseEvent
-from orchestrator.ledger.state import RunState
-from orchestrator.runtime.engine import Runtime
-from orchestrator.sinks import SinkConfig
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.events import BaseEvent
+    from orchestrator.ledger.state import RunState
+    from orchestrator.runtime.engine import Runtime
 
 
 @app.command("flaky-hunt")
@@ -57,6 +58,7 @@ def flaky_hunt(
 ) -> None:
     """Hunt a flaky test: rerun the suite many times in parallel sandboxes, bisect to the
     first failing commit, build a repro, propose a fix (with --llm), prepare the PR."""
+    from orchestrator.sinks import SinkConfig
     from orchestrator.workloads import flaky_hunt as workload
 
     rt = _runtime(ctx)
@@ -150,6 +152,8 @@ def _hunt_progress(runs: int) -> Callable[[BaseEvent], None]:
 
 
 def _hunt_report(rt: Runtime, state: RunState, as_json: bool) -> None:
+    from orchestrator.cli.views import state_json
+
     if as_json:
         out.print_json(data=state_json(state, rt.live_status(state)))
     else:

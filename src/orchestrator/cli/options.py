@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import ValidationError
 
-from orchestrator.budget import Budget, Prices
-from orchestrator.config import SANDBOX_CHOICES, RunConfig
 from orchestrator.errors import ConfigError
 from orchestrator.runid import check_run_id
+
+if TYPE_CHECKING:
+    from orchestrator.budget import Budget, Prices
+    from orchestrator.config import RunConfig
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -38,6 +39,10 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 def _parse_budget(text: str | None) -> Budget | None:
     """``tokens=N,compute_h=H,spend=USD``: all three, so no dimension is zero by accident."""
+    from pydantic import ValidationError
+
+    from orchestrator.budget import Budget
+
     if not text:
         return None
     names = {
@@ -82,6 +87,10 @@ def _config(
     sandbox: str = "auto",
     **extra: Any,
 ) -> RunConfig:
+    from pydantic import ValidationError
+
+    from orchestrator.config import SANDBOX_CHOICES, RunConfig
+
     gates: dict[str, list[str]] = {}
     for item in approvers:
         gate, sep, key = item.partition("=")
@@ -109,6 +118,10 @@ def _config(
 
 
 def _prices(path: Path | None) -> Prices | None:
+    from pydantic import ValidationError
+
+    from orchestrator.budget import Prices
+
     if path is None:
         return None
     try:

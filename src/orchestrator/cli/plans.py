@@ -26,10 +26,8 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_INVALID, _runtime, app, err, out, plan_app
-from orchestrator.runtime.loader import load_plan, normalize_ref
 from orchestrator.sandbox.roots import default_roots
 from orchestrator.signing import fingerprint
-from orchestrator.sinks import SinkConfig
 
 
 @app.command()
@@ -56,6 +54,9 @@ def run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
+    from orchestrator.runtime.loader import load_plan, normalize_ref
+    from orchestrator.sinks import SinkConfig
+
     plan = load_plan(plan_ref)
     rt = _runtime(ctx)
     config = _config(
@@ -104,6 +105,8 @@ def plan_check(
     as_json: bool = JsonOpt,
 ) -> None:
     """Report every problem in a plan at once; exit 2 when there are any."""
+    from orchestrator.runtime.loader import load_plan
+
     plan = load_plan(plan_ref)
     problems = plan.validate(_config(allow, approver, budget, 256))
     if as_json:

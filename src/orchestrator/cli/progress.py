@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
-from orchestrator import gates
 from orchestrator.cli.root import (
     EXIT_ABORTED,
     EXIT_FAILED,
@@ -17,10 +16,11 @@ from orchestrator.cli.root import (
     err,
     out,
 )
-from orchestrator.cli.views import event_line, run_view, state_json
-from orchestrator.ledger.events import BaseEvent, RunStarted
-from orchestrator.ledger.state import RunState
-from orchestrator.runtime.engine import Runtime
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.events import BaseEvent
+    from orchestrator.ledger.state import RunState
+    from orchestrator.runtime.engine import Runtime
 
 
 def _drive(
@@ -30,6 +30,12 @@ def _drive(
     quiet: bool,
 ) -> RunState:
     """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet)."""
+    import asyncio
+
+    from orchestrator.cli.views import event_line, run_view
+    from orchestrator.ledger.events import RunStarted
+    from orchestrator.ledger.state import RunState
+
     view: dict[str, RunState | None] = {"state": initial}
 
     def fold(event: BaseEvent) -> None:
@@ -64,6 +70,8 @@ def _drive(
 def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
     """Report how the run ended; ``driven`` when this process drove it (and so knows
     whether its last checkpoint reached the store)."""
+    from orchestrator.cli.views import state_json
+
     status = rt.live_status(state)
     if as_json:
         out.print_json(data=state_json(state, status))
@@ -96,6 +104,8 @@ def _warn_unsynced(rt: Runtime, state: RunState) -> None:
 
 
 def _summary(state: RunState, status: str | None = None) -> None:
+    from orchestrator import gates
+
     rid = state.run_id
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")

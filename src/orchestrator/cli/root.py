@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.errors import LedgerError, OrchestratorError, UserError
-from orchestrator.runtime.engine import Runtime, default_home
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.engine import Runtime
 
 app = typer.Typer(
     name="orchestrator",
@@ -81,6 +83,8 @@ def _runtime(
     ``existing``: writes to a run that must already exist, so a missing home is read
     (and the run not found) rather than created; ``write``: creates the home if needed.
     The runtime is closed when the command ends."""
+    from orchestrator.runtime.engine import Runtime, default_home
+
     obj = ctx.find_root().obj or {}
     home = obj.get("home") or default_home()
     create = access == "write" or (

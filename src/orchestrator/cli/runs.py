@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -14,13 +14,13 @@ from rich.table import Table
 from orchestrator.cli.options import JsonOpt, RunArg, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
-from orchestrator.cli.views import node_table, state_json
 from orchestrator.errors import ConfigError, LedgerCorrupt
-from orchestrator.ledger.events import decode
-from orchestrator.ledger.state import TERMINAL_RUN, RunState
 from orchestrator.ledger.store import StoredEvent, parse
 from orchestrator.runid import check_run_id
 from orchestrator.signing import fingerprint
+
+if TYPE_CHECKING:
+    from orchestrator.ledger.state import RunState
 
 
 @app.command("ls")
@@ -51,6 +51,8 @@ def status(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a run: nodes by state, progress, elapsed (live while it runs)."""
+    from orchestrator.cli.views import node_table, state_json
+
     rt = _runtime(ctx, access="read")
     state = rt.state(run_id)
     if as_json:
@@ -116,6 +118,8 @@ def ledger(
 
 def _event_data(run_id: str, row: StoredEvent) -> dict[str, Any]:
     """A stored event's JSON as recorded, once it decodes as a ledger event."""
+    from orchestrator.ledger.events import decode
+
     where = f"run {run_id} seq {row.seq}"
     try:
         decode(row.body)
@@ -220,6 +224,8 @@ def resume(
     """Continue a parked, aborted or interrupted run in this process, from its ledger — or,
     with --from, from its checkpoints in object storage when the local ledger has lost it.
     After a budget abort, --budget gives it a fresh envelope."""
+    from orchestrator.ledger.state import TERMINAL_RUN
+
     envelope = _parse_budget(budget)
     rt = _runtime(ctx, objects=source, access="existing" if source is None else "write")
     restored = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from orchestrator.errors import ConfigError, UserError
 @sandbox_app.command("probe")
 def sandbox_probe(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """Which sandbox backends work here, why the others don't, and which `auto` picks."""
+    import asyncio
+
     from orchestrator.sandbox.cgroups.limiter import cgroups_available
     from orchestrator.sandbox.factory import MICROVM_NOTE, choose, probe_all
 
@@ -70,6 +71,7 @@ def sandbox_exec(
     ),
 ) -> None:
     """Run one command in a fresh sandbox; exit with the command's exit code."""
+    import asyncio
     import tempfile
 
     from orchestrator.sandbox.base import SandboxSpec

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.sandbox.limits import Limits
-from orchestrator.sandbox.snapshot.restore import RestoreResult
-from orchestrator.sandbox.snapshot.scan import Snapshot, SnapshotIndex
-from orchestrator.sandbox.snapshot.store import ChunkStore
+
+if TYPE_CHECKING:
+    from orchestrator.sandbox.snapshot.restore import RestoreResult
+    from orchestrator.sandbox.snapshot.scan import Snapshot, SnapshotIndex
+    from orchestrator.sandbox.snapshot.store import ChunkStore
 
 BackendName = Literal["gvisor", "bwrap", "local"]
 BACKENDS: tuple[BackendName, ...] = ("gvisor", "bwrap", "local")

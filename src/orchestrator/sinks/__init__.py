@@ -4,8 +4,17 @@
 sends a :class:`GateNotice` or :class:`ReceiptNotice` to it with retries and returns a
 :class:`Delivery` (it never raises for a failed delivery: a lost notification must never
 lose a gate or stop a run).
+
+``deliver``, ``notice_key`` and ``slack_payload`` load on first use (PEP 562): a run
+configuration names sinks (``SinkConfig``) long before, or without, sending to one, and
+delivery brings in the retry library.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orchestrator.lazy import lazy_exports
 from orchestrator.sinks.base import (
     NOTICE,
     Delivery,
@@ -15,8 +24,10 @@ from orchestrator.sinks.base import (
     SinkConfig,
     SummaryNotice,
 )
-from orchestrator.sinks.deliver import deliver, notice_key
-from orchestrator.sinks.slack import slack_payload
+
+if TYPE_CHECKING:
+    from orchestrator.sinks.deliver import deliver, notice_key
+    from orchestrator.sinks.slack import slack_payload
 
 __all__ = [
     # configuration
@@ -34,3 +45,10 @@ __all__ = [
     "slack_payload",
     "notice_key",
 ]
+
+_HOMES = {
+    "orchestrator.sinks.deliver": ("deliver", "notice_key"),
+    "orchestrator.sinks.slack": ("slack_payload",),
+}
+if not TYPE_CHECKING:  # type checkers read the imports above, and flag unknown names
+    __getattr__ = lazy_exports(__name__, _HOMES)
