@@ -34,7 +34,12 @@ NodeFn = Callable[["NodeContext", Any], Awaitable[BaseModel]]
 
 
 class Retry(BaseModel):
-    """How a failed attempt is retried. ``on`` lists the retryable exception types."""
+    """How a failed attempt is retried. ``on`` lists the retryable exception types.
+
+    ``exhausted`` is what a failure the policy does not retry (any more) does: ``fail``
+    the node, and so the run; or ``park`` the run with the node due to run again, so a
+    person can fix the cause and ``resume`` (for a last step, such as publishing, whose
+    failure must not throw away the work before it)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -44,6 +49,7 @@ class Retry(BaseModel):
     max_delay: float = Field(default=300.0, ge=0)
     jitter: float = Field(default=0.2, ge=0, le=1)
     on: tuple[type[BaseException], ...] = (Exception,)
+    exhausted: Literal["fail", "park"] = "fail"
 
     @field_validator("on", mode="before")
     @classmethod
@@ -68,8 +74,10 @@ class Retry(BaseModel):
         return "BaseException" in wanted or not wanted.isdisjoint(class_names)
 
     def describe(self) -> dict[str, Any]:
-        data = self.model_dump(exclude={"on"})
+        data = self.model_dump(exclude={"on", "exhausted"})
         data["on"] = sorted(c.__name__ for c in self.on)
+        if self.exhausted != "fail":  # the default stays out: plan digests do not change
+            data["exhausted"] = self.exhausted
         return data
 
 
