@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import typer
 
@@ -58,6 +57,7 @@ def flaky_hunt(
     """Hunt a flaky test: rerun the suite many times in parallel sandboxes, bisect to the
     first failing commit, build a repro, propose a fix (with --llm), prepare the PR."""
     from orchestrator.workloads import flaky_hunt as workload
+    from orchestrator.workloads.flaky_hunt.preflight import check_inputs
 
     rt = _runtime(ctx)
     gated = any(item.startswith("review=") for item in approver)
@@ -78,8 +78,10 @@ def flaky_hunt(
         err.print(
             f"{runs} runs make more than {workload.MAX_BATCHES} batches: {batch} runs per batch"
         )
+    # refused here, before any run exists, rather than after intake and the reruns
+    repo = check_inputs(repo, good, bad, workdir / "checkout")
     values = {
-        "repo": str(Path(repo).resolve()) if Path(repo).exists() else repo,
+        "repo": repo,
         "test": test,
         "runs": runs,
         "batch": batch,
