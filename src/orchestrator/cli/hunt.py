@@ -18,6 +18,7 @@ from orchestrator.cli.options import (
     SandboxOpt,
     _config,
 )
+from orchestrator.cli.hunt_results import FINDINGS, finding, known
 from orchestrator.cli.progress import _drive, _summary
 from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, _runtime, app, err, out
 from orchestrator.cli.views import state_json
@@ -120,6 +121,10 @@ def _hunt_progress(runs: int) -> Callable[[BaseEvent], None]:
             err.print(
                 f"  reruns: {seen['runs']}/{runs} done, {seen['failed']} failed", highlight=False
             )
+        elif isinstance(event, NodeSucceeded) and event.node in FINDINGS:
+            line = finding(event.node, event.outputs)  # on the record: print it now
+            if line is not None:
+                err.print(f"  found: {line}", highlight=False, markup=False)
         elif isinstance(event, EffectRecorded) and event.effect == "log":
             request = event.request if isinstance(event.request, dict) else {}
             fields, message = request.get("fields", {}), request.get("message")
@@ -161,6 +166,9 @@ def _hunt_report(rt: Runtime, state: RunState, as_json: bool) -> None:
             out.print(notifier.outputs["summary"], highlight=False, markup=False)
         elif authored is not None and authored.held is not None:
             out.print(authored.held.outputs["authored"]["description"], markup=False)
+        else:  # ended before its summary: what it found stands, whatever failed after
+            for line in known(state):
+                out.print(line, highlight=False, markup=False)
         _summary(state)
     status = rt.live_status(state)
     if status == "failed":
