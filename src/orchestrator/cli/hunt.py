@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import typer
 
+from orchestrator.cli.hunt_results import FINDINGS, finding, known
 from orchestrator.cli.options import (
     ApproverOpt,
     BudgetOpt,
@@ -18,7 +19,6 @@ from orchestrator.cli.options import (
     SandboxOpt,
     _config,
 )
-from orchestrator.cli.hunt_results import FINDINGS, finding, known
 from orchestrator.cli.progress import _drive, _summary
 from orchestrator.cli.root import EXIT_ABORTED, EXIT_FAILED, EXIT_PARKED, _runtime, app, err, out
 from orchestrator.cli.views import state_json
