@@ -169,16 +169,19 @@ def test_a_failing_run_prints_its_error_once_and_its_dependents_in_one_line(
 
 # ---- a failed publish keeps the results and resumes to publish only ------------------------
 
+RUNS = 100
+
 
 @needs("bwrap")
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_failed_publish_keeps_the_results_and_resumes_to_publish_only(
     tmp_path: Path, home: Path
 ) -> None:
-    fixture = python_repo(tmp_path)
+    fixture = python_repo(tmp_path, commits=8, culprit=5)
     # a branch named like the hunt's branch directory: no ref can be made under it
     git(fixture.path, "branch", "orchestrator", fixture.commits[0])
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "300", "--seed", str(SEED), timeout=240)
+    args = ("--runs", str(RUNS), "--batch", "50", "--seed", str(SEED))
+    done = hunt(home, fixture.path, *UNITTEST, *args, timeout=480)
     assert done.returncode == 3, done.stdout + done.stderr  # parked, not failed
     h = load(home)
     assert h.state.status == "parked"
@@ -186,7 +189,7 @@ def test_a_failed_publish_keeps_the_results_and_resumes_to_publish_only(
     assert h.state.nodes["notifier"].status == "pending"
     rate = h.rate()
     # what the hunt found is printed as it is found, and again in the summary
-    assert f"flaky test: {fixture.test_id} ({rate['failures']}/300 runs failed" in done.stdout
+    assert f"flaky test: {fixture.test_id} ({rate['failures']}/{RUNS} runs failed" in done.stdout
     assert f"first failing commit: {fixture.culprit}" in done.stdout
     repro = h.out("repro-builder")["repro"]["command"]
     assert f"reproduce: {repro}" in done.stdout

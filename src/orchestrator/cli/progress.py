@@ -100,8 +100,11 @@ def _summary(state: RunState, status: str | None = None) -> None:
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
     elif state.status == "failed":
+        failed = state.summary.get("failed", {})
+        upstream = sum(1 for k in failed if k in state.nodes and state.nodes[k].cause == "upstream")
         out.print(
-            f"[red]run {rid} failed[/]: {len(state.summary.get('failed', {}))} node(s) failed"
+            f"[red]run {rid} failed[/]: {len(failed) - upstream} node(s) failed"
+            + (f", {upstream} not run" if upstream else "")
         )
         _failures(state)
     elif state.status == "parked" and state.awaiting():
