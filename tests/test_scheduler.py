@@ -360,3 +360,69 @@ async def test_ctx_vm_is_the_sandbox_door(home: Path) -> None:
         assert state.nodes["vm-user"].outputs == {"n": 42}
         kinds = [e.effect for e in state.nodes["vm-user"].journal]
         assert kinds == ["write", "exec", "read"]
+
+
+class Flag(BaseModel):
+    path: str
+
+
+@node("publish", effects={"fs"}, retry=Retry(max_attempts=2, base_delay=0, exhausted="park"))
+async def publish_when_writable(ctx: NodeContext, inputs: Flag) -> N:
+    ok = await ctx.tool("look", lambda: Path(inputs.path).exists())
+    if not ok:
+        raise PermissionError(f"{inputs.path} is missing")
+    return N(n=1)
+
+
+@node("after-publish")
+async def after_publish(ctx: NodeContext, inputs: N) -> N:
+    return N(n=inputs.n + 1)
+
+
+@node("measured")
+async def measured(ctx: NodeContext, inputs: Flag) -> Flag:
+    return inputs
+
+
+def parking_plan() -> Plan:
+    plan = Plan("parking", inputs=Flag)
+    first = plan.add(measured, path=plan.input("path"))
+    published = plan.add(publish_when_writable, path=first.out.path)
+    plan.add(after_publish, n=published.out.n)
+    return plan
+
+
+async def test_a_node_that_parks_on_failure_leaves_the_run_resumable(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    flag = tmp_path / "writable"
+    plan = parking_plan()
+    parked = await rt.start(plan, {"path": str(flag)})
+    assert parked.status == "parked"
+    assert parked.nodes["measured"].status == "succeeded"
+    assert parked.nodes["publish"].status == "retrying"
+    assert parked.nodes["publish"].attempt == 2
+    assert parked.nodes["after-publish"].status == "pending"
+    run_id = parked.run_id
+    evs = events(rt, run_id)
+    assert not any(isinstance(e, NodeFailed) for e in evs)
+    assert [e.reason for e in evs if isinstance(e, RunParked)] == [
+        "publish failed; fix the cause, then resume the run"
+    ]
+    assert (await rt.replay(run_id, plan)).ok
+
+    # resumed before the cause is fixed: one more attempt, parked again
+    again = await rt.resume(run_id, plan)
+    assert (again.status, again.nodes["publish"].attempt) == ("parked", 3)
+
+    flag.write_text("")
+    done = await rt.resume(run_id, plan)
+    assert done.status == "succeeded"
+    assert done.nodes["after-publish"].outputs == {"n": 2}
+    evs = events(rt, run_id)
+    resumed_at = max(i for i, e in enumerate(evs) if e.kind == "RunResumed")
+    rerun = [e.node for e in evs[resumed_at:] if isinstance(e, NodeDispatched)]
+    assert rerun == ["publish", "after-publish"]  # what succeeded before is not run again
+    assert sum(isinstance(e, NodeDispatched) and e.node == "measured" for e in evs) == 1
+    report = await rt.replay(run_id, plan)
+    assert report.ok, report.divergence

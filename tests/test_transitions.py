@@ -70,3 +70,20 @@ def test_valid_outputs_succeed_or_park_at_the_nodes_gate() -> None:
     fields = parked.event_fields("n", 1)
     assert (fields["gate"], fields["outputs"]) == ("review", outputs)
     assert fields["digest"] == gates.held_digest(outputs, fields["review"])
+
+
+def test_a_policy_that_parks_keeps_the_node_due_instead_of_failing_it() -> None:
+    retry = Retry(max_attempts=2, on=(KeyError,), exhausted="park")
+    # out of attempts, or an error it does not retry: due again, once the run resumes
+    assert after_failure(retry, 7, "n", 2, BOOM, "error") == RetryLater(BOOM, 0.0, park=True)
+    assert after_failure(retry, 7, "n", 1, BOOM, "error") == RetryLater(BOOM, 0.0, park=True)
+    # each resume grants one more attempt, parked again if it fails too
+    assert after_failure(retry, 7, "n", 5, BOOM, "timeout").park
+    # a person's rejection is a decision, not a failure to wait out
+    rejected = gates.rejection("no")
+    assert after_failure(retry, 7, "n", 2, rejected, "rejected") == Fail("rejected", rejected)
+
+
+def test_parking_is_in_the_plan_digest_only_when_chosen() -> None:
+    assert "exhausted" not in Retry(max_attempts=3).describe()
+    assert Retry(exhausted="park").describe()["exhausted"] == "park"

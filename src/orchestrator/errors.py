@@ -31,7 +31,9 @@ OrchestratorError
 ├── ProviderError           a model call failed after the SDK's own retries
 ├── GitHubError             GitHub refused or could not be reached
 └── NodeError               raised inside node bodies, recorded in the ledger
+    ├── TransientError      likely to pass if tried again as is (network, a busy service)
     ├── EffectFailed        an effect raised; re-raised identically on resume/replay
+    │   └── TransientEffectFailed  …with a TransientError (also a TransientError)
     ├── EffectNotDeclared   a node used an effect it did not declare
     ├── NodeTimeout         a node exceeded its declared timeout
     ├── NonDeterminism      a re-run body asked for a different effect than its journal
@@ -229,6 +231,12 @@ class NodeError(OrchestratorError):
     pass
 
 
+class TransientError(NodeError):
+    """A failure likely to pass if tried again as is: the network, a busy service. Retry
+    policies name it (``Retry(on=TransientError)``) so that a deterministic failure,
+    such as a repository that does not exist, is not tried again."""
+
+
 class EffectFailed(NodeError):
     """An effect raised. Carries the original exception's type name and message."""
 
@@ -237,6 +245,10 @@ class EffectFailed(NodeError):
         self.type_name = type_name
         self.classes = classes
         super().__init__(f"{effect} effect failed: {type_name}: {message}")
+
+
+class TransientEffectFailed(EffectFailed, TransientError):
+    """An effect raised a :class:`TransientError`: retryable like one."""
 
 
 class EffectNotDeclared(NodeError):

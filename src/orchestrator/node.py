@@ -36,7 +36,12 @@ NodeFn = Callable[["NodeContext", Any], Awaitable[BaseModel]]
 class Retry(BaseModel):
     """How a failed attempt is retried. ``on`` lists the retryable exception types;
     ``never`` the ones no attempt could fix (a refusal), not retried even when ``on``
-    matches them."""
+    matches them.
+
+    ``exhausted`` is what a failure the policy does not retry (any more) does: ``fail``
+    the node, and so the run; or ``park`` the run with the node due to run again, so a
+    person can fix the cause and ``resume`` (for a last step, such as publishing, whose
+    failure must not throw away the work before it)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -47,6 +52,7 @@ class Retry(BaseModel):
     jitter: float = Field(default=0.2, ge=0, le=1)
     on: tuple[type[BaseException], ...] = (Exception,)
     never: tuple[type[BaseException], ...] = ()
+    exhausted: Literal["fail", "park"] = "fail"
 
     @field_validator("on", "never", mode="before")
     @classmethod
@@ -74,10 +80,13 @@ class Retry(BaseModel):
         return "BaseException" in wanted or not wanted.isdisjoint(names)
 
     def describe(self) -> dict[str, Any]:
-        data = self.model_dump(exclude={"on", "never"})
+        data = self.model_dump(exclude={"on", "never", "exhausted"})
         data["on"] = sorted(c.__name__ for c in self.on)
-        if self.never:  # absent when empty: plans that use none keep their digest
+        # absent at their defaults: plans that use neither keep their digest
+        if self.never:
             data["never"] = sorted(c.__name__ for c in self.never)
+        if self.exhausted != "fail":
+            data["exhausted"] = self.exhausted
         return data
 
 

@@ -19,14 +19,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.errors import BranchRefused, ConfigError, EffectFailed
-from orchestrator.runtime.context import NodeContext
+from orchestrator.agents.diagnosis import is_transient
+from orchestrator.errors import BranchRefused, ConfigError, EffectFailed, TransientError
+from orchestrator.runtime.context import NodeContext, output_tail
 
 
 def git(*args: str, cwd: str | Path | None = None) -> str:
+    """Run git; a failure raises TransientError when retrying may help, else ConfigError."""
     done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+        failed = TransientError if is_transient(done.stderr) else ConfigError
+        raise failed(f"git {' '.join(args)} failed: {output_tail(done.stderr, 2000)}")
     return done.stdout.strip()
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from orchestrator.cli.hunt_results import FINDINGS, finding, known
 from orchestrator.cli.options import (
     ApproverOpt,
     BudgetOpt,
@@ -60,6 +60,7 @@ def flaky_hunt(
     first failing commit, build a repro, propose a fix (with --llm), prepare the PR."""
     from orchestrator.sinks import SinkConfig
     from orchestrator.workloads import flaky_hunt as workload
+    from orchestrator.workloads.flaky_hunt.preflight import check_inputs
 
     rt = _runtime(ctx)
     gated = any(item.startswith("review=") for item in approver)
@@ -80,8 +81,10 @@ def flaky_hunt(
         err.print(
             f"{runs} runs make more than {workload.MAX_BATCHES} batches: {batch} runs per batch"
         )
+    # refused here, before any run exists, rather than after intake and the reruns
+    repo = check_inputs(repo, good, bad, workdir / "checkout")
     values = {
-        "repo": str(Path(repo).resolve()) if Path(repo).exists() else repo,
+        "repo": repo,
         "test": test,
         "runs": runs,
         "batch": batch,
@@ -120,6 +123,10 @@ def _hunt_progress(runs: int) -> Callable[[BaseEvent], None]:
             err.print(
                 f"  reruns: {seen['runs']}/{runs} done, {seen['failed']} failed", highlight=False
             )
+        elif isinstance(event, NodeSucceeded) and event.node in FINDINGS:
+            line = finding(event.node, event.outputs)  # on the record: print it now
+            if line is not None:
+                err.print(f"  found: {line}", highlight=False, markup=False)
         elif isinstance(event, EffectRecorded) and event.effect == "log":
             request = event.request if isinstance(event.request, dict) else {}
             fields, message = request.get("fields", {}), request.get("message")
@@ -163,6 +170,9 @@ def _hunt_report(rt: Runtime, state: RunState, as_json: bool) -> None:
             out.print(notifier.outputs["summary"], highlight=False, markup=False)
         elif authored is not None and authored.held is not None:
             out.print(authored.held.outputs["authored"]["description"], markup=False)
+        else:  # ended before its summary: what it found stands, whatever failed after
+            for line in known(state):
+                out.print(line, highlight=False, markup=False)
         _summary(state)
     status = rt.live_status(state)
     if status == "failed":

@@ -110,11 +110,13 @@ def _summary(state: RunState, status: str | None = None) -> None:
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
     elif state.status == "failed":
+        failed = state.summary.get("failed", {})
+        upstream = sum(1 for k in failed if k in state.nodes and state.nodes[k].cause == "upstream")
         out.print(
-            f"[red]run {rid} failed[/]: {len(state.summary.get('failed', {}))} node(s) failed"
+            f"[red]run {rid} failed[/]: {len(failed) - upstream} node(s) failed"
+            + (f", {upstream} not run" if upstream else "")
         )
-        for node, why in state.summary.get("failed", {}).items():
-            out.print(f"  [red]{escape(node)}[/]: {escape(why)}", highlight=False)
+        _failures(state)
     elif state.status == "parked" and state.awaiting():
         out.print(f"[magenta]run {rid} parked[/], waiting for a decision:")
         for ns in state.awaiting():
@@ -124,6 +126,13 @@ def _summary(state: RunState, status: str | None = None) -> None:
                 out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
     elif state.status == "parked":
         out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+        for ns in state.retrying():  # a node whose policy parks the run when it fails
+            if ns.error is not None:
+                out.print(
+                    f"  [yellow]{escape(ns.id)}[/] failed (attempt {ns.attempt}): "
+                    f"{escape(str(ns.error))}\n  fix the cause, then resume: it runs again",
+                    highlight=False,
+                )
     elif status == "interrupted":
         out.print(
             f"[yellow]run {rid} stopped[/] with {len(state.in_flight())} node(s) in flight; "
@@ -135,4 +144,23 @@ def _summary(state: RunState, status: str | None = None) -> None:
         out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
         out.print(
             f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
+        )
+
+
+def _failures(state: RunState) -> None:
+    """Each root cause whole, once; the nodes that never ran because of it in one line."""
+    dependents: list[str] = []
+    for node in state.summary.get("failed", {}):
+        ns = state.nodes.get(node)
+        if ns is None or ns.error is None:
+            continue
+        if ns.cause == "upstream":
+            dependents.append(node)
+            continue
+        out.print(f"  [red]{escape(node)}[/]: {ns.cause}: {escape(str(ns.error))}", highlight=False)
+    if dependents:
+        out.print(
+            f"  not run, as what they need failed ({len(dependents)}): "
+            + escape(", ".join(dependents)),
+            highlight=False,
         )

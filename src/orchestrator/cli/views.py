@@ -14,6 +14,7 @@ from orchestrator.ledger.events import (
     BaseEvent,
     BudgetRefused,
     CheckpointFailed,
+    ErrorInfo,
     GateDecided,
     GateParked,
     NodeDispatched,
@@ -83,7 +84,7 @@ def headline(state: RunState, status: str, now: datetime | None = None) -> Rende
 def _note(ns: NodeState, run_id: str) -> str:
     if ns.status in ("failed", "retrying") and ns.error is not None:
         prefix = f"{ns.cause}: " if ns.cause else ""
-        return (prefix + str(ns.error))[:120]
+        return prefix + first_line(ns.error, 120 - len(prefix))
     if ns.resumed_from:
         return f"resumed at effect #{ns.resumed_from[-1]}"
     if ns.status == "running":
@@ -129,9 +130,12 @@ def event_line(event: BaseEvent) -> str | None:
     if isinstance(event, NodeSucceeded):
         return f"succeeded {event.node}"
     if isinstance(event, NodeFailed):
-        return f"failed    {event.node}: {event.cause}: {event.reason}"
+        # the error itself is printed once, whole, in the run's summary at the end
+        if event.cause == "upstream":
+            return None
+        return f"failed    {event.node}: {event.cause}: {event.reason.type} (see below)"
     if isinstance(event, RetryScheduled):
-        return f"retry     {event.node} in {event.delay:.2f}s after {event.reason}"
+        return f"retry     {event.node} in {event.delay:.2f}s after {first_line(event.reason)}"
     if isinstance(event, NodeResumed):
         return f"resumed   {event.node} attempt {event.attempt} at effect #{event.from_index}"
     if isinstance(event, SandboxChosen):
@@ -153,6 +157,12 @@ def event_line(event: BaseEvent) -> str | None:
     if isinstance(event, RunCompleted):
         return f"run {event.status}"
     return None
+
+
+def first_line(error: ErrorInfo, limit: int = 160) -> str:
+    """An error in one line: its type and the start of its message."""
+    line = str(error).strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def state_json(state: RunState, status: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from orchestrator.errors import (
     NodeError,
     NonDeterminism,
     SandboxError,
+    TransientEffectFailed,
 )
 from orchestrator.ledger.events import EffectRecorded, ErrorInfo
 from orchestrator.models.base import Completion, CompletionRequest, Message, Provider
@@ -357,9 +358,8 @@ class NodeContext:
         data = await self._effect("exec", request, perform)
         result = ExecResult.model_validate(data)
         if check and result.code != 0:
-            raise ExecFailed(
-                f"{' '.join(argv)} exited {result.code}: {(result.stderr or result.stdout)[-500:]}"
-            )
+            output = output_tail(result.stderr or result.stdout)
+            raise ExecFailed(f"{' '.join(argv)} exited {result.code}:\n{output}")
         return result
 
     async def read(self, path: str) -> str:
@@ -494,8 +494,29 @@ class VM:
 def _unwrap(kind: str, response: Any) -> Any:
     if isinstance(response, dict) and "error" in response:
         err = response["error"]
-        raise EffectFailed(kind, err["type"], err["message"], list(err.get("classes", [])))
+        classes = list(err.get("classes", []))
+        failed = TransientEffectFailed if "TransientError" in classes else EffectFailed
+        raise failed(kind, err["type"], err["message"], classes)
     return response["ok"] if isinstance(response, dict) else response
+
+
+def output_tail(text: str, limit: int = 3000) -> str:
+    """The end of a command's output, in whole lines (the error is usually last); a cut
+    is marked, never made mid-word."""
+    text = text.rstrip()
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    size = 0
+    for line in reversed(text.splitlines()):
+        if size + len(line) + 1 > limit:
+            if not kept:  # one huge line: its end, from a word boundary
+                words = line[-limit:].split(" ", 1)
+                kept.append(words[-1])
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "[... earlier output cut ...]\n" + "\n".join(reversed(kept))
 
 
 def _short(value: Any, limit: int = 200) -> str:

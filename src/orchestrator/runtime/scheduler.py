@@ -148,6 +148,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._fatal: Exception | None = None
         self._signals = 0
+        self._park_reason: str | None = None
         self.interrupted = False
         """Set by a second SIGINT/SIGTERM: attempts were stopped, the run left resumable."""
 
@@ -497,6 +498,9 @@ class Scheduler:
         decision = after_failure(retry, self.state.seed, node, attempt, error, cause)
         if isinstance(decision, RetryLater):
             self._schedule_retry(node, attempt, decision)
+            if decision.park:
+                self.request_pause(f"{node} failed: {error.type}")
+                self._park_reason = f"{node} failed; fix the cause, then resume the run"
         else:
             self.writer.stage(NodeFailed, **decision.event_fields(node, attempt))
 
@@ -532,7 +536,7 @@ class Scheduler:
         if state.status == "aborting":
             self.reporter.abort()
         elif state.status == "pausing" and state.unfinished():
-            writer.stage(RunParked, reason="paused")
+            writer.stage(RunParked, reason=self._park_reason or "paused")
         elif state.awaiting():
             waiting = ", ".join(
                 f"{ns.id} at gate {ns.held.gate}" for ns in state.awaiting() if ns.held

@@ -64,10 +64,12 @@ def after_success(gate: str | None, outputs: dict[str, Any]) -> Succeed | Park:
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
-    """Run the node again after ``delay`` seconds."""
+    """Run the node again after ``delay`` seconds; ``park``: not before the run is
+    resumed (its policy gave up, and parks the run rather than fail it)."""
 
     reason: ErrorInfo
     delay: float
+    park: bool = False
 
     def event_fields(self, node: str, attempt: int, now: datetime) -> dict[str, Any]:
         """The RetryScheduled fields (all but its timestamp) when decided at ``now``."""
@@ -98,10 +100,14 @@ def after_failure(
 ) -> RetryLater | Fail:
     """A failed attempt (an error, a timeout or a rejection, named by ``cause``) is retried
     if the node's policy retries its error class and attempts remain; else the node fails,
-    with cause ``retries_exhausted`` once a retrying policy has run out."""
+    with cause ``retries_exhausted`` once a retrying policy has run out, or, under a
+    policy that parks, waits to run again once the run is resumed (a person's rejection
+    is never parked: it fails as decided)."""
     retryable = retry.retries(error.classes)
     if retryable and attempt < retry.max_attempts:
         return RetryLater(error, retry.delay(attempt, unit_random(seed, node, attempt)))
+    if retry.exhausted == "park" and cause != "rejected":
+        return RetryLater(error, 0.0, park=True)
     if retryable and retry.max_attempts > 1:
         cause = "retries_exhausted"
     return Fail(cause, error)

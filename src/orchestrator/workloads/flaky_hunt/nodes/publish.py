@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from orchestrator.agents import host
 from orchestrator.agents.budgets import worst_case
 from orchestrator.agents.intake import Intake
-from orchestrator.errors import BranchRefused
+from orchestrator.errors import TransientError
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
 from orchestrator.sinks import SinkConfig, SummaryNotice, deliver
@@ -145,7 +145,8 @@ class OpenInputs(BaseModel):
     effects={"fs", "net"},
     timeout=600,
     budget=worst_case(600),
-    retry=Retry(max_attempts=3, base_delay=2, never=BranchRefused),
+    # only the network is retried; any other failure parks the run, resumable once fixed
+    retry=Retry(max_attempts=3, base_delay=2, on=TransientError, exhausted="park"),
 )
 async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
     """Publish the reviewed patch as a branch; open the pull request when a GitHub
