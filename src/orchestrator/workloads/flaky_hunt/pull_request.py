@@ -246,7 +246,7 @@ def _how_often(f: HuntFacts, path: str) -> str:
         return (
             f"The command pins the seed {f.repro_seed}, with which the test failed on every "
             "try at the first failing commit: it is deterministic, one run reproduces the "
-            f"failure. Without that seed the test fails about {_pct(f.rate)} of the time. " + script
+            f"failure. With other seeds it fails about {_pct(f.rate)} of the time. " + script
         )
     odds = "one run usually passes" if f.rate < 0.5 else "a single run may pass"
     return f"It fails about {_pct(f.rate)} of the time, so {odds}. " + script
@@ -286,8 +286,8 @@ def _bisection(f: HuntFacts) -> str:
 
 def _fix(f: HuntFacts) -> str:
     if f.fix_diff is None:
-        who = "a person decides at the review gate" if f.review_gate else "this is left to review"
-        return f"## Fix\n\nNo fix proposed: {who}.\n"
+        gate = ": a person decides at the review gate" if f.review_gate else ""
+        return f"## Fix\n\nNo fix proposed{gate}.\n"
     lines = ["## Fix", ""]
     if f.fix_verified and f.rate_after is not None:
         failed, ran = f.rate_after
