@@ -105,7 +105,7 @@ def test_a_repository_is_named_by_its_remote_or_its_directory() -> None:
 
 
 def local_repo(tmp_path: Path, branch: str = "master") -> FixtureRepo:
-    fixture = python_repo(tmp_path, commits=12, culprit=7)
+    fixture = python_repo(tmp_path, commits=8, culprit=5)
     git(fixture.path, "branch", "-m", "main", branch)
     git(fixture.path, "config", "user.name", "Repo Person")
     git(fixture.path, "config", "user.email", "person@example.org")
@@ -167,7 +167,7 @@ def test_a_malformed_author_is_refused_before_any_work(tmp_path: Path) -> None:
 
 
 def run_hunt(home: Path, repo: Path, *args: str) -> tuple[str, RunState, str]:
-    done = cli(home, "flaky-hunt", "--repo", str(repo), *HUNT, *args, timeout=280)
+    done = cli(home, "flaky-hunt", "--repo", str(repo), *HUNT, *args, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     with Runtime(home=home) as rt:
         run_id = rt.runs()[-1].run_id
@@ -213,7 +213,7 @@ def check_the_pull_request(
     return authored
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(660)
 @needs("bwrap")
 def test_the_pull_request_is_by_the_repositorys_user_on_its_default_branch(
     tmp_path: Path,
@@ -232,7 +232,7 @@ def test_the_pull_request_is_by_the_repositorys_user_on_its_default_branch(
     assert cli(home, "replay", run_id, timeout=120).returncode == 0
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(660)
 @needs("bwrap")
 def test_the_author_option_and_the_remotes_default_branch(tmp_path: Path) -> None:
     fixture = local_repo(tmp_path, branch="master")
