@@ -29,6 +29,17 @@ if TYPE_CHECKING:
     from orchestrator.runtime.engine import Runtime
 
 
+def _check_author(value: str | None) -> str | None:
+    from orchestrator.agents.repo_facts import parse_signature
+
+    if value is not None:
+        try:
+            parse_signature(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 @app.command("flaky-hunt")
 def flaky_hunt(
     ctx: typer.Context,
@@ -38,7 +49,15 @@ def flaky_hunt(
     batch: int = typer.Option(25, "--batch", min=1, help="Reruns per sandbox"),
     good: str | None = typer.Option(None, "--good", help="A revision known to pass"),
     bad: str = typer.Option("HEAD", "--bad", help="The revision that flakes"),
-    base: str = typer.Option("main", "--base", help="The branch the pull request targets"),
+    base: str | None = typer.Option(
+        None, "--base", help="The branch the pull request targets (default: the repository's)"
+    ),
+    author: str | None = typer.Option(
+        None,
+        "--author",
+        help="'Name <email>' the commit is by (default: the repository's git user)",
+        callback=_check_author,
+    ),
     github: str | None = typer.Option(
         None, "--github", help="OWNER/REPO to open the pull request in (token: GITHUB_TOKEN)"
     ),
@@ -92,6 +111,7 @@ def flaky_hunt(
         "bad": bad,
         "workdir": str(workdir),
         "base": base,
+        "author": author,
         "github": github,
         "github_api": github_api,
         "seed": seed,

@@ -88,15 +88,16 @@ def build_plan(author: NodeSpec = pr_author) -> Plan:
     authored = plan.add(
         author,
         repo=i("repo"),
+        workdir=i("workdir"),
+        base=i("base"),
+        author=i("author"),
         report=report.out.report,
         bisected=bisected.out.bisected,
         repro=repro.out.repro,
         fix=fix.out.fix,
         **shared,
     )
-    published: dict[str, Any] = {
-        k: i(k) for k in ("repo", "workdir", "base", "github", "github_api")
-    }
+    published: dict[str, Any] = {k: i(k) for k in ("repo", "workdir", "github", "github_api")}
     opened = plan.add(
         pr_open,
         **published,

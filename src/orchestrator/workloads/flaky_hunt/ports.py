@@ -18,7 +18,8 @@ class HuntInputs(BaseModel):
     good: str | None = None
     bad: str = "HEAD"
     workdir: str
-    base: str = "main"
+    base: str | None = None  # None: the repository's default branch
+    author: str | None = None  # "Name <email>"; None: the repository's git identity
     github: str | None = None
     github_api: str | None = None
     seed: int | None = None
@@ -72,6 +73,7 @@ class Repro(BaseModel):
     seed: int | None
     fails_on_bad: bool
     passes_on_parent: bool
+    fails_every_run: bool = False  # the pinned seed failed on every try on the first bad commit
 
 
 class Fix(BaseModel):
@@ -89,6 +91,8 @@ class Authored(BaseModel):
     description: str
     diff: str
     facts: HuntFacts
+    base: str = "main"  # the branch the pull request targets
+    git_env: dict[str, str] = {}  # the identity and date the commit was made with
 
 
 class Opened(BaseModel):
@@ -97,6 +101,7 @@ class Opened(BaseModel):
     pull_request: str | None
     patch_file: str
     note: str
+    description_file: str | None = None
 
 
 class Summary(BaseModel):

@@ -45,6 +45,9 @@ class HuntFacts(BaseModel):
     Rates are fractions in [0, 1]: ``rate`` is the measured failure rate before any fix
     (``failures`` of ``runs``), ``low``/``high`` its 95% confidence interval.
     ``miss_chance`` is the bisection's stated bound on calling a bad commit good.
+    ``repro_seed`` is the seed the repro pins (if any) and ``fails_every_run`` whether
+    with it the test failed on every try at the first failing commit; ``review_gate``
+    whether a person reviews the pull request before it is published.
     """
 
     repo: str
@@ -60,12 +63,15 @@ class HuntFacts(BaseModel):
     first_bad_diffstat: str = ""
     parent: str | None = None
     repro: str = Field(min_length=1)
+    repro_seed: int | None = None
+    fails_every_run: bool = False
     trials_per_commit: int = Field(gt=0)
     miss_chance: float = Field(gt=0, lt=1)
     fix_diff: str | None = None
     fix_verified: bool = False
     rate_after: tuple[int, int] | None = None
     bisect_log: list[str] = Field(default_factory=list)
+    review_gate: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> HuntFacts:
@@ -222,15 +228,28 @@ def _reproduce(f: HuntFacts, path: str) -> str:
                 "",
                 _fence(f.repro, "sh"),
                 "",
-                f"It fails about {_pct(f.rate)} of the time, so one run usually passes. The script "
-                f"{_code(path)} runs it up to {f.trials_per_commit} times and exits non-zero at "
-                "the first failure:",
+                _how_often(f, path),
                 "",
                 _fence(f"sh {_sh_word(path)}", "sh"),
             ]
         )
         + "\n"
     )
+
+
+def _how_often(f: HuntFacts, path: str) -> str:
+    script = (
+        f"The script {_code(path)} runs it up to {f.trials_per_commit} times and exits "
+        "non-zero at the first failure:"
+    )
+    if f.fails_every_run and f.repro_seed is not None:
+        return (
+            f"The command pins the seed {f.repro_seed}, with which the test failed on every "
+            "try at the first failing commit: it is deterministic, one run reproduces the "
+            f"failure. With other seeds it fails about {_pct(f.rate)} of the time. " + script
+        )
+    odds = "one run usually passes" if f.rate < 0.5 else "a single run may pass"
+    return f"It fails about {_pct(f.rate)} of the time, so {odds}. " + script
 
 
 def _bisection(f: HuntFacts) -> str:
@@ -267,7 +286,8 @@ def _bisection(f: HuntFacts) -> str:
 
 def _fix(f: HuntFacts) -> str:
     if f.fix_diff is None:
-        return "## Fix\n\nNo fix proposed: a person decides at the review gate.\n"
+        gate = ": a person decides at the review gate" if f.review_gate else ""
+        return f"## Fix\n\nNo fix proposed{gate}.\n"
     lines = ["## Fix", ""]
     if f.fix_verified and f.rate_after is not None:
         failed, ran = f.rate_after
@@ -275,7 +295,8 @@ def _fix(f: HuntFacts) -> str:
     elif f.fix_verified:
         lines.append("Verified by the hunt.")
     else:
-        lines.append("Not verified: review it with care; a person decides at the review gate.")
+        gate = "; a person decides at the review gate" if f.review_gate else ""
+        lines.append(f"Not verified: review it with care{gate}.")
     diff = _clip_block(f.fix_diff.rstrip(), DIFF_LIMIT, "the full change is on this branch")
     lines += ["", _fence(diff, "diff")]
     return "\n".join(lines) + "\n"
@@ -308,7 +329,15 @@ def repro_script(f: HuntFacts) -> str:
         ]
     facts += [
         "",
-        "One run usually passes, so this runs the command up to N times (default",
+        *(
+            [
+                f"The command pins the seed {f.repro_seed}, with which the test failed on",
+                "every try at the first failing commit: one run should reproduce it. Still,",
+                "this runs the command up to N times (default",
+            ]
+            if f.fails_every_run and f.repro_seed is not None
+            else ["One run usually passes, so this runs the command up to N times (default"]
+        ),
         f"{n}, as many as each bisection step used; or the first argument). If a bad",
         f"commit fails at the measured rate, {n} runs all pass with probability",
         f"about {_pct((1 - f.rate) ** n) if f.rate < 1 else '0%'}.",

@@ -232,5 +232,9 @@ async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
     records = await run_seeds(ctx, intake, seeds, intake.argv)
     on_parent = sum(1 for r in records if report.target in failed_ids(intake, r))
     return Repro(
-        command=command, seed=seed, fails_on_bad=on_bad > 0, passes_on_parent=on_parent == 0
+        command=command,
+        seed=seed,
+        fails_on_bad=on_bad > 0,
+        passes_on_parent=on_parent == 0,
+        fails_every_run=seed is not None and on_bad == trials,
     )

@@ -4,6 +4,7 @@ publishes exactly the reviewed patch and opens the pull request; ``notifier`` su
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from orchestrator.agents import host
 from orchestrator.agents.budgets import worst_case
 from orchestrator.agents.intake import Intake
+from orchestrator.agents.repo_facts import RepoFacts, Signature, parse_signature, read_repo_facts
 from orchestrator.errors import TransientError
 from orchestrator.node import Retry, node
 from orchestrator.runtime.context import NodeContext
@@ -30,6 +32,9 @@ from orchestrator.workloads.flaky_hunt.ports import (
 )
 from orchestrator.workloads.flaky_hunt.seeded_runs import checkout
 
+FALLBACK_IDENTITY = Signature(name="Orchestrator", email="orchestrator@localhost.invalid")
+"""Who commits when neither ``--author`` nor the repository's git config names anyone."""
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Orchestrator",
     "GIT_AUTHOR_EMAIL": "orchestrator@localhost.invalid",
@@ -42,6 +47,9 @@ GIT_ENV = {
 
 class AuthorInputs(BaseModel):
     repo: str
+    workdir: str
+    base: str | None
+    author: str | None
     intake: Intake
     report: Report
     bisected: Bisected
@@ -50,11 +58,12 @@ class AuthorInputs(BaseModel):
     prepared_dir: str
 
 
-def facts_of(inputs: AuthorInputs) -> pr.HuntFacts:
+def facts_of(inputs: AuthorInputs, *, name: str, review_gate: bool) -> pr.HuntFacts:
+    """The hunt's facts, the repository named ``name`` (never a host path)."""
     report, found, fix = inputs.report, inputs.bisected, inputs.fix
     rate = next((r for r in report.rates if r.test == report.target), None)
     return pr.HuntFacts(
-        repo=inputs.repo,
+        repo=name,
         test=report.target or "(none)",
         runner=inputs.intake.runner.framework,
         runs=max(1, report.runs),
@@ -67,6 +76,8 @@ def facts_of(inputs: AuthorInputs) -> pr.HuntFacts:
         first_bad_diffstat=found.diffstat,
         parent=found.parent,
         repro=inputs.repro.command,
+        repro_seed=inputs.repro.seed,
+        fails_every_run=inputs.repro.fails_every_run,
         trials_per_commit=max(1, found.trials_per_commit),
         miss_chance=MISS,
         fix_diff=fix.diff if fix.verified else None,
@@ -75,24 +86,80 @@ def facts_of(inputs: AuthorInputs) -> pr.HuntFacts:
         if fix.verified and fix.failures_after is not None and fix.runs_after is not None
         else None,
         bisect_log=found.log,
+        review_gate=review_gate,
     )
+
+
+def git_env(author: Signature, committer: Signature, when: datetime) -> dict[str, str]:
+    """The environment a commit by ``author``, committed by ``committer`` at ``when``
+    (recorded, so a replay makes the same bytes), is made with."""
+    date = f"{int(when.timestamp())} +0000"
+    return {
+        "GIT_AUTHOR_NAME": author.name,
+        "GIT_AUTHOR_EMAIL": author.email,
+        "GIT_COMMITTER_NAME": committer.name,
+        "GIT_COMMITTER_EMAIL": committer.email,
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_DATE": date,
+    }
+
+
+async def _start_point(ctx: NodeContext, sha: str, base: str) -> str:
+    """The tip of ``base`` in the clone when it holds the hunted commit ``sha`` (so the
+    pull request is on the branch it targets), else ``sha`` itself."""
+    tip = await ctx.exec(
+        ["git", "rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{base}^{{commit}}"]
+    )
+    if not tip.ok or not tip.stdout.strip():
+        return sha
+    holds = await ctx.exec(["git", "merge-base", "--is-ancestor", sha, tip.stdout.strip()])
+    return tip.stdout.strip() if holds.ok else sha
 
 
 async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
     """A branch with the repro script (and the verified fix), its description and patch."""
-    facts = facts_of(inputs)
+    return await _author(ctx, inputs, review_gate=False)
+
+
+async def reviewed_author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
+    """:func:`author`, for a pull request a person reviews at the gate."""
+    return await _author(ctx, inputs, review_gate=True)
+
+
+async def _author(ctx: NodeContext, inputs: AuthorInputs, *, review_gate: bool) -> AuthoredOut:
+    # who commits, the target branch and the date: decided once, on the record
+    known = RepoFacts.model_validate(
+        await ctx.tool(
+            "repo-facts",
+            read_repo_facts,
+            inputs.repo,
+            inputs.intake.sha,
+            f"{inputs.workdir}/checkout",
+        )
+    )
+    committer = known.identity or FALLBACK_IDENTITY
+    signed = parse_signature(inputs.author) if inputs.author else committer
+    env = git_env(signed, committer, await ctx.now())
+    base = inputs.base or known.default_branch or "main"
+    facts = facts_of(inputs, name=known.name, review_gate=review_gate)
     branch = host.branch_for_run(pr.branch_name(facts.test), ctx.run_id)
-    await checkout(ctx, inputs.intake.sha)
-    await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
     script_path = pr.repro_path(facts.test)
-    await ctx.write(script_path, pr.repro_script(facts))
-    await ctx.exec(["chmod", "+x", script_path], check=True)
-    if facts.fix_diff:
-        await ctx.exec(
+    start = await _start_point(ctx, inputs.intake.sha, base)
+    while True:
+        await checkout(ctx, start)
+        await ctx.exec(["git", "checkout", "--quiet", "-B", branch], check=True)
+        await ctx.write(script_path, pr.repro_script(facts))
+        await ctx.exec(["chmod", "+x", script_path], check=True)
+        if not facts.fix_diff:
+            break
+        applied = await ctx.exec(
             ["git", "apply", "--index", "--whitespace=nowarn", "-"],
             stdin=facts.fix_diff,
-            check=True,
+            check=start == inputs.intake.sha,
         )
+        if applied.ok:
+            break
+        start = inputs.intake.sha  # the fix does not apply on the tip: on the hunted commit
     # Only the repro script and the fix: not what the install left in the tree (a venv,
     # node_modules, a package-lock.json written by `npm install`), which would also make
     # pr-open's `git am` collide with the same untracked file in its checkout.
@@ -100,16 +167,18 @@ async def author(ctx: NodeContext, inputs: AuthorInputs) -> AuthoredOut:
     title = pr.title(facts)
     commit = 'git diff --cached --quiet || git commit --quiet --no-verify -m "$0" -m "$1"'
     await ctx.exec(
-        ["sh", "-c", commit, title, f"Reproduces with: {facts.repro}"], env=GIT_ENV, check=True
+        ["sh", "-c", commit, title, f"Reproduces with: {facts.repro}"], env=env, check=True
     )
     patch = await ctx.exec(["git", "format-patch", "-1", "--stdout", branch], check=True)
     authored = Authored(
-        base_sha=inputs.intake.sha,
+        base_sha=start,
         branch=branch,
         title=title,
         description=pr.description(facts, script_path=script_path),
         diff=patch.stdout,
         facts=facts,
+        base=base,
+        git_env=env,
     )
     return AuthoredOut(authored=authored, diff=patch.stdout)
 
@@ -126,13 +195,12 @@ reviewed_pr_author = node(
     timeout=600,
     budget=worst_case(600),
     gate="review",
-)(author)
+)(reviewed_author)
 
 
 class OpenInputs(BaseModel):
     repo: str
     workdir: str
-    base: str
     github: str | None
     github_api: str | None
     authored: Authored
@@ -158,13 +226,22 @@ async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
     await checkout(ctx, authored.base_sha)
     await ctx.exec(["git", "checkout", "--quiet", "-B", authored.branch], check=True)
     await ctx.exec(
-        ["git", "am", "--quiet", "--keep-cr"], stdin=authored.diff, env=GIT_ENV, check=True
+        ["git", "am", "--quiet", "--keep-cr"],
+        stdin=authored.diff,
+        env=authored.git_env or GIT_ENV,
+        check=True,
     )
     patch_file = await ctx.tool(
         "write-patch",
         host.write_text,
         f"{hunt.workdir}/{authored.branch.rsplit('/', 1)[-1]}.patch",
         authored.diff,
+    )
+    description_file = await ctx.tool(
+        "write-description",
+        host.write_text,
+        str(patch_file).removesuffix(".patch") + ".md",
+        authored.description,
     )
     published = await host.publish(ctx, hunt.repo, authored.branch)
     url = None
@@ -181,7 +258,7 @@ async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
                 _open_pr,
                 remote.model_dump(),
                 authored.branch,
-                hunt.base,
+                authored.base,
                 authored.title,
                 authored.description,
             )
@@ -195,6 +272,7 @@ async def pr_open(ctx: NodeContext, inputs: OpenInputs) -> OpenedOut:
         pull_request=url,
         patch_file=str(patch_file),
         note=note,
+        description_file=str(description_file),
     )
     return OpenedOut(opened=opened)
 
@@ -250,6 +328,8 @@ async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
         f"fix: {'verified' if facts.fix_verified else 'none proposed'}",
         inputs.opened.note,
     ]
+    if inputs.opened.description_file:
+        lines.append(f"pull request description: {inputs.opened.description_file}")
     summary = "\n".join(lines)
     await ctx.log("summary", text=summary)
     notice = SummaryNotice(
