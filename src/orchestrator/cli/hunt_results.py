@@ -4,9 +4,10 @@ all that is known when the run ends, whatever failed after."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.ledger.state import RunState
+if TYPE_CHECKING:
+    from orchestrator.ledger.state import RunState
 
 FINDINGS = ("flake-report", "bisector", "repro-builder")
 """The nodes whose outputs are the hunt's results, in the order they are found."""
