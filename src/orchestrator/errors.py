@@ -39,7 +39,9 @@ OrchestratorError
     ├── BudgetExceeded      a model call refused before sending: its worst case does not fit
     ├── ExecFailed          ``ctx.exec(..., check=True)`` saw a non-zero exit
     ├── SandboxLimitExceeded a resource limit was hit; the sandbox's processes were killed
-    └── WorkspaceRefused    a workspace input names a directory the run may not use
+    ├── WorkspaceRefused    a workspace input names a directory the run may not use
+    ├── NoRunReachedTest    a hunt's first batch of runs never reached the test
+    └── ConsistentlyFailing a hunted test failed on every run: not flaky
 
 Each module imports the errors it raises from here; the tree is the whole list.
 """
@@ -279,3 +281,12 @@ class WorkspaceRefused(NodeError):
 
 class BudgetExceeded(NodeError):
     """A model call was refused before it was sent: its maximum cost does not fit."""
+
+
+class NoRunReachedTest(NodeError):
+    """No run of a hunt's first batch reached the test (the command was not found, or the
+    tests could not be collected); the message names the cause with an output excerpt."""
+
+
+class ConsistentlyFailing(NodeError):
+    """The test a hunt measured failed on every run: consistently failing, not flaky."""
