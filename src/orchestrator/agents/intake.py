@@ -53,11 +53,11 @@ async def repo_intake(ctx: NodeContext, inputs: IntakeInputs) -> IntakeOut:
     """Detect the language and test runner (the one ``test`` names, installed whether or
     not the project declares it); install the test dependencies in the sandbox (the only
     step with network); publish the prepared tree for the test runs."""
-    argv = shlex.split(inputs.test)
-    runner = runners.detect(inputs.files, argv)
+    test = shlex.split(inputs.test)
+    runner = runners.detect(inputs.files, test)
     await ctx.log("detected", runner=runner.name, framework=runner.framework)
     for argv in runner.install:
         await ctx.exec(argv, env=runner.env, timeout=1200, check=True)
     prepared = await ctx.tool("publish-prepared", host.publish_tree, f"{inputs.workdir}/prepared")
-    intake = Intake(prepared=str(prepared), sha=inputs.sha, runner=runner, argv=argv)
+    intake = Intake(prepared=str(prepared), sha=inputs.sha, runner=runner, argv=test)
     return IntakeOut(intake=intake, prepared=intake.prepared)
