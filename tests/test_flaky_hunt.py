@@ -647,13 +647,15 @@ def test_a_test_failing_on_every_run_is_consistently_failing_not_flaky(
     assert h.state.nodes["flake-report"].status == "failed"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)  # pip installs pytest from its index
 def test_a_pytest_command_on_a_project_that_does_not_declare_pytest_installs_it(
     tmp_path: Path, home: Path
 ) -> None:
     fixture = python_repo(tmp_path, kind="always", commits=5, culprit=3)
     test = "python -m pytest -q tests/test_calc.py"
-    done = hunt(home, fixture.path, "--test", test, "--sandbox", "bwrap", "--runs", "20")
+    done = hunt(
+        home, fixture.path, "--test", test, "--sandbox", "bwrap", "--runs", "20", timeout=400
+    )
     h = load(home)
     intake_ns = h.state.nodes["repo-intake"]
     if intake_ns.status != "succeeded":  # pip could not reach its index from the sandbox
