@@ -282,7 +282,7 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials_as_a_regression(
     check_branch(fixture.path, h, base=fixture.commits[-1])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     tmp_path: Path, home: Path, http_peer: HttpPeer
 ) -> None:
@@ -326,7 +326,7 @@ def bisect_checkpoints(state: RunState) -> int:
     return 0 if ns is None else sum(1 for e in ns.journal if e.effect == "checkpoint")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
     tmp_path: Path, home: Path
 ) -> None:
@@ -335,7 +335,7 @@ def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
     args = ["flaky-hunt", "--repo", str(fixture.path), *UNITTEST, "--runs", "300"]
     proc = spawn_cli(home, *args, "--seed", str(SEED), "--concurrency", "4", "-q", log="a.log")
     try:
-        wait_until(home, lambda s: rerunners_succeeded(s) >= 3, timeout=90)
+        wait_until(home, lambda s: rerunners_succeeded(s) >= 3, timeout=150)
     finally:
         kill(proc)
     no_leftovers(home)
