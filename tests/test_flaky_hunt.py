@@ -290,7 +290,8 @@ def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     # syntax error: probing it must give "skip", and the culprit is still named exactly.
     fixture = python_repo(tmp_path, culprit=17, broken=18)
     hook = f"webhook={http_peer.url}/hooks/flaky"
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "200", "--seed", "1", "--notify", hook)
+    args = ("--runs", "200", "--seed", "1", "--notify", hook)
+    done = hunt(home, fixture.path, *UNITTEST, *args, timeout=170)
     assert done.returncode == 0, done.stdout + done.stderr
     # the notifier sent the summary to the run's sink
     (sent,) = [r.json for r in http_peer.requests]

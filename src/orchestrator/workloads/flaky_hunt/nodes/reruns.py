@@ -88,7 +88,9 @@ async def _run_batch(ctx: NodeContext, intake: Intake, batch: Batch) -> BatchRes
         )
         for r in records
     ]
-    tail = next((r.output_tail for r in records if r.code != 0), "")
+    # the first run that did not pass (a unittest run of no tests may still exit 0)
+    pairs = zip(records, runs, strict=True)
+    tail = next((r.output_tail for r, run in pairs if run.outcome != "passed"), "")
     return BatchResult(index=batch.index, runs=runs, tail=tail[-2000:])
 
 
@@ -127,7 +129,7 @@ def never_reached(intake: Intake, first: BatchResult) -> str:
         program = intake.argv[0] if intake.argv else "?"
         head = f"the test command could not run: `{program}`: command not found"
     else:
-        head = f"the tests could not be collected: `{cause}`" if cause else "could not collect"
+        head = "the tests could not be collected" + (f": `{cause}`" if cause else "")
     lines = [line for line in first.tail.splitlines() if line.strip()][-EXCERPT_LINES:]
     excerpt = textwrap.indent("\n".join(lines), "    ")
     return (
