@@ -181,12 +181,12 @@ def check_branch(fixture_repo: Path, hunt_: Hunt, base: str) -> str:
 # ---- 1. the hash-seed flake: rate, culprit, repro, checked on the host too ------------------
 
 
-@pytest.mark.timeout(240)  # the first batch runs alone (the probe), then the rest
+@pytest.mark.timeout(300)  # the first batch runs alone (the probe), then the rest
 def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestrator(
     tmp_path: Path, home: Path
 ) -> None:
     fixture = python_repo(tmp_path)
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "300", "--seed", str(SEED), timeout=220)
+    done = hunt(home, fixture.path, *UNITTEST, "--runs", "300", "--seed", str(SEED), timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
     h = load(home)
     assert h.state.status == "succeeded"
