@@ -282,7 +282,7 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials_as_a_regression(
     check_branch(fixture.path, h, base=fixture.commits[-1])
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(270)
 def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     tmp_path: Path, home: Path, http_peer: HttpPeer
 ) -> None:
@@ -291,7 +291,7 @@ def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     fixture = python_repo(tmp_path, culprit=17, broken=18)
     hook = f"webhook={http_peer.url}/hooks/flaky"
     args = ("--runs", "200", "--seed", "1", "--notify", hook)
-    done = hunt(home, fixture.path, *UNITTEST, *args, timeout=170)
+    done = hunt(home, fixture.path, *UNITTEST, *args, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     # the notifier sent the summary to the run's sink
     (sent,) = [r.json for r in http_peer.requests]
