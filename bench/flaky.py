@@ -65,12 +65,12 @@ async def phase(home: Path, repo: Path, runs: int, batch: int, sandbox: str) -> 
     starts = [
         parse_iso(e.ts)
         for e in events
-        if isinstance(e, NodeDispatched) and e.node.startswith("flake-rerunner")
+        if isinstance(e, NodeDispatched) and e.node.startswith(("rerun-probe", "flake-rerunner"))
     ]
     ends = [
         parse_iso(e.ts)
         for e in events
-        if isinstance(e, NodeSucceeded) and e.node.startswith("flake-rerunner")
+        if isinstance(e, NodeSucceeded) and e.node.startswith(("rerun-probe", "flake-rerunner"))
     ]
     report = state.nodes["flake-report"].outputs
     assert report is not None

@@ -33,7 +33,7 @@ from orchestrator.ledger.events import (
     decode,
 )
 from orchestrator.ledger.state import RunState
-from orchestrator.workloads.flaky_hunt import stats
+from orchestrator.workloads.flaky_hunt import rerun_driver, stats
 from orchestrator.workloads.flaky_hunt.nodes.bisector import MISS
 from orchestrator.workloads.flaky_hunt.nodes.reruns import flake_rerunner
 from tests.backends import needs
@@ -183,12 +183,12 @@ def check_branch(fixture_repo: Path, hunt_: Hunt, base: str) -> str:
 # ---- 1. the hash-seed flake: rate, culprit, repro, checked on the host too ------------------
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # the first batch runs alone (the probe), then the rest
 def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestrator(
     tmp_path: Path, home: Path
 ) -> None:
     fixture = python_repo(tmp_path)
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "300", "--seed", str(SEED))
+    done = hunt(home, fixture.path, *UNITTEST, "--runs", "300", "--seed", str(SEED), timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
     h = load(home)
     assert h.state.status == "succeeded"
@@ -201,12 +201,15 @@ def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestra
     assert rate["runs"] == 300
     assert report["failures"] == rate["failures"] == len(report["failing_seeds"])
     assert rate["low"] <= TRUE_RATE <= rate["high"], rate
-    # every rerun is on the record, each with its own seed, every batch once
-    runs = [run for i in range(12) for run in h.out(f"flake-rerunner[{i}]")["result"]["runs"]]
+    # every rerun is on the record, each with its own seed and outcome, every batch once
+    # (the first by the probe, the other 11 mapped after it)
+    results = [h.out("rerun-probe")["first"]]
+    results += [h.out(f"flake-rerunner[{i}]")["result"] for i in range(11)]
+    runs = [run for result in results for run in result["runs"]]
     assert len({run["seed"] for run in runs}) == 300
-    assert sorted(h.out(f"flake-rerunner[{i}]")["result"]["index"] for i in range(12)) == list(
-        range(12)
-    )
+    assert sorted(result["index"] for result in results) == list(range(12))
+    assert {run["outcome"] for run in runs} == {"passed", "test-failed"}
+    assert all((run["outcome"] == "test-failed") == bool(run["failed"]) for run in runs)
     failing = [run["seed"] for run in runs if run["failed"]]
     assert set(failing) == set(report["failing_seeds"])
     assert all(run["failed"] in ([], [fixture.test_id]) for run in runs)
@@ -249,15 +252,19 @@ def test_hunt_names_the_culprit_and_a_seed_that_reproduces_outside_the_orchestra
     replay_ok(home, h.run_id)
 
 
-# ---- 2. a test broken for good: rate 1, few trials per commit -------------------------------
+# ---- 2. a test broken for good: rate 1, few trials per commit, with --regression -----------
 
 
-@pytest.mark.timeout(90)
-def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home: Path) -> None:
+@pytest.mark.timeout(120)
+def test_a_test_broken_for_good_is_bisected_with_few_trials_as_a_regression(
+    tmp_path: Path, home: Path
+) -> None:
     fixture = python_repo(tmp_path, kind="always")
     # given as a URL: cloned by git, and the branch pushed back rather than fetched
     url = f"file://{fixture.path}"
-    done = hunt(home, url, *UNITTEST, "--runs", "40", "--batch", "20", "--seed", "7")
+    done = hunt(
+        home, url, *UNITTEST, "--runs", "40", "--batch", "20", "--seed", "7", "--regression"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     h = load(home)
     report = h.out("flake-report")["report"]
@@ -277,7 +284,7 @@ def test_a_test_broken_for_good_is_bisected_with_few_trials(tmp_path: Path, home
     check_branch(fixture.path, h, base=fixture.commits[-1])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(270)
 def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     tmp_path: Path, home: Path, http_peer: HttpPeer
 ) -> None:
@@ -285,7 +292,8 @@ def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(
     # syntax error: probing it must give "skip", and the culprit is still named exactly.
     fixture = python_repo(tmp_path, culprit=17, broken=18)
     hook = f"webhook={http_peer.url}/hooks/flaky"
-    done = hunt(home, fixture.path, *UNITTEST, "--runs", "200", "--seed", "1", "--notify", hook)
+    args = ("--runs", "200", "--seed", "1", "--notify", hook)
+    done = hunt(home, fixture.path, *UNITTEST, *args, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     # the notifier sent the summary to the run's sink
     (sent,) = [r.json for r in http_peer.requests]
@@ -321,7 +329,7 @@ def bisect_checkpoints(state: RunState) -> int:
     return 0 if ns is None else sum(1 for e in ns.journal if e.effect == "checkpoint")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
     tmp_path: Path, home: Path
 ) -> None:
@@ -330,7 +338,7 @@ def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
     args = ["flaky-hunt", "--repo", str(fixture.path), *UNITTEST, "--runs", "300"]
     proc = spawn_cli(home, *args, "--seed", str(SEED), "--concurrency", "4", "-q", log="a.log")
     try:
-        wait_until(home, lambda s: rerunners_succeeded(s) >= 3, timeout=90)
+        wait_until(home, lambda s: rerunners_succeeded(s) >= 3, timeout=150)
     finally:
         kill(proc)
     no_leftovers(home)
@@ -342,7 +350,7 @@ def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
         for ns in at_kill.nodes.values()
         if ns.base == "flake-rerunner" and ns.status == "succeeded"
     }
-    assert 3 <= len(done_before) < 12, done_before
+    assert 3 <= len(done_before) < 11, done_before
     assert "bisector" not in at_kill.nodes or at_kill.nodes["bisector"].status == "pending"
 
     # resume, and kill again once the bisector has finished (and checkpointed) two steps
@@ -370,7 +378,7 @@ def test_a_killed_hunt_resumes_without_redoing_reruns_or_bisect_steps(
 
     # reruns that had succeeded before the first kill were never dispatched again; the
     # rest were, and every batch succeeded exactly once
-    for i in range(12):
+    for i in range(11):
         node = f"flake-rerunner[{i}]"
         dispatched = node_events(h.events, NodeDispatched, node)
         assert len(node_events(h.events, NodeSucceeded, node)) == 1, node
@@ -439,6 +447,7 @@ def test_the_pull_request_waits_for_review_and_opens_once_on_approval(
         "octo/widgets",
         "--github-api",
         github_peer.url,
+        "--regression",
         env=env,
     )
     outputs += [parked.stdout, parked.stderr]
@@ -560,3 +569,106 @@ def test_a_vitest_flake_is_found_with_npm_installed_in_the_sandbox(
     )
     # the branch holds the repro script only, not npm's package-lock.json
     check_branch(repo, h, base=bad)
+
+
+# ---- 6. honest verdicts: runs that never reach the test; a test failing on every run -------
+
+
+def runs_on_record(h: Hunt) -> int:
+    """How many runs of the test command the ledger records, from the driver's own output."""
+    return sum(
+        len(rerun_driver.parse_driver_output(e.response["ok"]["stdout"]))
+        for e in h.events
+        if isinstance(e, EffectRecorded)
+        and e.effect == "exec"
+        and e.request["argv"][:2] == ["python3", "-c"]
+        and "ok" in (e.response or {})
+    )
+
+
+def dispatched(h: Hunt) -> set[str]:
+    return {e.node for e in h.events if isinstance(e, NodeDispatched)}
+
+
+def stopped_without_a_branch(
+    fixture_repo: Path, h: Hunt, done: subprocess.CompletedProcess[str]
+) -> str:
+    """The hunt failed, exited non-zero, bisected nothing and wrote no branch; its output
+    (whitespace folded) is returned."""
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert h.state.status == "failed"
+    assert not {"bisector", "repro-builder", "pr-author", "pr-open"} & dispatched(h)
+    assert branches(fixture_repo) == []
+    assert git(fixture_repo, "branch", "--list").split() == ["*", "main"]
+    return " ".join((done.stdout + done.stderr).split())
+
+
+@pytest.mark.timeout(150)
+def test_a_mistyped_command_stops_after_the_first_batch_naming_the_cause(
+    tmp_path: Path, home: Path
+) -> None:
+    fixture = python_repo(tmp_path, commits=3, culprit=2)
+    args = ("--test", "pyhton -m unittest", "--sandbox", "bwrap", "--runs", "200", "--batch", "20")
+    done = hunt(home, fixture.path, *args)
+    h = load(home)
+    text = stopped_without_a_branch(fixture.path, h, done)
+    assert "the test command could not run: `pyhton`: command not found" in text
+    assert "cannot run 'pyhton'" in text  # the excerpt of the output
+    assert "flaky test" not in text and "reproduced" not in text
+    # only the first batch ran: 20 runs on the record, no other batch dispatched
+    assert runs_on_record(h) == 20
+    assert not any(node.startswith("flake-rerunner") for node in dispatched(h))
+    assert h.state.nodes["rerun-probe"].status == "failed"
+
+
+@pytest.mark.timeout(150)
+def test_tests_that_cannot_be_collected_stop_after_the_first_batch(
+    tmp_path: Path, home: Path
+) -> None:
+    fixture = python_repo(tmp_path, commits=3, culprit=2)
+    test = "python -m unittest tests.test_nowhere"
+    done = hunt(home, fixture.path, "--test", test, "--sandbox", "bwrap", "--runs", "100")
+    h = load(home)
+    text = stopped_without_a_branch(fixture.path, h, done)
+    assert "the tests could not be collected" in text
+    assert "No module named 'tests.test_nowhere'" in text
+    assert runs_on_record(h) == 25
+    assert not any(node.startswith("flake-rerunner") for node in dispatched(h))
+
+
+@pytest.mark.timeout(150)
+def test_a_test_failing_on_every_run_is_consistently_failing_not_flaky(
+    tmp_path: Path, home: Path
+) -> None:
+    fixture = python_repo(tmp_path, kind="always", commits=5, culprit=3)
+    done = hunt(home, fixture.path, *UNITTEST, "--runs", "40", "--batch", "20")
+    h = load(home)
+    text = stopped_without_a_branch(fixture.path, h, done)
+    assert f"consistently failing, not flaky: {fixture.test_id} failed in all 40 runs" in text
+    assert "--regression" in text
+    assert runs_on_record(h) == 40
+    assert h.state.nodes["flake-report"].status == "failed"
+
+
+@pytest.mark.timeout(420)  # pip installs pytest from its index
+def test_a_pytest_command_on_a_project_that_does_not_declare_pytest_installs_it(
+    tmp_path: Path, home: Path
+) -> None:
+    fixture = python_repo(tmp_path, kind="always", commits=5, culprit=3)
+    test = "python -m pytest -q tests/test_calc.py"
+    done = hunt(
+        home, fixture.path, "--test", test, "--sandbox", "bwrap", "--runs", "20", timeout=400
+    )
+    h = load(home)
+    intake_ns = h.state.nodes["repo-intake"]
+    if intake_ns.status != "succeeded":  # pip could not reach its index from the sandbox
+        assert "pip" in str(intake_ns.error) and done.returncode != 0
+        pytest.skip(f"pytest could not be installed in the sandbox: {intake_ns.error}")
+    runner = h.out("repo-intake")["intake"]["runner"]
+    assert runner["framework"] == "pytest" and runner["install"][1][-1] == "pytest"
+    # the runs reached the test: it failed, on every run (never "No module named pytest")
+    runs = h.out("rerun-probe")["first"]["runs"]
+    assert {run["outcome"] for run in runs} == {"test-failed"}
+    assert {tuple(run["failed"]) for run in runs} == {("tests/test_calc.py::TestCalc::test_add",)}
+    text = stopped_without_a_branch(fixture.path, h, done)
+    assert "consistently failing, not flaky: tests/test_calc.py::TestCalc::test_add" in text

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -161,6 +162,24 @@ def test_go() -> None:
     assert runner.seed_args(42) == ["-shuffle=42"]
     with_deps = runners.detect({"go.mod": "module x\nrequire (\n\tgithub.com/a/b v1.0.0\n)\n"})
     assert "go mod download" in with_deps.install[0][-1]
+
+
+def test_the_runner_the_command_names_is_used_and_installed_even_if_undeclared() -> None:
+    files = {"setup.cfg": "[metadata]\nname = calc\n"}
+    assert runners.detect(files).install == [["python3", "-m", "venv", "--copies", runners.VENV]]
+    for command in (
+        ["python", "-m", "pytest", "-q", "t.py"],
+        ["pytest"],
+        ["python3", "-m", "pytest"],
+    ):
+        runner = runners.detect(files, command)
+        assert (runner.name, runner.framework) == ("pytest", "pytest"), command
+        assert runner.install[1][-1:] == ["pytest"], command
+    # a unittest command on a project that mentions pytest: unittest's output is parsed
+    # (pytest stays installed: the project's tests may import it)
+    runner = runners.detect({"pytest.ini": ""}, ["python", "-m", "unittest", "a.B.test_c"])
+    assert runner.framework == "unittest" and runner.install[1][-1:] == ["pytest"]
+    assert runners.detect(files, ["make", "test"]).framework == "unittest"
 
 
 def test_no_marker_is_a_config_error_naming_what_was_looked_for() -> None:
@@ -581,6 +600,136 @@ def test_go_broke() -> None:
     assert not runners.broke(go, 0, "ok  \tx\t0.1s")
 
 
+# ---- run outcomes: every class, from real runs where they are cheap -------------------------
+
+
+def _outcome(runner: runners.Runner, done: subprocess.CompletedProcess[str]) -> str:
+    return runners.classify(runner, done.returncode, done.stdout + done.stderr)
+
+
+def test_pytest_outcomes(pyproject: Path) -> None:
+    one = runners.test_command(PYTEST, [], "tests/test_mod.py::test_passes")
+    assert _outcome(PYTEST, _run(_python(one), pyproject)) == "passed"
+    assert _outcome(PYTEST, _run(_python(PYTEST.command), pyproject)) == "test-failed"
+    # the runner is not installed: the interpreter has no such module
+    missing = _run([sys.executable, "-m", "no_such_runner_here", "-q"], pyproject)
+    assert missing.returncode == 1 and "No module named no_such_runner_here" in missing.stderr
+    assert _outcome(PYTEST, missing) == "could-not-collect"
+    assert runners.broke(PYTEST, missing.returncode, missing.stderr)
+    typo = _run(["sh", "-c", "pyhton -m pytest"], pyproject)
+    assert _outcome(PYTEST, typo) == "command-not-found"
+    crash = _run(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], pyproject
+    )
+    assert _outcome(PYTEST, crash) == "crash"
+    assert runners.classify(PYTEST, -9, "", timed_out=True) == "timeout"
+    (pyproject / "tests" / "test_bad.py").write_text("import no_such_module_here\n")
+    assert _outcome(PYTEST, _run(_python(PYTEST.command), pyproject)) == "could-not-collect"
+    (pyproject / "tests" / "test_bad.py").write_text("def half_written(:\n")
+    assert _outcome(PYTEST, _run(_python(PYTEST.command), pyproject)) == "could-not-collect"
+
+
+def test_unittest_outcomes(pyproject: Path) -> None:
+    one = ["python", "-m", "unittest", "tests.test_unit.TestThing.test_ok"]
+    assert _outcome(UNITTEST, _run(_python(one), pyproject)) == "passed"
+    assert _outcome(UNITTEST, _run(_python(UNITTEST.command), pyproject)) == "test-failed"
+    nowhere = _run(_python(["python", "-m", "unittest", "tests.test_nowhere"]), pyproject)
+    assert _outcome(UNITTEST, nowhere) == "could-not-collect"
+    assert "No module named 'tests.test_nowhere'" in runners.cause(nowhere.stderr)
+    (pyproject / "empty").mkdir()
+    empty = _run(_python(UNITTEST.command), pyproject / "empty")
+    assert _outcome(UNITTEST, empty) == "could-not-collect"  # "Ran 0 tests" / "NO TESTS RAN"
+    typo = _run(["sh", "-c", "pyhton -m unittest"], pyproject)
+    assert _outcome(UNITTEST, typo) == "command-not-found"
+    assert runners.cause(typo.stderr).endswith("pyhton: not found")
+    assert runners.classify(UNITTEST, -11, "Fatal Python error: Segmentation fault") == "crash"
+    assert runners.classify(UNITTEST, -9, "", timed_out=True) == "timeout"
+    (pyproject / "tests" / "test_bad.py").write_text("import no_such_module_here\n")
+    assert _outcome(UNITTEST, _run(_python(UNITTEST.command), pyproject)) == "could-not-collect"
+
+
+@pytest.mark.parametrize(
+    ("framework", "code", "output", "expected"),
+    [
+        ("jest", 0, "Tests:       3 passed, 3 total", "passed"),
+        ("jest", 1, "JEST_OUTPUT", "test-failed"),
+        ("jest", 1, "No tests found, exiting with code 1", "could-not-collect"),
+        (
+            "jest",
+            1,
+            "  \u25cf Test suite failed to run\n\n    Cannot find module 'x'",
+            "could-not-collect",
+        ),
+        ("jest", 1, "Error: Cannot find module 'jest'", "could-not-collect"),
+        ("jest", 1, 'npm error Missing script: "test"', "could-not-collect"),
+        ("jest", 127, "sh: 1: jest: not found", "command-not-found"),
+        ("vitest", 1, "VITEST_OUTPUT", "test-failed"),
+        ("vitest", 1, "No test files found, exiting with code 1", "could-not-collect"),
+        ("vitest", 137, "Killed", "crash"),
+        ("go", 1, "GO_OUTPUT", "test-failed"),
+        ("go", 0, "ok  \tx\t0.1s", "passed"),
+        ("go", 1, "FAIL\texample.com/x [build failed]", "could-not-collect"),
+        ("go", 2, "go: cannot find main module, but found .git/config", "could-not-collect"),
+        ("go", 127, "sh: 1: go: not found", "command-not-found"),
+        ("go", -6, "panic: test timed out after 10m0s", "crash"),
+    ],
+)
+def test_npm_and_go_outcomes(framework: str, code: int, output: str, expected: str) -> None:
+    runner = runners.detect({"go.mod": "module x\n"}) if framework == "go" else _npm(framework)
+    text = {
+        # a run whose other suite failed to load still failed tests of its own
+        "JEST_OUTPUT": JEST_OUTPUT.replace("  \u25cf Test suite failed to run\n", ""),
+        "VITEST_OUTPUT": VITEST_OUTPUT,
+        "GO_OUTPUT": GO_OUTPUT,
+    }
+    assert runners.classify(runner, code, text.get(output, output)) == expected
+    assert runners.classify(runner, code, output, timed_out=True) == "timeout"
+
+
+def test_repro_script_tells_reproduced_from_could_not_run(pyproject: Path) -> None:
+    """On a commit whose test fails it reproduces; on one where a dependency is missing, or
+    the runner or the interpreter is, it could not run (exit 2), never "reproduced"."""
+    from orchestrator.workloads.flaky_hunt import pull_request as pr
+
+    def run(repro: str, framework: str) -> subprocess.CompletedProcess[str]:
+        facts = pr.HuntFacts(
+            repo="r",
+            test="t",
+            runner=framework,
+            runs=10,
+            failures=1,
+            rate=0.1,
+            low=0.01,
+            high=0.4,
+            repro=repro,
+            trials_per_commit=1,
+            miss_chance=0.01,
+        )
+        script = pyproject / "repro.sh"
+        script.write_text(pr.repro_script(facts))
+        return subprocess.run(
+            ["sh", str(script)], cwd=pyproject, capture_output=True, text=True, timeout=60
+        )
+
+    py = shlex.quote(sys.executable)
+    fails = run(f"{py} -m unittest tests.test_unit.TestThing.test_fails", "unittest")
+    assert fails.returncode == 1 and "reproduced: run 1 of 1 failed" in fails.stderr
+    fails = run(f"{py} -m pytest -q -p no:cacheprovider tests/test_mod.py::test_fails", "pytest")
+    assert fails.returncode == 1 and "reproduced: run 1 of 1 failed" in fails.stderr
+    (pyproject / "tests" / "test_dep.py").write_text("import no_such_dependency\n")
+    cases = [
+        (f"{py} -m unittest tests.test_dep", "unittest", "No module named 'no_such_dependency'"),
+        (f"{py} -m pytest -q -p no:cacheprovider tests/test_dep.py", "pytest", "ERROR collecting"),
+        (f"{py} -m no_such_runner_here tests/test_mod.py", "pytest", "No module named"),
+        ("pyhton -m unittest tests.test_unit", "unittest", "command not found"),
+    ]
+    for repro, framework, why in cases:
+        done = run(repro, framework)
+        assert done.returncode == 2, (repro, done.stderr)
+        assert "reproduced:" not in done.stderr, repro
+        assert "could not run" in done.stderr and why in done.stderr, (repro, done.stderr)
+
+
 # ---- rerun driver, for real --------------------------------------------------------------
 
 FLAKY_SCRIPT = """
@@ -721,6 +870,17 @@ def test_driver_reports_a_missing_command() -> None:
     records = rerun.parse_driver_output(_drive(spec_json))
     assert [r.code for r in records] == [127, 127]
     assert "cannot run" in records[0].output_tail
+
+
+def test_driver_runs_python_as_python3_where_there_is_no_python(tmp_path: Path) -> None:
+    """A base system with only python3 and no venv: ``python`` still resolves."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    spec_json = rerun.spec(
+        ["python", "-c", "import sys; print(sys.version_info[0])"], {"PATH": str(bare)}, [], [1], 30
+    )
+    (record,) = rerun.parse_driver_output(_drive(spec_json))
+    assert (record.code, record.output_tail.strip()) == (0, "3")
 
 
 def test_driver_kills_the_current_run_when_terminated(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ OrchestratorError
     ├── ExecFailed          ``ctx.exec(..., check=True)`` saw a non-zero exit
     ├── SandboxLimitExceeded a resource limit was hit; the sandbox's processes were killed
     ├── WorkspaceRefused    a workspace input names a directory the run may not use
-    └── BranchRefused       publishing would move a branch this run did not create
+    ├── BranchRefused       publishing would move a branch this run did not create
+    ├── NoRunReachedTest    a hunt's first batch of runs never reached the test
+    └── ConsistentlyFailing a hunted test failed on every run: not flaky
 
 Each module imports the errors it raises from here; the tree is the whole list.
 """
@@ -297,3 +299,12 @@ class BranchRefused(NodeError):
 
 class BudgetExceeded(NodeError):
     """A model call was refused before it was sent: its maximum cost does not fit."""
+
+
+class NoRunReachedTest(NodeError):
+    """No run of a hunt's first batch reached the test (the command was not found, or the
+    tests could not be collected); the message names the cause with an output excerpt."""
+
+
+class ConsistentlyFailing(NodeError):
+    """The test a hunt measured failed on every run: consistently failing, not flaky."""

@@ -51,18 +51,18 @@ class IntakeInputs(BaseModel):
     retry=Retry(max_attempts=2, base_delay=5, on=(TransientError, SandboxError)),
 )
 async def repo_intake(ctx: NodeContext, inputs: IntakeInputs) -> IntakeOut:
-    """Detect the language and test runner; install the test dependencies in the sandbox
-    (the only step with network); publish the prepared tree for the test runs."""
-    runner = runners.detect(inputs.files)
+    """Detect the language and test runner (the one ``test`` names, installed whether or
+    not the project declares it); install the test dependencies in the sandbox (the only
+    step with network); publish the prepared tree for the test runs."""
+    test = shlex.split(inputs.test)
+    runner = runners.detect(inputs.files, test)
     await ctx.log("detected", runner=runner.name, framework=runner.framework)
     for argv in runner.install:
         done = await ctx.exec(argv, env=runner.env, timeout=1200)
         if done.code != 0:
             raise install_failed(argv, done.code, done.stderr or done.stdout)
     prepared = await ctx.tool("publish-prepared", host.publish_tree, f"{inputs.workdir}/prepared")
-    intake = Intake(
-        prepared=str(prepared), sha=inputs.sha, runner=runner, argv=shlex.split(inputs.test)
-    )
+    intake = Intake(prepared=str(prepared), sha=inputs.sha, runner=runner, argv=test)
     return IntakeOut(intake=intake, prepared=intake.prepared)
 
 

@@ -2,9 +2,10 @@
 
 Detection reads only the few files named in :data:`MARKER_FILES` (the caller fetches them),
 so it is pure and needs no checkout. Everything else here is parsing of a run's combined
-stdout+stderr: which tests failed (:func:`failing_tests`), whether the command could not
-even run the tests (:func:`broke`, a bisection ``skip``), and the command that runs one test
-(:func:`test_command`).
+stdout+stderr: which tests failed (:func:`failing_tests`), what became of a run
+(:func:`classify`: passed, test failed, could not collect, command not found, timeout,
+crash), whether the command could not even run the tests (:func:`broke`, a bisection
+``skip``), and the command that runs one test (:func:`test_command`).
 
 Python runs use a virtualenv inside the checkout (``.orchestrator-venv``), invoked as
 ``python -m ...`` through ``PATH``: the checkout is installed wherever the install step runs
@@ -29,11 +30,16 @@ from orchestrator.errors import ConfigError
 
 __all__ = [
     "MARKER_FILES",
+    "NOT_REACHED",
     "VENV",
+    "Outcome",
     "Runner",
     "broke",
+    "cause",
+    "classify",
     "detect",
     "failing_tests",
+    "not_run_pattern",
     "test_command",
 ]
 
@@ -99,11 +105,13 @@ class Runner(BaseModel):
 # ---- detection ------------------------------------------------------------------------------
 
 
-def detect(files: dict[str, str]) -> Runner:
-    """Pick the runner from marker files (relative path -> content).
+def detect(files: dict[str, str], command: list[str] | None = None) -> Runner:
+    """Pick the runner from marker files (relative path -> content) and the test command.
 
     Order: ``package.json`` with a real ``scripts.test`` -> npm; ``go.mod`` -> go; any
-    Python marker -> pytest when pytest is mentioned or configured, else unittest.
+    Python marker -> the runner ``command`` names (``pytest`` or ``python -m pytest``,
+    ``python -m unittest``), else pytest when pytest is mentioned or configured, else
+    unittest. pytest is installed whenever it is the runner, declared or not.
     Raises :class:`ConfigError` when nothing matches.
     """
     package = _package_json(files)
@@ -113,7 +121,7 @@ def detect(files: dict[str, str]) -> Runner:
         return _go_runner(files["go.mod"])
     present = [name for name in _PYTHON_MARKERS if name in files]
     if present:
-        return _python_runner(files, present)
+        return _python_runner(files, present, _named_python_runner(command or []))
     looked = ", ".join(MARKER_FILES)
     if package is not None:
         raise ConfigError(
@@ -203,9 +211,24 @@ def _go_runner(go_mod: str) -> Runner:
     )
 
 
-def _python_runner(files: dict[str, str], present: list[str]) -> Runner:
-    pytest = _uses_pytest(files, present)
-    packages = ["pytest"] if pytest else []
+def _named_python_runner(command: list[str]) -> str | None:
+    """``pytest`` or ``unittest`` when the command runs one (``pytest ...``, ``python -m
+    pytest ...``), else None."""
+    if not command:
+        return None
+    program = command[0].rsplit("/", 1)[-1]
+    if program in ("pytest", "py.test"):
+        return "pytest"
+    if re.fullmatch(r"python[0-9.]*", program) and command[1:2] == ["-m"]:
+        module = command[2] if len(command) > 2 else ""
+        return module if module in ("pytest", "unittest") else None
+    return None
+
+
+def _python_runner(files: dict[str, str], present: list[str], named: str | None) -> Runner:
+    declared = _uses_pytest(files, present)
+    pytest = named == "pytest" or (named is None and declared)
+    packages = ["pytest"] if pytest or declared else []
     for name in _REQUIREMENTS:
         if name in files:
             packages += ["-r", name]
@@ -431,20 +454,46 @@ _GO_BROKEN = (
 )
 
 
-def broke(runner: Runner, code: int, output: str) -> bool:
-    """Whether the command could not even run the tests (a bisection ``skip``): missing
-    command (exit 126/127), pytest exit 2-5 or a collection error, unittest import
-    failures without test results or zero tests ran, a missing npm script, no tests or an
-    unloadable suite, a go build or module failure. A timeout (-9) never counts: a hang may
-    be the flake itself."""
+Outcome = Literal[
+    "passed", "test-failed", "could-not-collect", "command-not-found", "timeout", "crash"
+]
+"""What became of one run: it passed; a test failed (an assertion or an error inside the
+test); the tests could not be collected (import or syntax error, no tests found, the
+runner itself missing); the command was not found (exit 126/127); it timed out; or it
+was killed by a signal."""
+
+NOT_REACHED: frozenset[Outcome] = frozenset({"could-not-collect", "command-not-found"})
+"""The outcomes of a run that never reached the test."""
+
+_NO_MODULE = re.compile(r"^\S*python[0-9.]*: No module named ", re.MULTILINE)
+
+
+def classify(runner: Runner, code: int, output: str, timed_out: bool = False) -> Outcome:
+    """What became of one run, from its exit code, output and whether it timed out.
+
+    Could not collect: pytest exit 2-5 or a collection error; unittest import failures
+    without test results, zero tests ran or NO TESTS RAN; an interpreter that has no such
+    module as its ``-m`` (``No module named pytest``); a missing npm script, no tests or an
+    unloadable suite; a go build or module failure. Crash: killed by a signal (negative
+    code, or 129-159 through a shell) other than the timeout's."""
+    if timed_out:
+        return "timeout"
     text = _ANSI.sub("", output)
     if runner.framework == "unittest":
         ran = [int(n) for n in _UNITTEST_RAN.findall(text)]
         if ran and max(ran) == 0:
-            return True
+            return "could-not-collect"
     if code == 0:
-        return False
+        return "passed"
     if code in _NOT_RUN:
+        return "command-not-found"
+    if code < 0 or 128 < code < 160:
+        return "crash"
+    return "could-not-collect" if _not_collected(runner, code, text) else "test-failed"
+
+
+def _not_collected(runner: Runner, code: int, text: str) -> bool:
+    if runner.language == "python" and _NO_MODULE.search(text):
         return True
     if runner.framework == "pytest":
         return code in _PYTEST_BROKEN or "ERROR collecting" in text
@@ -455,3 +504,49 @@ def broke(runner: Runner, code: int, output: str) -> bool:
     if runner.name == "go":
         return any(marker in text for marker in _GO_BROKEN)
     return _NPM_BROKEN.search(text) is not None
+
+
+def broke(runner: Runner, code: int, output: str) -> bool:
+    """Whether the command could not even run the tests (a bisection ``skip``): the run's
+    :func:`classify` outcome is in :data:`NOT_REACHED`. A timeout never counts: a hang may
+    be the flake itself."""
+    return classify(runner, code, output) in NOT_REACHED
+
+
+_CAUSE = re.compile(
+    r"No module named|ModuleNotFoundError|ImportError|SyntaxError|not found|"
+    r"No tests? (?:found|files found)|NO TESTS RAN|^Ran 0 tests|ERROR collecting|"
+    r"Missing script|cannot run|Cannot find module|build failed|setup failed|requires go",
+    re.MULTILINE,
+)
+
+
+def cause(output: str) -> str:
+    """The line of a run's output that best names why it never reached the test: the last
+    line naming a missing module or command, an import or syntax error, no tests or a
+    failed build; else the last non-empty line."""
+    lines = [line.strip() for line in _ANSI.sub("", output).splitlines() if line.strip()]
+    named = [line for line in lines if _CAUSE.search(line)]
+    return (named or lines or [""])[-1]
+
+
+_NOT_RUN_TEXT: dict[str, str] = {
+    "python": r"^[^ ]*python[0-9.]*: No module named |: (command )?not found$",
+    "pytest": r"ERROR collecting|^(ERROR: )?(file or directory )?not found:|no tests ran in",
+    "unittest": r"unittest\.loader\._FailedTest|NO TESTS RAN|^Ran 0 tests",
+    "go": r"\[build failed\]|\[setup failed\]|cannot find main module|missing go\.sum entry|"
+    r"no required module provides package|requires go >=",
+    "npm": r"Missing script: |Test suite failed to run|^No tests found|No test files found|"
+    r"Cannot find module '(jest|vitest|mocha)",
+}
+
+
+def not_run_pattern(framework: str) -> str:
+    """A POSIX extended regular expression (``grep -E``) matching output of a run of
+    ``framework`` that never reached the test (for scripts that run outside Python)."""
+    common = _NOT_RUN_TEXT["python"]
+    if framework in ("pytest", "unittest"):
+        return f"{common}|{_NOT_RUN_TEXT[framework]}"
+    if framework == "go":
+        return f"{common}|{_NOT_RUN_TEXT['go']}"
+    return f"{common}|{_NOT_RUN_TEXT['npm']}"

@@ -65,6 +65,9 @@ def flaky_hunt(
     seed: int | None = typer.Option(
         None, "--seed", help="Draw the reruns' seeds from this (default: a recorded random one)"
     ),
+    regression: bool = typer.Option(
+        False, "--regression", help="Bisect a test that fails on every run as a regression"
+    ),
     approver: list[str] = ApproverOpt,
     notify: list[str] = NotifyOpt,
     budget: str | None = BudgetOpt,
@@ -116,6 +119,7 @@ def flaky_hunt(
         "github_api": github_api,
         "seed": seed,
         "notify": notify,
+        "regression": regression,
     }
     plan = workload.reviewed if gated else workload.plan
     ref = workload.REVIEWED_REF if gated else workload.PLAN_REF
@@ -136,8 +140,11 @@ def _hunt_progress(runs: int) -> Callable[[BaseEvent], None]:
     seen = {"runs": 0, "failed": 0}
 
     def show(event: BaseEvent) -> None:
-        if isinstance(event, NodeSucceeded) and event.node.startswith("flake-rerunner["):
-            batch = event.outputs["result"]["runs"]
+        if isinstance(event, NodeSucceeded) and event.node.startswith(
+            ("flake-rerunner[", "rerun-probe")
+        ):
+            result = event.outputs["first" if event.node == "rerun-probe" else "result"]
+            batch = result["runs"]
             seen["runs"] += len(batch)
             seen["failed"] += sum(1 for run in batch if run["failed"])
             err.print(

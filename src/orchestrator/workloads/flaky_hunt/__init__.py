@@ -1,8 +1,12 @@
 """The flaky-test hunt: rerun a suite many times in parallel sandboxes, bisect to the
 first failing commit, build the repro, propose a fix, and prepare the pull request.
 
-    repo-fetch -> repo-intake -> flake-rerunner[batch ...] -> flake-report -> bisector
-      -> repro-builder -> fix-proposer -> pr-author (review gate) -> pr-open -> notifier
+    repo-fetch -> repo-intake -> rerun-probe (the first batch) -> flake-rerunner[batch ...]
+      -> flake-report -> bisector -> repro-builder -> fix-proposer -> pr-author (review gate)
+      -> pr-open -> notifier
+
+The probe stops the hunt after its first batch when no run reached the test; the report
+stops it when the test failed on every run (not flaky) unless ``regression`` is set.
 
 ``plan`` has no gate; ``reviewed`` holds the pull request at the ``review`` gate until a
 person approves it (the CLI uses it when approvers are configured).
@@ -33,6 +37,7 @@ from orchestrator.workloads.flaky_hunt.nodes.reruns import (
     flake_report,
     flake_rerunner,
     rerun_planner,
+    rerun_probe,
 )
 from orchestrator.workloads.flaky_hunt.ports import HuntInputs
 
@@ -43,8 +48,9 @@ MAX_BATCHES = 200
 
 
 def rerun_stage(plan: Plan, max_batches: int = MAX_BATCHES) -> tuple[NodeHandle, NodeHandle]:
-    """Fetch, intake, the mapped reruns and their report: the hunt's first half (also
-    what bench/flaky.py measures). Returns the intake and report nodes."""
+    """Fetch, intake, the first batch, the other batches mapped, and their report: the
+    hunt's first half (also what bench/flaky.py measures). Returns the intake and report
+    nodes."""
     i = plan.input
     hunt: dict[str, Any] = {k: i(k) for k in HuntInputs.model_fields}
     fetched = plan.add(repo_fetch, **hunt)
@@ -57,15 +63,17 @@ def rerun_stage(plan: Plan, max_batches: int = MAX_BATCHES) -> tuple[NodeHandle,
         workdir=i("workdir"),
     )
     planned = plan.add(rerun_planner, runs=i("runs"), batch=i("batch"), seed=i("seed"))
+    prepared: dict[str, Any] = {"intake": intake.out.intake, "prepared_dir": intake.out.prepared}
+    probe = plan.add(rerun_probe, batches=planned.out.batches, **prepared)
     reruns = plan.map(
-        flake_rerunner,
-        over=planned.out.batches,
-        item="batch",
-        max_items=max_batches,
-        intake=intake.out.intake,
-        prepared_dir=intake.out.prepared,
+        flake_rerunner, over=probe.out.rest, item="batch", max_items=max_batches, **prepared
     )
-    report = plan.add(flake_report, results=reruns.out.result)
+    report = plan.add(
+        flake_report,
+        first=probe.out.first,
+        results=reruns.out.result,
+        regression=i("regression"),
+    )
     return intake, report
 
 

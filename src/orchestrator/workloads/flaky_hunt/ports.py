@@ -4,8 +4,11 @@ and the summary."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
 
+from pydantic import BaseModel, model_validator
+
+from orchestrator.agents.runners import Outcome
 from orchestrator.workloads.flaky_hunt.pull_request import HuntFacts
 from orchestrator.workloads.flaky_hunt.stats import Rate
 
@@ -24,6 +27,7 @@ class HuntInputs(BaseModel):
     github_api: str | None = None
     seed: int | None = None
     notify: list[str] = []
+    regression: bool = False
 
 
 class Batch(BaseModel):
@@ -40,6 +44,15 @@ class RunOutcome(BaseModel):
     code: int
     failed: list[str]
     duration: float
+    outcome: Outcome
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_outcomes(cls, data: Any) -> Any:
+        """Runs recorded before outcomes were: a failure was a failed test."""
+        if isinstance(data, dict) and "outcome" not in data:
+            return {**data, "outcome": "passed" if data.get("code") == 0 else "test-failed"}
+        return data
 
 
 class BatchResult(BaseModel):
@@ -110,6 +123,11 @@ class Summary(BaseModel):
 
 class BatchOut(BaseModel):
     result: BatchResult
+
+
+class ProbeOut(BaseModel):
+    first: BatchResult
+    rest: list[Batch]
 
 
 class ReportOut(BaseModel):

@@ -17,6 +17,8 @@ import unicodedata
 
 from pydantic import BaseModel, Field, model_validator
 
+from orchestrator.agents import runners
+
 __all__ = [
     "BRANCH_PREFIX",
     "HuntFacts",
@@ -343,7 +345,8 @@ def repro_script(f: HuntFacts) -> str:
         f"about {_pct((1 - f.rate) ** n) if f.rate < 1 else '0%'}.",
         "",
         "Exit status: the failing run's (non-zero) when the failure reproduces;",
-        "0 when all N runs passed (not reproduced); 2 when the command cannot run.",
+        "0 when all N runs passed (not reproduced); 2 when the command cannot run",
+        "(not found, or the tests could not be collected: import error, missing runner).",
     ]
     comment = "\n".join(f"# {_one_line(line)}".rstrip() for line in facts)
     return f"""#!/bin/sh
@@ -351,6 +354,7 @@ def repro_script(f: HuntFacts) -> str:
 set -eu
 
 REPRO_COMMAND={_sh_quote(f.repro)}
+NOT_RUN={_sh_quote(runners.not_run_pattern(f.runner))}
 TRIALS="${{1:-{n}}}"
 case "$TRIALS" in
     ''|*[!0-9]*) echo "usage: $0 [TRIALS]  (a number of runs, default {n})" >&2; exit 2 ;;
@@ -362,14 +366,27 @@ if root=$(cd "$here" 2>/dev/null && git rev-parse --show-toplevel 2>/dev/null); 
     cd "$root"
 fi
 
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
 i=0
 while [ "$i" -lt "$TRIALS" ]; do
     i=$((i + 1))
     echo "run $i of $TRIALS: $REPRO_COMMAND" >&2
     status=0
-    /bin/sh -c "$REPRO_COMMAND" || status=$?
+    /bin/sh -c "$REPRO_COMMAND" >"$output" 2>&1 || status=$?
+    cat "$output" >&2
+    # the test itself failing is a reproduction; a command that never reached it is not
+    not_run=""
     if [ "$status" -eq 126 ] || [ "$status" -eq 127 ]; then
-        echo "could not run the command (exit status $status): is the test runner installed?" >&2
+        not_run="command not found"
+    elif [ "$status" -ne 0 ] && grep -Eq -- "$NOT_RUN" "$output"; then
+        not_run=$(grep -E -- "$NOT_RUN" "$output" | tail -n 1)
+    elif [ "$status" -eq 0 ] && grep -Eq -- "^Ran 0 tests|NO TESTS RAN" "$output"; then
+        not_run="no tests ran"
+    fi
+    if [ -n "$not_run" ]; then
+        echo "could not run (exit status $status): $not_run" >&2
+        echo "the test was not reached: is the runner installed, with the dependencies?" >&2
         exit 2
     fi
     if [ "$status" -ne 0 ]; then

@@ -6,7 +6,9 @@ repositories, so it must not depend on the project's toolchain). For each seed, 
 starts the command in a new session, merges stdout and stderr into one pipe, kills the
 whole process group at the timeout *and* after a normal exit (so a run's stray background
 processes never leak into the next run), and prints one JSON line per run, flushed at once
-so a driver killed part-way still reports what it finished.
+so a driver killed part-way still reports what it finished. A command ``python`` that is
+not on the run's ``PATH`` (a base system with only ``python3``, no venv) runs as the
+driver's own interpreter.
 
 Output is read from a pipe by a thread that keeps only a bounded tail, rather than spooled
 to a file: the sandbox may have no writable filesystem outside a tmpfs of unknown size, and
@@ -28,7 +30,7 @@ __all__ = ["DRIVER", "TAIL_CHARS", "RunRecord", "command", "parse_driver_output"
 TAIL_CHARS = 4000
 
 DRIVER = r"""
-import json, os, signal, subprocess, sys, threading, time
+import json, os, shutil, signal, subprocess, sys, threading, time
 
 TAIL = 4000
 spec = json.loads(sys.argv[1])
@@ -73,6 +75,8 @@ for seed in spec["seeds"]:
     for name in spec.get("seed_env", []):
         env[name] = str(seed)
     argv = list(spec["argv"]) + list(seed_args.get(str(seed), []))
+    if argv[0] == "python" and shutil.which("python", path=env.get("PATH")) is None:
+        argv[0] = sys.executable  # a base system with only python3
     chunks = []
     timed_out = False
     start = time.monotonic()

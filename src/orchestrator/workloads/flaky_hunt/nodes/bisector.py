@@ -227,7 +227,11 @@ async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
     # same seeds (the test may not exist there yet), where the test must not fail.
     await checkout(ctx, found.first_bad)
     records = await run_seeds(ctx, intake, seeds, target_argv(intake, report.target))
-    on_bad = sum(1 for r in records if r.code != 0)
+    # reproduced only where the test itself failed, not where the command could not run
+    outcomes = [
+        runners.classify(intake.runner, r.code, r.output_tail, r.timed_out) for r in records
+    ]
+    on_bad = sum(1 for o in outcomes if o not in runners.NOT_REACHED and o != "passed")
     await checkout(ctx, found.parent)
     records = await run_seeds(ctx, intake, seeds, intake.argv)
     on_parent = sum(1 for r in records if report.target in failed_ids(intake, r))
