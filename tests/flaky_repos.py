@@ -81,9 +81,11 @@ def python_repo(
     culprit: int = 17,
     kind: str = "hash",
     broken: int | None = None,
+    slow: float = 0.0,
 ) -> FixtureRepo:
     """A unittest project; commit number ``culprit`` (1-based) introduces the failure, and
-    commit ``broken`` (if any) does not even import (the next commit repairs it)."""
+    commit ``broken`` (if any) does not even import (the next commit repairs it). With
+    ``slow`` each run of the suite takes that many seconds more (for benchmarks)."""
     repo = parent / f"py-{kind}"
     (repo / "calc").mkdir(parents=True)
     (repo / "tests").mkdir()
@@ -97,7 +99,13 @@ def python_repo(
         if n == broken:
             source += "\ndef half_written(:\n"  # a syntax error: nothing imports
         (repo / "calc" / "__init__.py").write_text(source)
-        body = "import unittest\n\nimport calc\n\n\nclass TestCalc(unittest.TestCase):\n"
+        body = (
+            "import time\nimport unittest\n\nimport calc\n\n"
+            if slow
+            else "import unittest\n\nimport calc\n\n"
+        )
+        body += f"time.sleep({slow})\n\n" if slow else ""
+        body += "\nclass TestCalc(unittest.TestCase):\n"
         body += "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n"
         body += "\n".join(
             f"    def test_f{i}(self):\n        self.assertEqual(calc.f{i}(1), {i + 1})\n"
