@@ -187,8 +187,8 @@ class ReproInputs(BaseModel):
 
 def repro_command(intake: Intake, target: str | None, seed: int | None) -> str:
     """The command a person runs in their own checkout (with the test dependencies
-    installed): the sandbox's PATH is left out, everything else that matters is kept."""
-    env = {k: v for k, v in intake.runner.env.items() if k != "PATH"}
+    installed): the sandbox's paths are left out, everything else that matters is kept."""
+    env = {k: v for k, v in intake.runner.env.items() if k not in runners.SANDBOX_ONLY_ENV}
     if seed is not None:
         env.update({name: str(seed) for name in intake.runner.seed_env})
     argv = target_argv(intake, target)
