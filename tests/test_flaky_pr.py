@@ -85,7 +85,7 @@ def test_a_repro_that_did_not_fail_on_the_first_bad_commit_is_never_offered_as_o
     # the whole command itself unconfirmed: said so, not offered as the repro
     whole = {"repro": {"command": WHOLE, "fails_on_bad": False, "whole_command": WHOLE}}
     assert finding("repro-builder", whole) == (
-        f"reproduce: not confirmed ({WHOLE} did not fail on the first failing commit)"
+        f"reproduce: not confirmed (not seen failing on the first failing commit): {WHOLE}"
     )
 
     # the pull request's facts (the notifier's summary and the script): the whole command

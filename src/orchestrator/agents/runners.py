@@ -31,10 +31,10 @@ from pydantic import BaseModel, ConfigDict
 from orchestrator.errors import ConfigError
 
 __all__ = [
-    "MARKER_FILES",
-    "NOT_REACHED",
     "GO_CACHE",
     "GO_MODCACHE",
+    "MARKER_FILES",
+    "NOT_REACHED",
     "SANDBOX_ONLY_ENV",
     "VENV",
     "Outcome",

@@ -97,12 +97,13 @@ def repro_line(repro: str, unconfirmed: str | None = None) -> str:
     the first failing commit (``unconfirmed`` None), else that no repro was confirmed."""
     if unconfirmed is None:
         return f"reproduce: {repro}"
+    unseen = "not seen failing on the first failing commit"
     if unconfirmed != repro:
         return (
-            f"reproduce: no single-test repro confirmed ({unconfirmed} did not fail on the "
-            f"first failing commit); run the whole measured command instead: {repro}"
+            f"reproduce: no single-test repro confirmed ({unseen}: {unconfirmed}); "
+            f"run the whole measured command instead: {repro}"
         )
-    return f"reproduce: not confirmed ({repro} did not fail on the first failing commit)"
+    return f"reproduce: not confirmed ({unseen}): {repro}"
 
 
 # --------------------------------------------------------------------------- names
