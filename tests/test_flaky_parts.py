@@ -171,6 +171,10 @@ def test_go_build_cache_is_in_the_checkout_and_warmed_at_install() -> None:
     warm = runner.install[-1][-1]
     assert f'GOCACHE="$PWD/{runners.GO_CACHE}"' in warm
     assert "go test -exec=true ./..." in warm
+    # a cache it cannot write (the local backend has no /workspace) never reaches a test
+    unwritable = "failed to initialize build cache at /workspace/x: mkdir /workspace: denied\n"
+    assert runners.classify(runner, 1, unwritable) == "could-not-collect"
+    assert runners.cause(unwritable) == unwritable.strip()
     with_deps = runners.detect({"go.mod": "module x\nrequire (\n\tgithub.com/a/b v1.0.0\n)\n"})
     assert [step[-1].count("go mod download") for step in with_deps.install] == [1, 0]
     assert with_deps.install[-1] == runner.install[-1]

@@ -470,6 +470,7 @@ _GO_BROKEN = (
     "requires go >=",
     "missing go.sum entry",
     "module lookup disabled",
+    "failed to initialize build cache",  # GOCACHE unwritable: no package was built
 )
 
 
@@ -535,7 +536,8 @@ def broke(runner: Runner, code: int, output: str) -> bool:
 _CAUSE = re.compile(
     r"No module named|ModuleNotFoundError|ImportError|SyntaxError|not found|"
     r"No tests? (?:found|files found)|NO TESTS RAN|^Ran 0 tests|ERROR collecting|"
-    r"Missing script|cannot run|Cannot find module|build failed|setup failed|requires go",
+    r"Missing script|cannot run|Cannot find module|build failed|setup failed|requires go|"
+    r"failed to initialize build cache",
     re.MULTILINE,
 )
 
@@ -554,7 +556,7 @@ _NOT_RUN_TEXT: dict[str, str] = {
     "pytest": r"ERROR collecting|^(ERROR: )?(file or directory )?not found:|no tests ran in",
     "unittest": r"unittest\.loader\._FailedTest|NO TESTS RAN|^Ran 0 tests",
     "go": r"\[build failed\]|\[setup failed\]|cannot find main module|missing go\.sum entry|"
-    r"no required module provides package|requires go >=",
+    r"no required module provides package|requires go >=|failed to initialize build cache",
     "npm": r"Missing script: |Test suite failed to run|^No tests found|No test files found|"
     r"Cannot find module '(jest|vitest|mocha)",
 }
