@@ -155,13 +155,67 @@ def test_package_json_without_a_real_test_script_defers_or_explains() -> None:
 def test_go() -> None:
     runner = runners.detect({"go.mod": "module example.com/x\n\ngo 1.22\n"})
     assert (runner.name, runner.language, runner.framework) == ("go", "go", "go")
-    assert runner.install == []
+    assert len(runner.install) == 1  # the build cache warm-up
     assert runner.command == ["go", "test", "./..."]
     assert runner.env["GOFLAGS"] == "-count=1"
     assert runner.seed_env == []
     assert runner.seed_args(42) == ["-shuffle=42"]
     with_deps = runners.detect({"go.mod": "module x\nrequire (\n\tgithub.com/a/b v1.0.0\n)\n"})
     assert "go mod download" in with_deps.install[0][-1]
+
+
+def test_go_build_cache_is_in_the_checkout_and_warmed_at_install() -> None:
+    runner = runners.detect({"go.mod": "module example.com/x\n\ngo 1.22\n"})
+    assert runner.env["GOCACHE"] == f"/workspace/{runners.GO_CACHE}"
+    assert runner.env["GOMODCACHE"] == f"/workspace/{runners.GO_MODCACHE}"
+    warm = runner.install[-1][-1]
+    assert f'GOCACHE="$PWD/{runners.GO_CACHE}"' in warm
+    assert "go test -exec=true ./..." in warm
+    # a cache it cannot write (the local backend has no /workspace) never reaches a test
+    unwritable = "failed to initialize build cache at /workspace/x: mkdir /workspace: denied\n"
+    assert runners.classify(runner, 1, unwritable) == "could-not-collect"
+    assert runners.cause(unwritable) == unwritable.strip()
+    with_deps = runners.detect({"go.mod": "module x\nrequire (\n\tgithub.com/a/b v1.0.0\n)\n"})
+    assert [step[-1].count("go mod download") for step in with_deps.install] == [1, 0]
+    assert with_deps.install[-1] == runner.install[-1]
+
+
+GO = shutil.which("go", path="/usr/local/go/bin:" + os.environ.get("PATH", ""))
+
+
+@pytest.mark.skipif(GO is None, reason="no go toolchain")
+def test_go_runs_after_install_reuse_the_warmed_build_cache(tmp_path: Path) -> None:
+    """Install as intake does, then a fresh `go test` with the run's environment (the
+    checkout standing in for /workspace) compiles nothing: every action is a cache hit."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "go.mod").write_text("module example.com/x\n\ngo 1.19\n")
+    (checkout / "x.go").write_text(
+        'package x\n\nimport "fmt"\n\nfunc S() string { return fmt.Sprint(1) }\n'
+    )
+    (checkout / "x_test.go").write_text(
+        'package x\n\nimport "testing"\n\n'
+        'func TestS(t *testing.T) {\n\tif S() != "1" {\n\t\tt.Fatal(S())\n\t}\n}\n'
+    )
+    runner = runners.detect({"go.mod": (checkout / "go.mod").read_text()})
+    base = {"HOME": str(tmp_path / "home"), "PATH": os.environ["PATH"]}
+    for argv in runner.install:
+        subprocess.run(argv, cwd=checkout, env=base, check=True, timeout=1200)
+    cache = checkout / runners.GO_CACHE
+    assert any(cache.iterdir())
+    env = {
+        **base,
+        **{k: v.replace("/workspace", str(checkout)) for k, v in runner.env.items()},
+    }
+    where = subprocess.run(
+        ["go", "env", "GOCACHE"], cwd=checkout, env=env, capture_output=True, text=True
+    )
+    assert where.stdout.strip() == str(cache)
+    done = subprocess.run(
+        ["go", "test", "-x", "./..."], cwd=checkout, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "/compile " not in done.stderr  # -x prints every compiler run; none happen
 
 
 def test_the_runner_the_command_names_is_used_and_installed_even_if_undeclared() -> None:

@@ -14,15 +14,20 @@ from typing import Any
 import pytest
 
 from orchestrator import Runtime
+from orchestrator.agents import runners
+from orchestrator.agents.intake import Intake
 from orchestrator.agents.repo_facts import (
     RepoFacts,
     display_name,
     parse_signature,
     read_repo_facts,
 )
+from orchestrator.cli.hunt_results import finding
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.state import RunState
 from orchestrator.workloads.flaky_hunt import pull_request as pr
+from orchestrator.workloads.flaky_hunt.nodes.publish import AuthorInputs, facts_of
+from orchestrator.workloads.flaky_hunt.ports import Bisected, Fix, Report, Repro
 from tests.backends import needs
 from tests.conftest import cli
 from tests.flaky_repos import FixtureRepo, git, python_repo
@@ -64,6 +69,70 @@ def test_a_seeded_repro_failing_every_run_is_described_as_deterministic() -> Non
     for loose in (facts(), facts(repro_seed=7, fails_every_run=False)):
         assert "one run usually passes" in pr.description(loose)
         assert "deterministic" not in pr.description(loose)
+
+
+SINGLE = "GOFLAGS=-count=1 go test -run '^TestA$' . -shuffle=3"
+WHOLE = "GOFLAGS=-count=1 go test . -shuffle=3"
+
+
+def test_a_repro_that_did_not_fail_on_the_first_bad_commit_is_never_offered_as_one() -> None:
+    outputs = {"repro": {"command": SINGLE, "fails_on_bad": False, "whole_command": WHOLE}}
+    line = finding("repro-builder", outputs)
+    assert line is not None and line.startswith("reproduce: no single-test repro confirmed")
+    assert line.endswith(f"run the whole measured command instead: {WHOLE}")
+    confirmed = {"repro": {**outputs["repro"], "fails_on_bad": True}}
+    assert finding("repro-builder", confirmed) == f"reproduce: {SINGLE}"
+    # the whole command itself unconfirmed: said so, not offered as the repro
+    whole = {"repro": {"command": WHOLE, "fails_on_bad": False, "whole_command": WHOLE}}
+    assert finding("repro-builder", whole) == (
+        f"reproduce: not confirmed (not seen failing on the first failing commit): {WHOLE}"
+    )
+
+    # the pull request's facts (the notifier's summary and the script): the whole command
+    repro = Repro(
+        command=SINGLE, seed=3, fails_on_bad=False, passes_on_parent=True, whole_command=WHOLE
+    )
+    inputs = AuthorInputs(
+        repo="r",
+        workdir="w",
+        base=None,
+        author=None,
+        intake=Intake(
+            prepared="p",
+            sha="c" * 40,
+            runner=runners.detect({"go.mod": "module x\n"}),
+            argv=["go", "test", "."],
+        ),
+        report=Report(
+            runs=40, failures=0, rates=[], target="TestA", failing_seeds=[3], sample_output=""
+        ),
+        bisected=Bisected(
+            first_bad="a" * 40,
+            parent="b" * 40,
+            good="b" * 40,
+            subject="s",
+            diffstat="",
+            trials_per_commit=5,
+            log=[],
+            message="",
+        ),
+        repro=repro,
+        fix=Fix(diff=None, verified=False, failures_after=None, runs_after=None, note=""),
+        prepared_dir="p",
+    )
+    f = facts_of(inputs, name="r", review_gate=False)
+    assert (f.repro, f.unconfirmed_repro) == (WHOLE, SINGLE)
+    assert pr.repro_line(f.repro, f.unconfirmed_repro) == line
+    text = pr.description(f)
+    assert "No single-test command was confirmed" in text and WHOLE in text
+    assert "run the test:" not in text
+    assert WHOLE in pr.repro_script(f) and SINGLE not in pr.repro_script(f)
+    confirmed_inputs = inputs.model_copy(
+        update={"repro": repro.model_copy(update={"fails_on_bad": True})}
+    )
+    f = facts_of(confirmed_inputs, name="r", review_gate=False)
+    assert (f.repro, f.unconfirmed_repro) == (SINGLE, None)
+    assert "run the test:" in pr.description(f)
 
 
 def test_a_frequent_failure_is_not_said_to_usually_pass() -> None:

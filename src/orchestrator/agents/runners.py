@@ -10,7 +10,9 @@ crash), whether the command could not even run the tests (:func:`broke`, a bisec
 Python runs use a virtualenv inside the checkout (``.orchestrator-venv``), invoked as
 ``python -m ...`` through ``PATH``: the checkout is installed wherever the install step runs
 but mounted at ``/workspace`` for the test runs, and a venv's console scripts carry the
-absolute path of their creation in their shebang while ``python`` does not.
+absolute path of their creation in their shebang while ``python`` does not. Go keeps its
+module and build caches in the checkout likewise (``.orchestrator-gomod``,
+``.orchestrator-gocache``).
 
 Parsing is heuristic by nature: ANSI colour is stripped first, ids are returned sorted and
 unique, and an output no parser understands yields ``[]`` (the caller then blames the
@@ -29,8 +31,11 @@ from pydantic import BaseModel, ConfigDict
 from orchestrator.errors import ConfigError
 
 __all__ = [
+    "GO_CACHE",
+    "GO_MODCACHE",
     "MARKER_FILES",
     "NOT_REACHED",
+    "SANDBOX_ONLY_ENV",
     "VENV",
     "Outcome",
     "Runner",
@@ -57,6 +62,10 @@ MARKER_FILES: tuple[str, ...] = (
 )
 
 VENV = ".orchestrator-venv"
+GO_MODCACHE = ".orchestrator-gomod"
+GO_CACHE = ".orchestrator-gocache"
+SANDBOX_ONLY_ENV = frozenset({"PATH", "GOMODCACHE", "GOCACHE"})
+"""Run environment that names places in the sandbox: left out of commands for people."""
 WORKSPACE = "/workspace"
 
 _PYTHON_MARKERS = (
@@ -183,17 +192,26 @@ def _npm_runner(package: dict[str, Any], locked: bool) -> Runner:
 def _go_runner(go_mod: str) -> Runner:
     """Modules are downloaded into the checkout at install time (the only step with
     network; the install command sets its own proxy since it may run with ``env``), and
-    test runs read them there with the proxy off, so a missing module fails fast."""
+    test runs read them there with the proxy off, so a missing module fails fast.
+
+    The build cache lives in the checkout too (:data:`GO_CACHE`), warmed at install by
+    compiling every package's tests without running them: a sandbox's ``HOME`` is empty,
+    and without it every run would compile the standard library again (minutes)."""
+    paths = f'GOMODCACHE="$PWD/{GO_MODCACHE}" GOCACHE="$PWD/{GO_CACHE}"'
+    toolchain = 'PATH="/usr/local/go/bin:$PATH" GOTOOLCHAIN=local'
     install: list[list[str]] = []
     if re.search(r"^\s*require\b", go_mod, re.MULTILINE):
-        install = [
+        install.append(
             [
                 "sh",
                 "-c",
-                'PATH="/usr/local/go/bin:$PATH" GOMODCACHE="$PWD/.orchestrator-gomod" '
-                "GOTOOLCHAIN=local GOPROXY=https://proxy.golang.org,direct go mod download",
+                f"{toolchain} {paths} GOPROXY=https://proxy.golang.org,direct go mod download",
             ]
-        ]
+        )
+    # best effort: a package that does not build fails its runs, and those say why
+    install.append(
+        ["sh", "-c", f"{toolchain} {paths} GOPROXY=off go test -exec=true ./... || true"]
+    )
     return Runner(
         name="go",
         language="go",
@@ -202,7 +220,8 @@ def _go_runner(go_mod: str) -> Runner:
         env={
             "PATH": "/usr/local/go/bin:/usr/bin:/bin",
             "GOFLAGS": "-count=1",
-            "GOMODCACHE": f"{WORKSPACE}/.orchestrator-gomod",
+            "GOMODCACHE": f"{WORKSPACE}/{GO_MODCACHE}",
+            "GOCACHE": f"{WORKSPACE}/{GO_CACHE}",
             "GOTOOLCHAIN": "local",
             "GOPROXY": "off",
         },
@@ -451,6 +470,7 @@ _GO_BROKEN = (
     "requires go >=",
     "missing go.sum entry",
     "module lookup disabled",
+    "failed to initialize build cache",  # GOCACHE unwritable: no package was built
 )
 
 
@@ -516,7 +536,8 @@ def broke(runner: Runner, code: int, output: str) -> bool:
 _CAUSE = re.compile(
     r"No module named|ModuleNotFoundError|ImportError|SyntaxError|not found|"
     r"No tests? (?:found|files found)|NO TESTS RAN|^Ran 0 tests|ERROR collecting|"
-    r"Missing script|cannot run|Cannot find module|build failed|setup failed|requires go",
+    r"Missing script|cannot run|Cannot find module|build failed|setup failed|requires go|"
+    r"failed to initialize build cache",
     re.MULTILINE,
 )
 
@@ -535,7 +556,7 @@ _NOT_RUN_TEXT: dict[str, str] = {
     "pytest": r"ERROR collecting|^(ERROR: )?(file or directory )?not found:|no tests ran in",
     "unittest": r"unittest\.loader\._FailedTest|NO TESTS RAN|^Ran 0 tests",
     "go": r"\[build failed\]|\[setup failed\]|cannot find main module|missing go\.sum entry|"
-    r"no required module provides package|requires go >=",
+    r"no required module provides package|requires go >=|failed to initialize build cache",
     "npm": r"Missing script: |Test suite failed to run|^No tests found|No test files found|"
     r"Cannot find module '(jest|vitest|mocha)",
 }

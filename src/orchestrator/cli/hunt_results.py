@@ -25,7 +25,13 @@ def finding(node: str, outputs: dict[str, Any] | None) -> str | None:
             found.get("subject") or ""
         )
     if node == "repro-builder":
-        return f"reproduce: {(outputs.get('repro') or {}).get('command')}"
+        from orchestrator.workloads.flaky_hunt.pull_request import repro_line
+
+        repro = outputs.get("repro") or {}
+        command = str(repro.get("command"))
+        if repro.get("fails_on_bad"):
+            return repro_line(command)
+        return repro_line(str(repro.get("whole_command") or command), command)
     return None
 
 

@@ -87,6 +87,8 @@ class Repro(BaseModel):
     fails_on_bad: bool
     passes_on_parent: bool
     fails_every_run: bool = False  # the pinned seed failed on every try on the first bad commit
+    whole_command: str = ""  # the whole measured command with the seed: to run when
+    # ``command`` was not confirmed to fail on the first bad commit
 
 
 class Fix(BaseModel):

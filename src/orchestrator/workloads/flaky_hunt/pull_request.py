@@ -24,6 +24,7 @@ __all__ = [
     "HuntFacts",
     "branch_name",
     "description",
+    "repro_line",
     "repro_path",
     "repro_script",
     "title",
@@ -48,7 +49,9 @@ class HuntFacts(BaseModel):
     (``failures`` of ``runs``), ``low``/``high`` its 95% confidence interval.
     ``miss_chance`` is the bisection's stated bound on calling a bad commit good.
     ``repro_seed`` is the seed the repro pins (if any) and ``fails_every_run`` whether
-    with it the test failed on every try at the first failing commit; ``review_gate``
+    with it the test failed on every try at the first failing commit;
+    ``unconfirmed_repro`` the command that was not confirmed to fail there (``repro`` is
+    then the whole measured command, never an unconfirmed one-test command); ``review_gate``
     whether a person reviews the pull request before it is published.
     """
 
@@ -67,6 +70,7 @@ class HuntFacts(BaseModel):
     repro: str = Field(min_length=1)
     repro_seed: int | None = None
     fails_every_run: bool = False
+    unconfirmed_repro: str | None = None
     trials_per_commit: int = Field(gt=0)
     miss_chance: float = Field(gt=0, lt=1)
     fix_diff: str | None = None
@@ -86,6 +90,20 @@ class HuntFacts(BaseModel):
             if ran <= 0 or not 0 <= failed <= ran:
                 raise ValueError(f"rate_after must be (failures, runs), not {self.rate_after}")
         return self
+
+
+def repro_line(repro: str, unconfirmed: str | None = None) -> str:
+    """The summary's line on how to reproduce: ``repro`` when it was confirmed to fail on
+    the first failing commit (``unconfirmed`` None), else that no repro was confirmed."""
+    if unconfirmed is None:
+        return f"reproduce: {repro}"
+    unseen = "not seen failing on the first failing commit"
+    if unconfirmed != repro:
+        return (
+            f"reproduce: no single-test repro confirmed ({unseen}: {unconfirmed}); "
+            f"run the whole measured command instead: {repro}"
+        )
+    return f"reproduce: not confirmed ({unseen}): {repro}"
 
 
 # --------------------------------------------------------------------------- names
@@ -226,7 +244,7 @@ def _reproduce(f: HuntFacts, path: str) -> str:
             [
                 "## How to reproduce",
                 "",
-                "From the repository's root, run the test:",
+                _run_what(f),
                 "",
                 _fence(f.repro, "sh"),
                 "",
@@ -236,6 +254,22 @@ def _reproduce(f: HuntFacts, path: str) -> str:
             ]
         )
         + "\n"
+    )
+
+
+def _run_what(f: HuntFacts) -> str:
+    if f.unconfirmed_repro is None:
+        return "From the repository's root, run the test:"
+    if f.unconfirmed_repro != f.repro:
+        return (
+            "No single-test command was confirmed: "
+            f"{_code(f.unconfirmed_repro)} did not fail at the first failing commit (the "
+            "failure may need the other tests). From the repository's root, run the whole "
+            "measured command:"
+        )
+    return (
+        "Not confirmed: this command did not fail at the first failing commit. From the "
+        "repository's root, run:"
     )
 
 

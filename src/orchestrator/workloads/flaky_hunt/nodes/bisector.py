@@ -187,8 +187,8 @@ class ReproInputs(BaseModel):
 
 def repro_command(intake: Intake, target: str | None, seed: int | None) -> str:
     """The command a person runs in their own checkout (with the test dependencies
-    installed): the sandbox's PATH is left out, everything else that matters is kept."""
-    env = {k: v for k, v in intake.runner.env.items() if k != "PATH"}
+    installed): the sandbox's paths are left out, everything else that matters is kept."""
+    env = {k: v for k, v in intake.runner.env.items() if k not in runners.SANDBOX_ONLY_ENV}
     if seed is not None:
         env.update({name: str(seed) for name in intake.runner.seed_env})
     argv = target_argv(intake, target)
@@ -216,8 +216,15 @@ async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
     seeded = bool(intake.runner.seed_env or intake.runner.seed_args(1))
     seed = report.failing_seeds[0] if report.failing_seeds and seeded else None
     command = repro_command(intake, report.target, seed)
+    whole = repro_command(intake, None, seed)
     if found.first_bad is None or found.parent is None:
-        return Repro(command=command, seed=seed, fails_on_bad=False, passes_on_parent=False)
+        return Repro(
+            command=command,
+            seed=seed,
+            fails_on_bad=False,
+            passes_on_parent=False,
+            whole_command=whole,
+        )
     # a seed-driven failure reproduces in one run with its seed; otherwise the trials the
     # measured rate needs
     trials = 3 if seed is not None else max(1, min(found.trials_per_commit, 50))
@@ -241,4 +248,5 @@ async def _repro(ctx: NodeContext, inputs: ReproInputs) -> Repro:
         fails_on_bad=on_bad > 0,
         passes_on_parent=on_parent == 0,
         fails_every_run=seed is not None and on_bad == trials,
+        whole_command=whole,
     )

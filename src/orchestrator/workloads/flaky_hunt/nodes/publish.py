@@ -75,7 +75,10 @@ def facts_of(inputs: AuthorInputs, *, name: str, review_gate: bool) -> pr.HuntFa
         first_bad_subject=found.subject,
         first_bad_diffstat=found.diffstat,
         parent=found.parent,
-        repro=inputs.repro.command,
+        repro=inputs.repro.command
+        if inputs.repro.fails_on_bad
+        else (inputs.repro.whole_command or inputs.repro.command),
+        unconfirmed_repro=None if inputs.repro.fails_on_bad else inputs.repro.command,
         repro_seed=inputs.repro.seed,
         fails_every_run=inputs.repro.fails_every_run,
         trials_per_commit=max(1, found.trials_per_commit),
@@ -324,7 +327,7 @@ async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
         f"flaky test: {facts.test} ({facts.failures}/{facts.runs} runs failed, "
         f"{facts.rate:.1%}, 95% CI {facts.low:.1%} to {facts.high:.1%})",
         f"first failing commit: {facts.first_bad or 'not found'} {facts.first_bad_subject}",
-        f"reproduce: {facts.repro}",
+        pr.repro_line(facts.repro, facts.unconfirmed_repro),
         f"fix: {'verified' if facts.fix_verified else 'none proposed'}",
         inputs.opened.note,
     ]
