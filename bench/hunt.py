@@ -43,7 +43,7 @@ def phases(home: Path) -> dict[str, float]:
     with Runtime(home=home) as rt:
         run = rt.store.runs()[-1].run_id
         for stored in rt.store.read(run):
-            event = decode(stored.kind, stored.body)
+            event = decode(stored.body)
             base = str(getattr(event, "node", "")).partition("[")[0]
             at = parse_iso(event.ts).timestamp()
             if isinstance(event, NodeDispatched):
