@@ -120,17 +120,27 @@ def test_the_modules_that_use_them_do_not_load_them_either(module: str) -> None:
     assert loaded_after(f"import {module}") & {"httpx", "cryptography", "zstandard"} == set()
 
 
-def test_the_help_loads_no_http_cloud_model_or_crypto_library_nor_live_displays() -> None:
+def test_the_help_loads_no_command_module_nor_rich_nor_any_deferred_library() -> None:
     loaded = loaded_after(HELP, whole=True)
-    assert "orchestrator.cli.runs" in loaded  # the commands were registered
-    assert {m.split(".")[0] for m in loaded} & (set(DEFERRED) - {"rich", "typer", "click"}) == set()
-    assert loaded & {"rich.live", "rich.progress_bar"} == set()
+    assert {m for m in loaded if m.startswith("orchestrator.cli.")} == {
+        "orchestrator.cli.commands",
+        "orchestrator.cli.root",
+    }
+    assert {m.split(".")[0] for m in loaded} & (set(DEFERRED) - {"typer", "click"}) == set()
+    assert "rich" not in {m.split(".")[0] for m in loaded}
 
 
-def test_the_help_loads_the_commands_but_not_what_their_bodies_run() -> None:
+def test_the_help_loads_none_of_what_the_commands_run() -> None:
     loaded = loaded_after(HELP, whole=True)
     ours = {
         m for m in loaded if m.startswith("orchestrator") and not m.startswith("orchestrator.cli")
     }
     assert ours - LIGHT == set()
     assert {m.split(".")[0] for m in loaded} & {"pydantic", "pydantic_core", "asyncio"} == set()
+
+
+def test_a_command_s_help_loads_the_commands() -> None:
+    run_help = HELP.replace("'--help'", "'run', '--help'")
+    loaded = loaded_after(run_help, whole=True)
+    assert {"orchestrator.cli.runs", "orchestrator.cli.hunt", "orchestrator.cli.plans"} <= loaded
+    assert loaded & {"rich.live", "rich.progress_bar"} == set()

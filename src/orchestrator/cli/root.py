@@ -9,20 +9,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from orchestrator.cli.commands import LazyCommandGroup
 from orchestrator.errors import LedgerError, OrchestratorError, UserError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from orchestrator.runtime.engine import Runtime
 
+# Plain (Click) help, not Rich's: Rich's help formatter alone costs more than the 0.2 s
+# `orchestrator --help` may take (bench/imports.py).
 app = typer.Typer(
     name="orchestrator",
     help="Durable, typed, parallel runs of agent work: plan, run, pause, resume, replay.",
+    cls=LazyCommandGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 plan_app = typer.Typer(help="Check plans before running them.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
@@ -31,8 +36,25 @@ app.add_typer(sandbox_app, name="sandbox")
 keys_app = typer.Typer(help="Approvers' signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-out = Console()
-err = Console(stderr=True)
+# The consoles commands print to, made on first use (Rich is not imported for `--help`).
+out: Console
+err: Console
+
+
+def _console(name: str) -> Console:
+    if name not in globals():
+        from rich.console import Console
+
+        globals()[name] = Console(stderr=name == "err")
+    console: Console = globals()[name]
+    return console
+
+
+def __getattr__(name: str) -> Console:
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
 
 # Exit codes: 0 success, 1 run failed or error, 2 invalid plan (``plan check``, ``run``),
 # 3 run parked (paused, or waiting at a gate; resume or approve it later), 4 run aborted at
@@ -134,5 +156,7 @@ def main() -> None:
 def _paragraph(label: str, exc: Exception) -> None:
     """Print an error; text from outside (paths, ids) may hold undecodable bytes (as
     surrogates), which are shown escaped rather than failing the print."""
+    from rich.markup import escape
+
     text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
-    err.print(f"[red]{label}:[/] {escape(text)}", highlight=False)
+    _console("err").print(f"[red]{label}:[/] {escape(text)}", highlight=False)
