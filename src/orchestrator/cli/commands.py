@@ -4,16 +4,19 @@ and the runtime); naming any command imports them all and builds the real group.
 
 from __future__ import annotations
 
+import copy
 import importlib
+from typing import Any
 
 import typer.main
-from typer._click import Command, Context, HelpFormatter
+from typer._click import Command, Context, HelpFormatter, Parameter
+from typer._click.core import ParameterSource
 from typer._click.utils import make_default_short_help
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 # Importing a command module registers its commands on the app; `--help` of the loaded
 # group lists them in registration order, which the index below repeats.
-MODULES = ("plans", "demo", "hunt", "runs", "gates", "audit", "sandbox")
+MODULES = ("plans", "demo", "hunt", "runs", "gates", "audit", "sandbox", "settings")
 
 # Each command's help up to its first full stop, in the order `--help` lists them;
 # tests/test_cli_help.py keeps this in step with the commands' own docstrings.
@@ -45,7 +48,11 @@ INDEX: dict[str, str] = {
     "plan": "Check plans before running them.",
     "sandbox": "Try the sandboxes by hand.",
     "keys": "Approvers' signing keys.",
+    "config": "The settings in force.",
 }
+
+# The root's options every command accepts after its own name too.
+GLOBAL_OPTIONS = ("home", "ledger", "objects", "store_grace")
 
 
 def load_commands() -> None:
@@ -65,6 +72,9 @@ class LazyCommandGroup(TyperGroup):
 
             load_commands()
             self.commands = typer.main.get_group(app).commands
+            shared = [p for p in self.params if p.name in GLOBAL_OPTIONS]
+            for command in self.commands.values():
+                _accept_after(command, shared)
             self._loaded = True
 
     def list_commands(self, ctx: Context) -> list[str]:
@@ -82,3 +92,30 @@ class LazyCommandGroup(TyperGroup):
         rows = [(name, make_default_short_help(text, limit)) for name, text in INDEX.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _accept_after(command: Command, shared: list[Parameter]) -> None:
+    """Give ``command`` (each command of a group) the root's ``shared`` options; a value
+    given there on the command line wins over the root's."""
+    if isinstance(command, TyperGroup):
+        for sub in command.commands.values():
+            _accept_after(sub, shared)
+        return
+    for param in shared:
+        option = copy.copy(param)
+        option.expose_value = False
+        option.envvar = None  # read once, by the root
+        if isinstance(option, TyperOption):
+            option.show_envvar = False
+        option.callback = _to_root
+        command.params.append(option)
+
+
+def _to_root(ctx: Context, param: Parameter, value: Any) -> None:
+    if (
+        value is not None
+        and ctx.get_parameter_source(str(param.name)) is ParameterSource.COMMANDLINE
+    ):
+        root = ctx.find_root()
+        root.obj[param.name] = value
+        root.obj.setdefault("flags", set()).add(param.name)

@@ -91,8 +91,22 @@ def _global(
         help="Seconds a run retries its last checkpoint while the object store is down "
         "[default: 60]",
     ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        envvar="ORCHESTRATOR_CONFIG",
+        help="Settings file [default: orchestrator.toml, or [tool.orchestrator] in "
+        "pyproject.toml, here or in a parent directory]",
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile", envvar="ORCHESTRATOR_PROFILE", help="A [profiles.NAME] of the settings"
+    ),
 ) -> None:
+    from orchestrator.cli.settings import apply_settings
+    from orchestrator.settings import load
+
     ctx.obj = {"home": home, "ledger": ledger, "objects": objects, "store_grace": store_grace}
+    apply_settings(ctx, load(config, profile))
 
 
 Access = Literal["read", "existing", "write"]
