@@ -101,7 +101,10 @@ def _accept_after(command: Command, shared: list[Parameter]) -> None:
         for sub in command.commands.values():
             _accept_after(sub, shared)
         return
+    own = {p.name for p in command.params}
     for param in shared:
+        if param.name in own:
+            continue
         option = copy.copy(param)
         option.expose_value = False
         option.envvar = None  # read once, by the root
