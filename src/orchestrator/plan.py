@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -131,6 +132,8 @@ class Plan:
         self.name = name
         self.inputs = inputs
         self.nodes: dict[str, PlanNode] = {}
+        self.defined_in: str | None = sys._getframe(1).f_globals.get("__name__")
+        """The module that built the plan, where a run looks for the name it is bound to."""
         self._duplicates: list[str] = []
 
     def input(self, name: str) -> Input:

@@ -74,10 +74,8 @@ def approve(
                 out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
                 out.print(ns.held.review, markup=False, highlight=False)
         return
-    signer = signing.load(key or default_key())
-    decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
-    for decision in decisions:  # refuse (e.g. a key that is no approver) before saying "approved"
-        gates.check(state, decision, rt.clock.now())
+    # refused (e.g. a key that is no approver) before anything says "approved"
+    decisions = rt.decisions(run_id, gate, key or default_key(), node, reject, comment)
     verb = "rejected" if reject else "approved"
     if rt.owner(run_id) is not None:
         if asyncio.run(rt.decide(run_id, decisions)) == "delivered":

@@ -64,9 +64,10 @@ from orchestrator.ledger.store import LedgerStore, StoredEvent, open_store
 from orchestrator.ledger.verify import ChainReport, verify_signed
 from orchestrator.ledger.writer import LedgerWriter
 from orchestrator.plan import Plan
+from orchestrator.runtime.handle import RunHandle
 from orchestrator.runtime.home import check_home
 from orchestrator.runtime.llm import RunModels
-from orchestrator.runtime.loader import load_plan
+from orchestrator.runtime.loader import load_plan, plan_ref_of
 from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
@@ -278,6 +279,7 @@ class Runtime:
         if problems:
             raise PlanInvalid(problems)
         values = self._check_inputs(plan, inputs or {})
+        plan_ref = plan_ref or plan_ref_of(plan)
         self.check_objects("start the run")
         now = self.clock.now()
         run_id = new_run_id(now)
@@ -307,6 +309,61 @@ class Runtime:
             return await self._drive(plan, writer, config, resumed=False)
         finally:
             lock.release()
+
+    async def submit(
+        self,
+        plan: Plan,
+        inputs: Mapping[str, Any] | None = None,
+        config: RunConfig | None = None,
+        *,
+        listeners: tuple[Listener, ...] = (),
+    ) -> RunHandle:
+        """Start a run in the background of this event loop and return its handle once it
+        is recorded (a plan or inputs that fail their checks raise here, nothing recorded)."""
+        recorded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self.start(plan, inputs, config, listeners=listeners, on_start=recorded.set_result)
+        )
+        await asyncio.wait((recorded, task), return_when=asyncio.FIRST_COMPLETED)
+        if not recorded.done():
+            task.result()  # it ended before its run was recorded: raise why
+            raise RunStateError(f"plan {plan.name!r} ended before its run was recorded")
+        return RunHandle(self, recorded.result(), task)
+
+    async def approve(
+        self,
+        run_id: str,
+        gate: str,
+        key: Path | str | signing.Signer,
+        *,
+        node: str | None = None,
+        reject: bool = False,
+        comment: str = "",
+    ) -> str:
+        """Sign a decision with ``key`` (a private key file or a Signer) for each node
+        parked at ``gate`` (or only ``node``) and hand it to the run: ``delivered`` to the
+        process driving it, or ``resumed`` (recorded, and the run continued here until it
+        ended or parked again). A refused decision (not an approver, nothing waiting)
+        raises DecisionRefused and changes nothing."""
+        return await self.decide(run_id, self.decisions(run_id, gate, key, node, reject, comment))
+
+    def decisions(
+        self,
+        run_id: str,
+        gate: str,
+        key: Path | str | signing.Signer,
+        node: str | None = None,
+        reject: bool = False,
+        comment: str = "",
+    ) -> list[Decision]:
+        """Signed decisions for the nodes parked at ``gate``, each checked against the run."""
+        signer = key if isinstance(key, signing.Signer) else signing.load(Path(key))
+        state = self.state(run_id, verify=True)
+        now = self.clock.now()
+        decisions = gates.decide(state, gate, not reject, comment, signer, now, node)
+        for decision in decisions:
+            gates.check(state, decision, now)
+        return decisions
 
     async def resume(
         self,
@@ -342,7 +399,7 @@ class Runtime:
             for decision in decisions or ():
                 gates.check(state, decision, self.clock.now())
             self.check_objects(f"resume run {run_id}")
-            plan = plan or load_plan(state.plan_ref)
+            plan = plan or self._recorded_plan(run_id, state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
                     f"run {run_id} was started with a differently wired plan; code changes "
@@ -669,8 +726,20 @@ class Runtime:
             if plan is None:
                 first = events[0]
                 assert isinstance(first, RunStarted)
-                plan = load_plan(first.plan_ref)
+                plan = self._recorded_plan(run_id, first.plan_ref)
             return await replay(plan, rows, events)
+
+    @staticmethod
+    def _recorded_plan(run_id: str, plan_ref: str) -> Plan:
+        """The plan the run recorded a reference to; a run started from Python with a plan
+        no module-level name holds recorded none, and needs it given."""
+        if not plan_ref:
+            raise RunStateError(
+                f"run {run_id} recorded no plan reference (its plan was not a module-level "
+                "name when it started); pass the plan: runtime.resume(run_id, plan) or "
+                "runtime.replay(run_id, plan)"
+            )
+        return load_plan(plan_ref)
 
     @staticmethod
     def _check_inputs(plan: Plan, inputs: Mapping[str, Any]) -> dict[str, Any]:

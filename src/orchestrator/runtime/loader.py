@@ -24,6 +24,23 @@ MOVED = {
 started still resume and replay."""
 
 
+def plan_ref_of(plan: Plan) -> str:
+    """The ref that loads ``plan`` again: the module-level name that holds it in the module
+    that built it, as ``package.module:ATTR`` (``FILE.py:ATTR`` for a script or a file
+    loaded by path); "" when no such name holds it (a plan built inside a function)."""
+    module = sys.modules.get(plan.defined_in or "")
+    if module is None:
+        return ""
+    attr = next((name for name, value in vars(module).items() if value is plan), None)
+    if attr is None:
+        return ""
+    file = getattr(module, "__file__", None)
+    by_path = module.__name__ == "__main__" or module.__name__.startswith("orchestrator_plan_")
+    if by_path:
+        return f"{Path(file).resolve()}:{attr}" if file else ""
+    return f"{module.__name__}:{attr}"
+
+
 def normalize_ref(ref: str) -> str:
     """A ref that still resolves from another working directory (files made absolute)."""
     target, sep, attr = ref.rpartition(":")
