@@ -357,7 +357,7 @@ class Runtime:
         comment: str = "",
     ) -> list[Decision]:
         """Signed decisions for the nodes parked at ``gate``, each checked against the run."""
-        signer = key if isinstance(key, signing.Signer) else signing.load(Path(key))
+        signer = key if isinstance(key, signing.Signer) else signing.load(Path(key).expanduser())
         state = self.state(run_id, verify=True)
         now = self.clock.now()
         decisions = gates.decide(state, gate, not reject, comment, signer, now, node)
