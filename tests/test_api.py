@@ -4,6 +4,7 @@ approve or reject with a key, resume and replay without naming the plan again.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ def approvers(*keys: signing.Signer) -> RunConfig:
     return RunConfig(approvers={"review": [k.public for k in keys]})
 
 
-async def until(check: object, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # type: ignore[operator]
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        while not check():
             await asyncio.sleep(0.02)
 
 
@@ -56,9 +57,7 @@ async def test_approve_with_a_key_reaches_the_live_run(rt: Runtime, tmp_path: Pa
     assert final.nodes["ship"].outputs == {"shipped": "docs: attempt 1"}
 
 
-async def test_pause_then_resume_and_approve_from_a_key_file(
-    rt: Runtime, tmp_path: Path
-) -> None:
+async def test_pause_then_resume_and_approve_from_a_key_file(rt: Runtime, tmp_path: Path) -> None:
     key = signing.generate()
     signing.save(key, tmp_path / "approver.key")
     release = tmp_path / "release"

@@ -425,7 +425,7 @@ def test_a_node_that_no_longer_fits_is_refused_and_the_run_aborts_signed(
     run_id, ran = aborted_run(home, tmp_path)
     assert ran.returncode == 4, ran.stdout + ran.stderr
     assert "aborted at its budget ceiling" in ran.stdout
-    assert f"orchestrator resume {run_id} --budget" in ran.stdout
+    assert f" resume {run_id} --budget" in ran.stdout
     with Runtime(home=home) as rt:
         events = events_of(rt, run_id)
         key = rt.signer_public(run_id)

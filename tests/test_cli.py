@@ -242,7 +242,7 @@ def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(
     run_id = state.run_id
     assert state.status == "parked"
     assert [ns.id for ns in state.awaiting()] == ["diff-summarizer"]
-    assert f"orchestrator approve {run_id} merge" in parked.stdout
+    assert f" approve {run_id} merge" in parked.stdout and "orchestrator --home " in parked.stdout
     notice = json.loads((home / "notices" / "demo.jsonl").read_text().splitlines()[-1])
     assert notice["kind"] == "gate" and notice["run_id"] == run_id
     assert '"type": "module"' in notice["review"]  # the diff a person reviews

@@ -145,7 +145,7 @@ def test_cli_parks_notifies_slack_and_an_approval_from_another_process_finishes(
     found = re.search(r"run (\S+) started", ran.stderr)
     assert found, ran.stderr
     run_id = found.group(1)
-    assert f"orchestrator approve {run_id} review" in ran.stdout
+    assert f" approve {run_id} review" in ran.stdout and "orchestrator --home " in ran.stdout
 
     with Runtime(home=home) as rt:
         assert rt.owner(run_id) is None  # the run's process exited while the gate waits
@@ -718,7 +718,7 @@ async def test_status_shows_the_waiting_node_and_how_to_decide(
     assert "1 awaiting" in shown.stdout
     line = next(row for row in shown.stdout.splitlines() if row.startswith("propose"))
     assert "awaiting" in line
-    assert f"orchestrator approve {state.run_id} review" in shown.stdout
+    assert f" approve {state.run_id} review" in shown.stdout
 
 
 async def test_a_decision_dated_in_the_future_is_refused(

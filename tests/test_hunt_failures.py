@@ -194,7 +194,7 @@ def test_a_failed_publish_keeps_the_results_and_resumes_to_publish_only(
     repro = h.out("repro-builder")["repro"]["command"]
     assert f"reproduce: {repro}" in done.stdout
     assert f"found: first failing commit: {fixture.culprit}" in done.stderr
-    assert f"orchestrator resume {h.run_id}" in done.stdout
+    assert f"resume {h.run_id}`" in done.stdout and "orchestrator --home " in done.stdout
     error = str(h.state.nodes["pr-open"].error)
     assert "refs/heads/orchestrator" in error
     assert (done.stdout + done.stderr).count("refs/heads/orchestrator' exists") == 1

@@ -19,11 +19,15 @@ from tests.crashing import PLANS
 BASIC = PLANS / "basic.py"
 
 
+WHERE = {f"ORCHESTRATOR_{n}" for n in ("HOME", "LEDGER", "OBJECTS", "CONFIG", "PROFILE")}
+"""Where the command line looks for runs: left to the test (keys and trust are kept)."""
+
+
 def orchestrator(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The real command line, in ``cwd``, without the test suite's own ORCHESTRATOR_*."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    clean = {k: v for k, v in os.environ.items() if k not in WHERE}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         capture_output=True,

@@ -339,6 +339,30 @@ def list_checkpoints(objects: ObjectStore, run_id: str) -> list[str]:
     return objects.list(f"runs/{run_id}/checkpoints/")
 
 
+def runs_in(objects: ObjectStore) -> dict[str, list[str]]:
+    """The runs an object store holds checkpoints of: run id -> manifest keys, oldest
+    first (from the listing alone; nothing read or verified)."""
+    found: dict[str, list[str]] = {}
+    for key in objects.list("runs/"):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[2] == "checkpoints" and parts[3].endswith(".json"):
+            run_id = parts[1]
+            found.setdefault(run_id, []).append(key)
+    return {run_id: sorted(keys) for run_id, keys in sorted(found.items())}
+
+
+def signature_problem(signed: SignedManifest, run_id: str, signers: Collection[str]) -> str:
+    """Why a manifest is not the run's, signed by one of ``signers`` ("" if it is)."""
+    manifest = signed.manifest
+    if manifest.run_id != run_id:
+        return f"belongs to run {manifest.run_id}"
+    if manifest.signer not in signers:
+        return "signed by a key not pinned for the run"
+    if not verify(manifest.signer, manifest.canonical(), signed.signature):
+        return "the signature does not verify"
+    return ""
+
+
 def read_manifest(objects: ObjectStore, key: str) -> SignedManifest:
     try:
         return SignedManifest.model_validate_json(objects.get(key))

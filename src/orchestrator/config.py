@@ -42,6 +42,9 @@ class RunConfig(BaseModel):
     model: str | None = None
     workspace_roots: list[str] | None = None
     """Directories nodes may work on (resolved); filled in when the run starts."""
+    objects: str | None = None
+    """The object store the run's checkpoints go to (a URL or an absolute directory);
+    filled in when the run starts, so later commands find them without being told."""
 
     @field_serializer("allow_effects")
     def _sorted(self, effects: frozenset[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -181,8 +182,12 @@ def awaiting_at(state: RunState, gate: str) -> list[NodeState]:
     return [ns for ns in state.awaiting() if ns.held is not None and ns.held.gate == gate]
 
 
-def approve_command(run_id: str, held: GateParked, reject: bool = False) -> str:
-    parts = ["orchestrator", "approve", run_id, held.gate]
+def approve_command(
+    run_id: str, held: GateParked, reject: bool = False, where: Sequence[str] = ()
+) -> str:
+    """The command that decides ``held``; ``where``: the global options that find the run
+    from any directory (``Runtime.where()``)."""
+    parts = ["orchestrator", *where, "approve", run_id, held.gate]
     if NodeId.parse(held.node).index is not None:
         parts += ["--node", held.node]
     if reject:

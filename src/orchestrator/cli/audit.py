@@ -91,9 +91,9 @@ def checkpoints(
             )
         out.print(table)
         if not reports:
-            out.print(f"run {run_id} has no checkpoints in {rt.objects.url}")
+            out.print(f"run {run_id} has no checkpoints in {rt.objects_of(run_id).url}")
         elif verify and not bad:
-            out.print(f"checkpoints OK: {len(reports)} verified in {rt.objects.url}")
+            out.print(f"checkpoints OK: {len(reports)} verified in {rt.objects_of(run_id).url}")
     if verify and (bad or not reports):
         for r in bad:
             err.print(f"[red]checkpoint verification FAILED[/]: {escape(r.problem or '')}")
@@ -108,7 +108,9 @@ def _sync(ctx: typer.Context, run_id: str, as_json: bool) -> None:
     if as_json:
         out.print_json(data=None if taken is None else taken.model_dump(mode="json"))
     elif taken is None:
-        out.print(f"checkpoints of {run_id} in {rt.objects.url} already hold its whole ledger")
+        out.print(
+            f"checkpoints of {run_id} in {rt.objects_of(run_id).url} already hold its whole ledger"
+        )
     else:
         out.print(
             f"synced {run_id}: checkpoint {taken.manifest} covers the ledger up to seq {taken.cut}",

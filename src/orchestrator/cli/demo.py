@@ -76,7 +76,7 @@ def demo(
                 out.print(
                     "\nThe run is parked and this process exits. Approve it as a person would, "
                     "from any shell (the demo's approver key is in your key directory):\n  "
-                    + gates.approve_command(rid, held)
+                    + gates.approve_command(rid, held, where=rt.where())
                     + f" --key {approver_key}",
                     highlight=False,
                 )
@@ -101,7 +101,7 @@ def demo(
         data["replay"] = {"ok": report.ok, "head_hash": report.head_hash}
         out.print_json(data=data)
     else:
-        _summary(state)
+        _summary(state, where=rt.where())
         summary = (state.nodes["diff-summarizer"].outputs or {}).get("summary", "")
         out.print(summary, highlight=False, markup=False)
         if state.receipts:

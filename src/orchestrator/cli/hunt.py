@@ -200,7 +200,7 @@ def _hunt_report(rt: Runtime, state: RunState, as_json: bool) -> None:
         else:  # ended before its summary: what it found stands, whatever failed after
             for line in known(state):
                 out.print(line, highlight=False, markup=False)
-        _summary(state)
+        _summary(state, where=rt.where())
     status = rt.live_status(state)
     if status == "failed":
         raise typer.Exit(EXIT_FAILED)

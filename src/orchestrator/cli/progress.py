@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import typer
@@ -76,7 +77,7 @@ def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True)
     if as_json:
         out.print_json(data=state_json(state, status))
     else:
-        _summary(state, status)
+        _summary(state, status, rt.where())
     if driven and state.unsynced is not None:
         _warn_unsynced(rt, state)
     if status == "failed":
@@ -95,18 +96,20 @@ def _warn_unsynced(rt: Runtime, state: RunState) -> None:
     assert failed is not None
     err.print(
         f"[yellow]warning:[/] run {state.run_id} ended {state.status}, but the object store "
-        f"{rt.objects.url} does not hold its latest events: the last checkpoint failed "
-        f"({failed.failures} time(s) in a row): {escape(failed.error)}. The ledger in "
-        f"this home is whole; once the store is reachable, upload what is missing with "
-        f"`orchestrator checkpoints sync {state.run_id}`.",
+        f"{rt.objects_of(state.run_id).url} does not hold its latest events: the last "
+        f"checkpoint failed ({failed.failures} time(s) in a row): {escape(failed.error)}. "
+        "The ledger in this home is whole; once the store is reachable, upload what is "
+        f"missing with `orchestrator checkpoints sync {state.run_id}`.",
         highlight=False,
     )
 
 
-def _summary(state: RunState, status: str | None = None) -> None:
+def _summary(state: RunState, status: str | None = None, where: Sequence[str] = ()) -> None:
+    """How the run stands; ``where``: the global options printed commands need."""
     from orchestrator import gates
 
     rid = state.run_id
+    resume = shlex.join(["orchestrator", *where, "resume", rid])
     if state.status == "succeeded":
         out.print(f"[green]run {rid} succeeded[/]: {state.summary.get('succeeded')} nodes")
     elif state.status == "failed":
@@ -122,10 +125,14 @@ def _summary(state: RunState, status: str | None = None) -> None:
         for ns in state.awaiting():
             if ns.held is not None:
                 out.print(f"  {escape(ns.id)} at gate {escape(ns.held.gate)}", highlight=False)
-                out.print(f"    approve: {escape(gates.approve_command(rid, ns.held))}")
-                out.print(f"    reject:  {escape(gates.approve_command(rid, ns.held, True))}")
+                out.print(
+                    f"    approve: {escape(gates.approve_command(rid, ns.held, where=where))}"
+                )
+                out.print(
+                    f"    reject:  {escape(gates.approve_command(rid, ns.held, True, where))}"
+                )
     elif state.status == "parked":
-        out.print(f"[magenta]run {rid} parked[/]; continue with `orchestrator resume {rid}`")
+        out.print(f"[magenta]run {rid} parked[/]; continue with `{escape(resume)}`")
         for ns in state.retrying():  # a node whose policy parks the run when it fails
             if ns.error is not None:
                 out.print(
@@ -136,15 +143,13 @@ def _summary(state: RunState, status: str | None = None) -> None:
     elif status == "interrupted":
         out.print(
             f"[yellow]run {rid} stopped[/] with {len(state.in_flight())} node(s) in flight; "
-            f"continue with `orchestrator resume {rid}`"
+            f"continue with `{escape(resume)}`"
         )
     elif state.status == "aborted":
         refused = state.refused
         why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
         out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
-        out.print(
-            f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
-        )
+        out.print(f"  continue with `{escape(resume)} --budget tokens=N,compute_h=H,spend=USD`")
 
 
 def _failures(state: RunState) -> None:

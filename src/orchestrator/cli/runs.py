@@ -24,8 +24,17 @@ if TYPE_CHECKING:
 
 
 @app.command("ls")
-def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def list_runs(
+    ctx: typer.Context,
+    source: str | None = typer.Option(
+        None, "--from", help="List the runs an object store holds checkpoints of (dir or s3://…)"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
     """List runs, newest last."""
+    if source is not None:
+        _list_stored(ctx, source, as_json)
+        return
     rt = _runtime(ctx, access="read")
     runs = rt.runs()
     if as_json:
@@ -39,6 +48,47 @@ def list_runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in runs:
         table.add_row(r.run_id, r.plan, r.status, str(r.events), r.created_at, r.updated_at)
+    out.print(table)
+
+
+def _list_stored(ctx: typer.Context, source: str, as_json: bool) -> None:
+    """The runs in an object store, each by its newest checkpoint, its signature checked
+    against the keys pinned here (a run no key is pinned for here is shown unpinned)."""
+    from orchestrator.checkpoint import read_manifest, runs_in, signature_problem
+    from orchestrator.errors import CheckpointError, StorageError
+    from orchestrator.storage.objects import open_object_store
+
+    rt = _runtime(ctx, access="read")
+    rows: list[dict[str, Any]] = []
+    with open_object_store(source) as objects:
+        shown = objects.url
+        for run_id, keys in runs_in(objects).items():
+            row: dict[str, Any] = {"run_id": run_id, "checkpoints": len(keys)}
+            try:
+                signed = read_manifest(objects, keys[-1])
+            except (CheckpointError, StorageError) as exc:
+                rows.append({**row, "signature": f"unreadable: {exc}"})
+                continue
+            m, pinned = signed.manifest, rt.trust.pinned(run_id)
+            problem = signature_problem(signed, run_id, pinned) if pinned else "unpinned here"
+            rows.append(
+                {**row, "seq": m.seq, "label": m.label, "ts": m.ts, "signer": m.signer}
+                | {"signature": problem or "ok"}
+            )
+    if as_json:
+        out.print_json(data=rows)
+        return
+    if not rows:
+        out.print(f"no checkpoints of any run in {shown}")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("run", "checkpoints", "newest", "label", "at", "signer", "signature"):
+        table.add_column(col, no_wrap=col == "run")
+    for r in rows:
+        signer = fingerprint(r["signer"]) if "signer" in r else ""
+        newest = f"seq {r['seq']}" if "seq" in r else ""
+        cells = (r.get("label", ""), r.get("ts", "")[:19], signer, r["signature"])
+        table.add_row(r["run_id"], str(r["checkpoints"]), newest, *map(escape, cells))
     out.print(table)
 
 

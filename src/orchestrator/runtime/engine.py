@@ -143,10 +143,11 @@ class Runtime:
         """Run signing keys live here, outside every tree a run works on."""
         signing.adopt_legacy(self.home / "keys" / "runs", self.keys / "runs")
         self.sandbox = sandbox or os.environ.get("ORCHESTRATOR_SANDBOX")
-        self.objects_url = (
-            objects or os.environ.get("ORCHESTRATOR_OBJECTS") or str(self.home / "objects")
-        )
+        self.objects_given = objects or os.environ.get("ORCHESTRATOR_OBJECTS") or None
+        """The object store named by the caller; None: each run's own (else the home's)."""
+        self.objects_url = self.objects_given or str(self.home / "objects")
         self._objects: ObjectStore | None = None
+        self._run_objects: dict[str, ObjectStore] = {}
         self.store_grace = store_grace if store_grace is not None else default_store_grace()
         if isinstance(ledger, str) or ledger is None:
             url = ledger or os.environ.get("ORCHESTRATOR_LEDGER")
@@ -161,11 +162,34 @@ class Runtime:
             self._objects = open_object_store(self.objects_url)
         return self._objects
 
-    def check_objects(self, action: str) -> None:
-        """Refuse to ``action`` (a phrase: "start the run") while the object store cannot
-        be used: a bad endpoint, an unreachable server, a missing bucket, bad credentials."""
+    def objects_of(self, run_id: str) -> ObjectStore:
+        """The object store holding ``run_id``'s checkpoints: the one the caller named,
+        else the one the run recorded when it started, else the home's."""
+        if self.objects_given is not None or not self.store.has_run(run_id):
+            return self.objects
+        url = self.state(run_id).config.get("objects")
+        if not url or url == self.objects_url:
+            return self.objects
+        if url not in self._run_objects:
+            self._run_objects[url] = open_object_store(url)
+        return self._run_objects[url]
+
+    def where(self) -> list[str]:
+        """The global options that find this runtime's runs from any directory: the home,
+        and the ledger unless it is the home's own (a run records its object store)."""
+        args = ["--home", str(self.home)]
+        url = self.store.url
+        # a URL with a password is never printed: whoever approves sets ORCHESTRATOR_LEDGER
+        if url != f"sqlite:///{self.home.resolve()}/ledger.db" and "@" not in url:
+            args += ["--ledger", url]
+        return args
+
+    def check_objects(self, action: str, run_id: str | None = None) -> None:
+        """Refuse to ``action`` (a phrase: "start the run") while the object store (of
+        ``run_id``) cannot be used: a bad endpoint, an unreachable server, a missing
+        bucket, bad credentials."""
         try:
-            self.objects.check()
+            (self.objects if run_id is None else self.objects_of(run_id)).check()
         except StorageError as exc:
             raise StorageError(
                 f"cannot {action}: the checkpoint object store is not usable: {exc}. Nothing "
@@ -173,14 +197,15 @@ class Runtime:
                 "store is back, and try again."
             ) from None
 
-    def chunks(self) -> ChunkStore:
-        return ChunkStore(self.objects)
+    def chunks(self, run_id: str | None = None) -> ChunkStore:
+        return ChunkStore(self.objects if run_id is None else self.objects_of(run_id))
 
     def close(self) -> None:
         self.store.close()
         self.trust.close()
-        if self._objects is not None:
-            self._objects.close()
+        for store in (self._objects, *self._run_objects.values()):
+            if store is not None:
+                store.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -274,7 +299,9 @@ class Runtime:
         if roots is None:
             roots = default_roots(self.home, self.keys)
         roots = check_roots(roots, self.home, self.keys)
-        config = config.model_copy(update={"workspace_roots": roots})
+        config = config.model_copy(
+            update={"workspace_roots": roots, "objects": self._recorded_objects()}
+        )
         problems = plan.validate(config)
         if problems:
             raise PlanInvalid(problems)
@@ -365,6 +392,13 @@ class Runtime:
             gates.check(state, decision, now)
         return decisions
 
+    def _recorded_objects(self) -> str:
+        """The object store URL a new run records: a directory made absolute."""
+        url = self.objects_url
+        if "://" in url:
+            return url
+        return str(Path(url).expanduser().absolute())
+
     async def resume(
         self,
         run_id: str,
@@ -398,7 +432,7 @@ class Runtime:
                 )
             for decision in decisions or ():
                 gates.check(state, decision, self.clock.now())
-            self.check_objects(f"resume run {run_id}")
+            self.check_objects(f"resume run {run_id}", run_id)
             plan = plan or self._recorded_plan(run_id, state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
@@ -458,7 +492,7 @@ class Runtime:
         points = {}
         if resumed:
             latest = latest_manifest(
-                self.objects, run_id, writer.head_seq, self.trust.pinned(run_id)
+                self.objects_of(run_id), run_id, writer.head_seq, self.trust.pinned(run_id)
             )
             points = latest.workspaces if latest is not None else {}
         try:
@@ -518,8 +552,9 @@ class Runtime:
         """The run's checkpointer, chained to its latest checkpoint (a new run has none:
         nothing is asked of the store after its RunStarted is recorded)."""
         run_id = writer.run_id
+        objects = self.objects_of(run_id)
         latest = (
-            latest_manifest(self.objects, run_id, writer.head_seq, self.trust.pinned(run_id))
+            latest_manifest(objects, run_id, writer.head_seq, self.trust.pinned(run_id))
             if resumed
             else None
         )
@@ -529,8 +564,8 @@ class Runtime:
             run_id,
             writer,
             self.store,
-            self.objects,
-            self.chunks(),
+            objects,
+            ChunkStore(objects),
             signer,
             previous,
             head,
@@ -547,7 +582,7 @@ class Runtime:
         lock = RunLock(self.home, run_id)
         lock.acquire()
         try:
-            self.check_objects(f"sync run {run_id}'s checkpoints")
+            self.check_objects(f"sync run {run_id}'s checkpoints", run_id)
             rows, events = self._require_whole(run_id)
             try:
                 signer = self._run_signer(run_id)
@@ -653,9 +688,12 @@ class Runtime:
         # Manifests, then the ledger, then the listing: of a live run, every manifest read
         # is covered by the ledger read after it, and every manifest that ledger names is
         # in the listing made after it.
-        reports = verify_checkpoints(self.objects, self.chunks(), run_id, self.trust.pinned(run_id))
+        objects = self.objects_of(run_id)
+        reports = verify_checkpoints(
+            objects, ChunkStore(objects), run_id, self.trust.pinned(run_id)
+        )
         rows, ledger = self._verified(run_id)
-        listed = set(list_checkpoints(self.objects, run_id))
+        listed = set(list_checkpoints(objects, run_id))
         out = against_ledger(run_id, reports, rows, listed, ledger.checkpoint)
         if not ledger.ok:
             problem = f"the run's ledger fails verification at seq {ledger.bad_seq}: "
