@@ -71,6 +71,22 @@ def test_a_seeded_repro_failing_every_run_is_described_as_deterministic() -> Non
         assert "deterministic" not in pr.description(loose)
 
 
+def test_the_cli_and_the_notifier_word_the_rate_and_first_bad_lines_alike() -> None:
+    f = facts(first_bad_subject="Register names in a set")
+    rate = {"test": f.test, "failures": 29, "runs": 300, "rate": f.rate, "low": f.low}
+    report = {"runs": 300, "target": f.test, "rates": [{**rate, "high": f.high}]}
+    line = f"flaky test: {f.test} (29/300 runs failed, 9.7%, 95% CI 6.8% to 13.5%)"
+    assert finding("flake-report", {"report": report}) == line
+    assert pr.rate_line(f.test, f.failures, f.runs, f.rate, f.low, f.high) == line
+    found = {"bisected": {"first_bad": f.first_bad, "subject": f.first_bad_subject}}
+    line = f"first failing commit: {f.first_bad} Register names in a set"
+    assert finding("bisector", found) == line
+    assert pr.first_bad_line(f.first_bad, f.first_bad_subject) == line
+    assert (
+        finding("bisector", {"bisected": {"first_bad": None}}) == "first failing commit: not found "
+    )
+
+
 SINGLE = "GOFLAGS=-count=1 go test -run '^TestA$' . -shuffle=3"
 WHOLE = "GOFLAGS=-count=1 go test . -shuffle=3"
 

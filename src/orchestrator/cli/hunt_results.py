@@ -19,14 +19,12 @@ def finding(node: str, outputs: dict[str, Any] | None) -> str | None:
         return None
     if node == "flake-report":
         return _rate(outputs.get("report") or {})
+    from orchestrator.workloads.flaky_hunt.pull_request import first_bad_line, repro_line
+
     if node == "bisector":
         found = outputs.get("bisected") or {}
-        return f"first failing commit: {found.get('first_bad') or 'not found'} " + str(
-            found.get("subject") or ""
-        )
+        return first_bad_line(found.get("first_bad"), str(found.get("subject") or ""))
     if node == "repro-builder":
-        from orchestrator.workloads.flaky_hunt.pull_request import repro_line
-
         repro = outputs.get("repro") or {}
         command = str(repro.get("command"))
         if repro.get("fails_on_bad"):
@@ -53,7 +51,8 @@ def _rate(report: dict[str, Any]) -> str:
     rate = next((r for r in report.get("rates", []) if r.get("test") == target), None)
     if rate is None:
         return f"flaky test: {target}"
-    return (
-        f"flaky test: {target} ({rate['failures']}/{rate['runs']} runs failed, "
-        f"{rate['rate']:.1%}, 95% CI {rate['low']:.1%} to {rate['high']:.1%})"
+    from orchestrator.workloads.flaky_hunt.pull_request import rate_line
+
+    return rate_line(
+        target, rate["failures"], rate["runs"], rate["rate"], rate["low"], rate["high"]
     )

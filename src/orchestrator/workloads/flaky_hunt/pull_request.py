@@ -24,6 +24,8 @@ __all__ = [
     "HuntFacts",
     "branch_name",
     "description",
+    "first_bad_line",
+    "rate_line",
     "repro_line",
     "repro_path",
     "repro_script",
@@ -90,6 +92,19 @@ class HuntFacts(BaseModel):
             if ran <= 0 or not 0 <= failed <= ran:
                 raise ValueError(f"rate_after must be (failures, runs), not {self.rate_after}")
         return self
+
+
+def rate_line(test: str, failures: int, runs: int, rate: float, low: float, high: float) -> str:
+    """The summary's line on the measured failure rate of ``test`` and its 95% interval."""
+    return (
+        f"flaky test: {test} ({failures}/{runs} runs failed, "
+        f"{rate:.1%}, 95% CI {low:.1%} to {high:.1%})"
+    )
+
+
+def first_bad_line(first_bad: str | None, subject: str) -> str:
+    """The summary's line on the first failing commit (``not found`` when there is none)."""
+    return f"first failing commit: {first_bad or 'not found'} {subject}"
 
 
 def repro_line(repro: str, unconfirmed: str | None = None) -> str:

@@ -324,9 +324,8 @@ async def notifier(ctx: NodeContext, inputs: NotifyInputs) -> Summary:
     notification sinks (each delivery's outcome journaled)."""
     facts = inputs.authored.facts
     lines = [
-        f"flaky test: {facts.test} ({facts.failures}/{facts.runs} runs failed, "
-        f"{facts.rate:.1%}, 95% CI {facts.low:.1%} to {facts.high:.1%})",
-        f"first failing commit: {facts.first_bad or 'not found'} {facts.first_bad_subject}",
+        pr.rate_line(facts.test, facts.failures, facts.runs, facts.rate, facts.low, facts.high),
+        pr.first_bad_line(facts.first_bad, facts.first_bad_subject),
         pr.repro_line(facts.repro, facts.unconfirmed_repro),
         f"fix: {'verified' if facts.fix_verified else 'none proposed'}",
         inputs.opened.note,
