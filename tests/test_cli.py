@@ -71,6 +71,25 @@ def test_bad_input_gets_one_paragraph_and_a_nonzero_exit(
     no_traceback(result)
 
 
+def test_ledger_verify_without_a_run_is_a_usage_error_naming_the_missing_run_id(
+    home: Path,
+) -> None:
+    ran = cli(home, "run", f"{BASIC}:plan", "--input", "text=to be", "--json")
+    run_id = json.loads(ran.stdout)["run_id"]
+    missing = cli(home, "ledger", "verify")
+    assert missing.returncode == 2
+    text = " ".join(missing.stderr.split())
+    assert "`orchestrator ledger verify` needs the id of the run to verify" in text
+    assert "orchestrator ledger verify RUN" in text and "'verify'" not in text
+    assert "\n\n" not in missing.stderr.strip() and missing.stdout == ""
+    no_traceback(missing)
+    assert cli(home, "ledger", "a", "b", "c").returncode == 2
+    listed = cli(home, "ledger", run_id)
+    assert listed.returncode == 0 and "RunStarted" in listed.stdout
+    verified = cli(home, "ledger", "verify", run_id)
+    assert verified.returncode == 0 and "ledger OK" in verified.stdout
+
+
 def test_run_ls_status_and_json(home: Path) -> None:
     ran = cli(home, "run", f"{BASIC}:plan", "--input", "text=to be or not", "--json")
     assert ran.returncode == 0, ran.stderr

@@ -3,7 +3,8 @@
 OrchestratorError
 ├── UserError               something the user can fix; the CLI prints it, no traceback
 │   ├── ConfigError         bad option, URL, config value, run id or home directory
-│   │   └── MissingExtra    an optional dependency is not installed (names its extra)
+│   │   ├── MissingExtra    an optional dependency is not installed (names its extra)
+│   │   └── UsageError      a command's arguments do not fit its usage (exit status 2)
 │   ├── PlanLoadError       FILE.py:ATTR missing, not importable, or not a Plan
 │   ├── PlanInvalid         Plan.validate() found problems (carries them all)
 │   ├── InputError          run inputs that do not fit the plan's declared inputs
@@ -82,6 +83,12 @@ class MissingExtra(ConfigError):
             f"Install the orchestrator with its {extra!r} extra: "
             f"pip install 'orchestrator[{extra}]' (in a checkout: uv sync --extra {extra})."
         )
+
+
+class UsageError(ConfigError):
+    """A command's arguments do not fit its usage: exit status 2, as for a usage error."""
+
+    exit_code = 2
 
 
 class PlanLoadError(UserError):

@@ -14,7 +14,7 @@ from rich.table import Table
 from orchestrator.cli.options import JsonOpt, RunArg, _parse_budget
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _row, _runtime, app, err, out
-from orchestrator.errors import ConfigError, LedgerCorrupt
+from orchestrator.errors import LedgerCorrupt, UsageError
 from orchestrator.ledger.store import StoredEvent, parse
 from orchestrator.runid import check_run_id
 from orchestrator.signing import fingerprint
@@ -143,8 +143,13 @@ def ledger(
     if len(args) == 2 and args[0] == "verify":
         _verify(ctx, check_run_id(args[1]), as_json)
         return
+    if args == ["verify"]:
+        raise UsageError(
+            "`orchestrator ledger verify` needs the id of the run to verify, which is "
+            "missing: orchestrator ledger verify RUN (`orchestrator ls` lists the runs)"
+        )
     if len(args) != 1:
-        raise ConfigError("usage: orchestrator ledger RUN  |  orchestrator ledger verify RUN")
+        raise UsageError("usage: orchestrator ledger RUN  |  orchestrator ledger verify RUN")
     run_id = check_run_id(args[0])
     rt = _runtime(ctx, access="read")
     rows = rt.rows(run_id)
