@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -251,6 +252,99 @@ def test_runner_is_frozen() -> None:
 
 def test_python_seed_args_are_empty() -> None:
     assert runners.detect({"pytest.ini": ""}).seed_args(3) == []
+
+
+STAMINA_LIKE = """
+[project]
+name = "stamina"
+dependencies = ["tenacity"]
+
+[dependency-groups]
+Tests = ["pytest", "anyio", "dirty-equals"]
+typing = ["mypy"]
+dev = [{include-group = "tests"}, {include-group = "typing"}, "nox >= 2024.3.2", "anyio"]
+"""
+
+
+def test_python_installs_the_test_dependency_groups_resolving_includes() -> None:
+    runner = runners.detect({"pyproject.toml": STAMINA_LIKE})
+    pip = runner.install[1]
+    assert pip[4:] == ["pytest", "anyio", "dirty-equals", "-e", "."]
+    # only `dev`: it is installed, its includes resolved and each requirement kept once
+    dev_only = STAMINA_LIKE.replace("Tests =", "base =").replace('"tests"', '"BASE"')
+    pip = runners.detect({"pyproject.toml": dev_only}).install[1]
+    assert pip[4:-2] == ["pytest", "anyio", "dirty-equals", "mypy", "nox >= 2024.3.2"]
+    # groups for something else only: none of them
+    docs = '[dependency-groups]\ndocs = ["sphinx"]\n'
+    assert runners.detect({"pyproject.toml": docs}).install == runner.install[:1]
+
+
+@pytest.mark.parametrize(
+    ("groups", "problem"),
+    [
+        ('test = [{include-group = "test"}]', "in a circle: test -> test"),
+        ('test = [{include-group = "a"}]\na = [{include-group = "test"}]', "test -> a -> test"),
+        ('test = [{include-group = "nope"}]', "includes 'nope', which is not defined"),
+        ('test = ["--index-url=https://example.invalid"]', "not a requirement"),
+        ('test = [{other = "x"}]', "not a requirement"),
+        ('test = "pytest"', "is not a list"),
+    ],
+)
+def test_a_malformed_dependency_group_is_a_config_error(groups: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        runners.detect({"pyproject.toml": f"[dependency-groups]\n{groups}\n"})
+
+
+def _wheel(where: Path, name: str, source: str) -> Path:
+    """A pure-Python wheel of the module ``name`` (version 1.0), made without a backend."""
+    import zipfile
+
+    wheel = where / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in {**files, f"{info}/RECORD": record}.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def test_a_test_needing_a_module_from_a_dependency_group_runs_after_install(
+    tmp_path: Path,
+) -> None:
+    """Install as intake does (the sandbox's python3; pip reads a local wheelhouse, not the
+    network), then the suite imports what only the `tests` group brings."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "group_only_i12", "VALUE = 42\n")
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text(
+        '[project]\nname = "widget"\nversion = "0"\n\n[dependency-groups]\n'
+        'shared = ["group-only-i12 == 1.0"]\ntests = [{include-group = "shared"}]\n'
+        'docs = ["no-such-package-i12"]\n'
+    )
+    (checkout / "tests" / "__init__.py").write_text("")
+    (checkout / "tests" / "test_widget.py").write_text(
+        "import unittest\n\nimport group_only_i12\n\n\n"
+        "class TestWidget(unittest.TestCase):\n"
+        "    def test_value(self):\n        self.assertEqual(group_only_i12.VALUE, 42)\n"
+    )
+    runner = runners.detect({"pyproject.toml": (checkout / "pyproject.toml").read_text()})
+    assert runner.framework == "unittest"
+    base = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    offline = {**base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    for argv in runner.install:
+        subprocess.run(argv, cwd=checkout, env=offline, check=True, timeout=600)
+    env = {**base, **{k: v.replace("/workspace", str(checkout)) for k, v in runner.env.items()}}
+    done = subprocess.run(
+        runner.command, cwd=checkout, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "Ran 1 test" in done.stderr, done.stderr
 
 
 # ---- runners: real pytest / unittest / node runs ----------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.agents import dependency_groups
 from orchestrator.errors import ConfigError
 
 __all__ = [
@@ -120,7 +121,9 @@ def detect(files: dict[str, str], command: list[str] | None = None) -> Runner:
     Order: ``package.json`` with a real ``scripts.test`` -> npm; ``go.mod`` -> go; any
     Python marker -> the runner ``command`` names (``pytest`` or ``python -m pytest``,
     ``python -m unittest``), else pytest when pytest is mentioned or configured, else
-    unittest. pytest is installed whenever it is the runner, declared or not.
+    unittest. pytest is installed whenever it is the runner, declared or not, with the
+    requirements files, the test dependency groups (PEP 735, :mod:`dependency_groups`)
+    and the project itself when it declares dependencies.
     Raises :class:`ConfigError` when nothing matches.
     """
     package = _package_json(files)
@@ -251,6 +254,8 @@ def _python_runner(files: dict[str, str], present: list[str], named: str | None)
     for name in _REQUIREMENTS:
         if name in files:
             packages += ["-r", name]
+    grouped = dependency_groups.requirements_for_tests(_pyproject(files))
+    packages += [requirement for requirement in grouped if requirement not in packages]
     if _declares_dependencies(files):
         packages += ["-e", "."]
     # --copies: a real interpreter in the venv, not a symlink to /usr/bin/python3, which
@@ -285,13 +290,18 @@ def _uses_pytest(files: dict[str, str], present: list[str]) -> bool:
     return any(re.search(r"\bpytest\b", files[name], re.IGNORECASE) for name in present)
 
 
+def _pyproject(files: dict[str, str]) -> dict[str, Any]:
+    """``pyproject.toml``'s tables, or none when it is missing or not valid TOML."""
+    try:
+        return tomllib.loads(files.get("pyproject.toml", ""))
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
 def _declares_dependencies(files: dict[str, str]) -> bool:
     """Whether the project itself must be installed for its tests to import their deps."""
     if "pyproject.toml" in files:
-        try:
-            data = tomllib.loads(files["pyproject.toml"])
-        except tomllib.TOMLDecodeError:
-            data = {}
+        data = _pyproject(files)
         project = data.get("project")
         if isinstance(project, dict) and project.get("dependencies"):
             return True
