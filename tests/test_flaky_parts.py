@@ -347,6 +347,19 @@ def test_a_test_needing_a_module_from_a_dependency_group_runs_after_install(
     assert done.returncode == 0 and "Ran 1 test" in done.stderr, done.stderr
 
 
+def test_the_probe_and_the_rerunners_are_declared_alike() -> None:
+    """Both run one batch of reruns: same workspace, effects, timeout, budget and retry.
+    (Written out on each: the decorator's text is part of the node's code digest.)"""
+    from orchestrator.workloads.flaky_hunt.nodes.reruns import flake_rerunner, rerun_probe
+
+    def declared(description: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v for k, v in description.items() if k not in ("spec", "code", "inputs", "outputs")
+        }
+
+    assert declared(rerun_probe.description) == declared(flake_rerunner.description)
+
+
 # ---- runners: real pytest / unittest / node runs ----------------------------------------
 
 PY_TESTS = """
