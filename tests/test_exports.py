@@ -23,6 +23,7 @@ PUBLIC = [
     "NodeContext",
     "RunState",
     "Runtime",
+    "RunHandle",
     "Clock",
     "ManualClock",
     "SystemClock",

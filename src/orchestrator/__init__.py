@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from orchestrator.plan import Const, Input, Plan, PlanProblem
     from orchestrator.runtime.context import ExecResult, NodeContext
     from orchestrator.runtime.engine import Runtime
+    from orchestrator.runtime.handle import RunHandle
     from orchestrator.sandbox.limits import Limits
     from orchestrator.sinks.base import SinkConfig
 
@@ -60,6 +61,7 @@ __all__ = [
     "NodeContext",
     "RunState",
     "Runtime",
+    "RunHandle",
     "Clock",
     "ManualClock",
     "SystemClock",
@@ -92,6 +94,7 @@ _HOMES = {
     "orchestrator.plan": ("Const", "Input", "Plan", "PlanProblem"),
     "orchestrator.runtime.context": ("ExecResult", "NodeContext"),
     "orchestrator.runtime.engine": ("Runtime",),
+    "orchestrator.runtime.handle": ("RunHandle",),
     "orchestrator.sandbox.limits": ("Limits",),
     "orchestrator.sinks.base": ("SinkConfig",),
 }
