@@ -275,3 +275,34 @@ def test_demo_waits_at_its_gate_for_a_person_then_finishes_on_approval(
     assert len(listed) >= 2 and all(r["problem"] is None for r in listed)
     assert listed[-1]["body"]["totals"]["compute_h"] > 0
     assert cli(home, "replay", run_id).returncode == 0
+
+
+def test_pause_now_snapshots_stops_and_parks_then_resume_continues_from_the_snapshot(
+    home: Path,
+) -> None:
+    proc = spawn_run(home, f"{PLANS / 'ckpt.py'}:plan", env={"APPENDER_SLEEP": "0.6"})
+    state = wait_until(home, lambda s: len(s.nodes["appender"].journal) >= 3, timeout=60)
+    paused = cli(home, "pause", state.run_id, "--now", "--timeout", "60")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert f"run {state.run_id} is parked" in paused.stdout
+    assert proc.wait(timeout=30) == 3
+    with Runtime(home=home) as rt:
+        parked = rt.state(state.run_id)
+        assert parked.status == "parked"
+        [why] = [r.body for r in rt.rows(state.run_id) if r.kind == "RunParked"]
+        assert b"paused now by" in why
+        assert parked.nodes["appender"].status == "running"  # stopped in flight, on the record
+        done_before = len(parked.nodes["appender"].journal)
+        assert 3 <= done_before < 17  # it did not drain to the end
+        labels = [m.label for m in (r.manifest for r in rt.checkpoints(state.run_id)) if m]
+        assert "pause-now" in labels
+    resumed = cli(home, "resume", state.run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with Runtime(home=home) as rt:
+        final = rt.state(state.run_id)
+        # every step's line once: the steps before the snapshot were not performed again
+        assert final.nodes["appender"].outputs == {"lines": 16, "last": "step 15"}
+        [back] = [json.loads(r.body) for r in rt.rows(state.run_id) if r.kind == "NodeResumed"]
+        assert back["snapshot"] is not None and back["from_index"] >= 3  # from the snapshot
+    replayed = cli(home, "replay", state.run_id)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from pydantic import BaseModel
 
@@ -26,7 +27,8 @@ async def appender(ctx: NodeContext, inputs: Nothing) -> Done:
         await ctx.exec(["sh", "-c", f"echo step {i} >> log.txt"], check=True)
         if i == STEPS // 2:
             await ctx.checkpoint("halfway")
-        await asyncio.sleep(0.12)  # between effects, where checkpoints snapshot it
+        # between effects, where checkpoints snapshot it
+        await asyncio.sleep(float(os.environ.get("APPENDER_SLEEP", "0.12")))
     lines = await ctx.exec(["sh", "-c", "wc -l < log.txt; tail -n 1 log.txt"], check=True)
     count, last = lines.stdout.splitlines()
     return Done(lines=int(count), last=last)

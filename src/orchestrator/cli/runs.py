@@ -243,11 +243,20 @@ def pause(
     run_id: str = RunArg,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has parked"),
     timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait for the drain"),
+    now: bool = typer.Option(
+        False,
+        "--now",
+        help="Do not wait for in-flight nodes: snapshot their workspaces, stop them and "
+        "park; resume continues them from the snapshots",
+    ),
 ) -> None:
     """Ask a running run to drain its in-flight nodes and park."""
     rt = _runtime(ctx, access="existing")
-    rt.pause(run_id)
-    err.print(f"pause requested for {run_id}; in-flight nodes drain first")
+    rt.pause(run_id, now=now)
+    if now:
+        err.print(f"pause --now requested for {run_id}; in-flight nodes are snapshotted, stopped")
+    else:
+        err.print(f"pause requested for {run_id}; in-flight nodes drain first")
     if not wait:
         return
     deadline = time.monotonic() + timeout

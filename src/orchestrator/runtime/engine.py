@@ -746,8 +746,10 @@ class Runtime:
     def _key_path(self, run_id: str) -> Path:
         return self.keys / "runs" / f"{run_id}.key"
 
-    def pause(self, run_id: str, source: str = "cli") -> None:
-        """Ask the process driving the run to drain in-flight nodes and park."""
+    def pause(self, run_id: str, source: str = "cli", *, now: bool = False) -> None:
+        """Ask the process driving the run to drain in-flight nodes and park; ``now``:
+        snapshot their workspaces, stop them and park at once (resume continues them from
+        the snapshots)."""
         state = self.state(run_id)
         if state.status in TERMINAL_RUN:
             raise RunStateError(f"run {run_id} already ended ({state.status}); nothing to pause")
@@ -756,7 +758,7 @@ class Runtime:
                 f"run {run_id} is not running in any process (status: {state.status}); "
                 f"it is already stopped — continue it with `orchestrator resume {run_id}`"
             )
-        self.store.send_control(run_id, "pause", source)
+        self.store.send_control(run_id, "pause-now" if now else "pause", source)
 
     async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
         with gc_paused():

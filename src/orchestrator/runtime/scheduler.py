@@ -151,6 +151,8 @@ class Scheduler:
         self._park_reason: str | None = None
         self.interrupted = False
         """Set by a second SIGINT/SIGTERM: attempts were stopped, the run left resumable."""
+        self._pause_now: str | None = None
+        """Who asked for ``pause --now``: snapshot, stop the attempts, park."""
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -182,6 +184,12 @@ class Scheduler:
                 stop_periodic.set()
             if self.interrupted:
                 await self._last_checkpoint(periodic)
+                return final
+            if self._pause_now is not None:
+                if periodic is not None:
+                    await periodic
+                # the snapshots taken before the stop stay the ones to resume from
+                await self.checkpoint("parked", "run parked", keep_workspaces=True)
                 return final
             if periodic is not None:
                 await periodic  # a checkpoint under way finishes; it is never cut short
@@ -228,6 +236,9 @@ class Scheduler:
                 raise self._fatal
             if self.interrupted:
                 await self._stop_now()
+                return state
+            if self._pause_now is not None:
+                await self._park_now(self._pause_now)
                 return state
 
     def _dispatch_ready(self) -> list[NodeState]:
@@ -567,9 +578,15 @@ class Scheduler:
     # ---- checkpoints -------------------------------------------------------------------
 
     async def checkpoint(
-        self, label: str, reason: str, requester: str | None = None
+        self,
+        label: str,
+        reason: str,
+        requester: str | None = None,
+        *,
+        keep_workspaces: bool = False,
     ) -> dict[str, Any] | None:
-        """Take a checkpoint now (no-op without a checkpointer); returns where it went."""
+        """Take a checkpoint now (no-op without a checkpointer); returns where it went.
+        ``keep_workspaces``: keep the snapshots of attempts no longer live (parked now)."""
         if self.checkpointer is None:
             return None
         live: dict[str, LiveWorkspace] = {}
@@ -584,7 +601,9 @@ class Scheduler:
                 journal_length=_journal_length(self.state, node_id),
                 ended=_released(handle, sandbox),
             )
-        event = await self.checkpointer.take(label, reason, live, requester)
+        event = await self.checkpointer.take(
+            label, reason, live, requester, keep_workspaces=keep_workspaces
+        )
         if isinstance(event, CheckpointFailed):
             return None  # recorded; the next checkpoint covers what this one would have
         return {"manifest": event.manifest, "digest": event.digest}
@@ -668,6 +687,10 @@ class Scheduler:
             for command, source in self.poll_controls():
                 if command == "pause":
                     self.request_pause(source or "cli")
+                elif command == "pause-now" and self._pause_now is None:
+                    self.request_pause(source or "cli")
+                    self._pause_now = source or "cli"
+                    self._wake.set()
                 elif command == "decide":
                     self._decide_from(source)
             if self.state.status == "running" and self.reporter.receipt_due():
@@ -728,6 +751,17 @@ class Scheduler:
         for timer in self._timers.values():  # a retry just settled armed one
             timer.cancel()
         self.writer.flush()
+
+    async def _park_now(self, source: str) -> None:
+        """``pause --now``: snapshot every live workspace in a checkpoint, stop the
+        attempts, and park; ``resume`` re-enters them from those snapshots, serving their
+        journals up to where each snapshot was taken."""
+        await self.checkpoint("pause-now", f"paused now by {source}")
+        await self._stop_now()
+        if self.state.status == "pausing":
+            stopped = ", ".join(ns.id for ns in self.state.in_flight()) or "none"
+            self.writer.stage(RunParked, reason=f"paused now by {source} (stopped: {stopped})")
+            self.writer.flush()
 
     def _complete(self) -> None:
         for event_cls, fields in completion_events(self.state):
