@@ -34,7 +34,7 @@ async def test_a_submitted_run_is_recorded_at_once_and_waited_for(rt: Runtime) -
     started = rt.state(handle.run_id)
     assert started.plan_ref == "tests.plans.basic:plan"  # found, not passed by hand
     report = await rt.replay(handle.run_id)  # so replay needs no plan either
-    assert report.ok, report
+    assert report.ok, (report.divergence, report)
 
 
 async def test_a_plan_that_fails_its_checks_raises_and_records_nothing(rt: Runtime) -> None:
@@ -88,3 +88,32 @@ async def test_a_plan_no_module_name_holds_must_be_passed_to_resume(rt: Runtime)
     assert resumed.status == "parked"  # still at its gate, now driven with the plan given
     events = rt.store.read(state.run_id)
     assert events[0].kind == RunStarted.__name__
+
+
+async def test_a_rejection_sends_the_work_back_upstream_with_its_comment(rt: Runtime) -> None:
+    key = signing.generate()
+    first = await rt.start(gated.redo, {"topic": "docs"}, approvers(key))
+    run_id = first.run_id
+    assert first.status == "parked" and first.nodes["propose-draft"].status == "awaiting"
+    for wrong, why in (("side", "does not depend on it"), ("ship", "does not depend on it")):
+        with pytest.raises(DecisionRefused, match=why):
+            await rt.approve(run_id, "review", key, reject=True, comment="x", redo=wrong)
+    with pytest.raises(DecisionRefused, match="goes with a rejection"):
+        await rt.approve(run_id, "review", key, redo="draft")
+    outcome = await rt.approve(
+        run_id, "review", key, reject=True, comment="cite the RFC", redo="draft"
+    )
+    assert outcome == "resumed"
+    again = rt.state(run_id)
+    assert again.status == "parked"  # at the same gate, with what the redone draft made
+    assert again.nodes["draft"].attempt == 2 and again.nodes["draft"].feedback == ["cite the RFC"]
+    held = again.nodes["propose-draft"].held
+    assert held is not None and held.outputs["title"] == "docs draft 2 (cite the RFC)"
+    assert again.nodes["propose-draft"].attempt == 2
+    assert again.nodes["side"].attempt == 1  # not downstream of draft: not run again
+    assert await rt.approve(run_id, "review", key) == "resumed"
+    done = rt.state(run_id, verify=True)
+    assert done.status == "succeeded"
+    assert done.nodes["ship"].outputs == {"shipped": "docs draft 2 (cite the RFC)"}
+    report = await rt.replay(run_id)
+    assert report.ok, (report.divergence, report)

@@ -742,3 +742,34 @@ async def test_a_decision_dated_in_the_future_is_refused(
     soon = dated(iso(rt.clock.now() + timedelta(minutes=4)))
     assert await rt.decide(a.run_id, [soon]) == "resumed"
     assert rt.state(a.run_id).status == "succeeded"
+
+
+def test_cli_reject_with_redo_sends_the_work_back_upstream(home: Path, tmp_path: Path) -> None:
+    key = tmp_path / "me.key"
+    signing.save(signing.generate(), key)
+    public = signing.load(key).public
+    ran = cli(home, "run", f"{GATED}:redo", "--approver", f"review={public}")
+    assert ran.returncode == 3, ran.stdout + ran.stderr
+    run_id = re.search(r"run (\S+) started", ran.stderr).group(1)  # type: ignore[union-attr]
+    alone = cli(home, "approve", run_id, "review", "--redo", "draft", "--key", str(key))
+    assert alone.returncode == 2 and "--redo NODE goes with --reject" in alone.stderr
+    sent_back = cli(
+        home,
+        "approve",
+        run_id,
+        "review",
+        "--reject",
+        "-m",
+        "cite",
+        "--redo",
+        "draft",
+        "--key",
+        str(key),
+    )
+    assert sent_back.returncode == 3, sent_back.stdout + sent_back.stderr  # parked again
+    with Runtime(home=home) as rt:
+        state = rt.state(run_id)
+        held = state.nodes["propose-draft"].held
+        assert held is not None and held.outputs["title"] == "docs draft 2 (cite)"
+        [decided] = of(GateDecided, events(rt, run_id))
+        assert decided.redo == "draft" and gates.verify_recorded(state, decided)

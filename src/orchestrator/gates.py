@@ -64,10 +64,15 @@ class Decision(BaseModel):
     decided_at: str
     approver: str
     signature: str = ""
+    redo: str | None = None
+    """A rejection's upstream node to send the work back to (it and what depends on it
+    run again, the comment in its ``ctx.feedback``)."""
 
     def payload(self) -> bytes:
-        """The bytes the signature covers: every field but the signature."""
-        return canonical_bytes(self.model_dump(mode="json", exclude={"signature"}))
+        """The bytes the signature covers: every field but the signature (and ``redo``
+        only when set, so decisions signed before it existed still verify)."""
+        leave_out = {"signature"} if self.redo is not None else {"signature", "redo"}
+        return canonical_bytes(self.model_dump(mode="json", exclude=leave_out))
 
     def signed_by(self, signer: signing.Signer) -> Decision:
         unsigned = self.model_copy(update={"approver": signer.public, "signature": ""})
@@ -85,8 +90,10 @@ def decide(
     signer: signing.Signer,
     now: datetime,
     node: str | None = None,
+    redo: str | None = None,
 ) -> list[Decision]:
-    """Sign a decision for each node parked at ``gate`` (or just ``node``)."""
+    """Sign a decision for each node parked at ``gate`` (or just ``node``); a rejection
+    may send the work back to the upstream node ``redo``."""
     waiting = [ns for ns in awaiting_at(state, gate) if node is None or ns.id == node]
     if not waiting:
         raise DecisionRefused(_nothing_waiting(state, gate, node))
@@ -104,6 +111,7 @@ def decide(
             comment=comment,
             decided_at=iso(now),
             approver=signer.public,
+            redo=redo,
         )
         decisions.append(unsigned.signed_by(signer))
     return decisions
@@ -154,6 +162,10 @@ def check(state: RunState, decision: Decision, now: datetime) -> None:
             f"this decision is dated {d.decided_at}, before node {d.node} parked at gate "
             f"{d.gate!r} ({held.ts}); it cannot be about these outputs"
         )
+    if d.redo is not None:
+        redo_problem = _redo_problem(state, d)
+        if redo_problem:
+            raise DecisionRefused(redo_problem)
     if parse_iso(d.decided_at) > now + CLOCK_SKEW:
         raise DecisionRefused(
             f"this decision on gate {d.gate!r} (node {d.node}) is dated {d.decided_at}, more "
@@ -161,6 +173,39 @@ def check(state: RunState, decision: Decision, now: datetime) -> None:
             "clock); a decision cannot be made in the future. Check the clock of the machine "
             "that signed it and sign a new decision"
         )
+
+
+def redo_set(state: RunState, decision: Decision | GateDecided) -> list[str]:
+    """What a rejection with ``redo`` sends back: that node, then every node downstream
+    of it (the rejected one among them)."""
+    assert decision.redo is not None
+    return state.downstream(decision.redo)
+
+
+def _redo_problem(state: RunState, d: Decision) -> str:
+    """Why a rejection may not send the work back to ``d.redo`` ("" if it may)."""
+    target = state.nodes.get(d.redo or "")
+    if d.decision != "reject":
+        return f"--redo {d.redo} goes with a rejection: an approval sends nothing back"
+    if target is None or target.index is not None:
+        return f"--redo {d.redo}: run {state.run_id} has no such node (a mapped item cannot be)"
+    downstream = state.downstream(target.id)
+    if d.node not in downstream or d.node == target.id:
+        return (
+            f"--redo {d.redo}: {d.node} does not depend on it; name a node upstream of "
+            f"{d.node} (or reject without --redo to retry {d.node} itself)"
+        )
+    if target.status != "succeeded":
+        return f"--redo {d.redo}: it has not succeeded (it is {target.status})"
+    for node_id in downstream:
+        ns = state.nodes[node_id]
+        if ns.index is not None or ns.placeholder:
+            return (
+                f"--redo {d.redo}: {node_id} downstream of it is mapped; redo does not cross maps"
+            )
+        if node_id != d.node and ns.status in ("running", "retrying", "awaiting"):
+            return f"--redo {d.redo}: {node_id} downstream of it is {ns.status}; decide later"
+    return ""
 
 
 def verify_recorded(state: RunState, event: GateDecided) -> bool:

@@ -221,3 +221,35 @@ def waiting_plan() -> Plan:
 
 
 waiting = waiting_plan()
+
+
+# ---- a rejection that sends the work back upstream (approve --reject --redo draft) -------
+
+
+class Draft(BaseModel):
+    text: str
+
+
+@node("draft")
+async def draft(ctx: NodeContext, inputs: Topic) -> Draft:
+    """Writes the text the gated node proposes; a redo's comment shapes the next one."""
+    notes = " / ".join(ctx.feedback)
+    return Draft(text=f"{inputs.topic} draft {ctx.attempt}" + (f" ({notes})" if notes else ""))
+
+
+@node("propose-draft", gate="review")
+async def propose_draft(ctx: NodeContext, inputs: Draft) -> Change:
+    diff = f"--- a/README\n+++ b/README\n@@ -1 +1 @@\n-old\n+{inputs.text}\n"
+    return Change(diff=diff, title=inputs.text)
+
+
+def redo_plan() -> Plan:
+    plan = Plan("gated-redo", inputs=PlanInputs)
+    d = plan.add(draft, topic=plan.input("topic"))
+    p = plan.add(propose_draft, text=d.out.text)
+    plan.add(ship, diff=p.out.diff, title=p.out.title)
+    plan.add(side, topic=plan.input("topic"))
+    return plan
+
+
+redo = redo_plan()

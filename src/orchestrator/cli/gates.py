@@ -14,7 +14,7 @@ from orchestrator import signing
 from orchestrator.cli.options import JsonOpt, RunArg
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, keys_app, out
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, UsageError
 
 
 def default_key() -> Path:
@@ -55,6 +55,13 @@ def approve(
     node: str | None = typer.Option(None, "--node", help="Only this node (default: all at GATE)"),
     reject: bool = typer.Option(False, "--reject", help="Reject instead of approving"),
     comment: str = typer.Option("", "--comment", "-m", help="Why (a rejection's reason)"),
+    redo: str | None = typer.Option(
+        None,
+        "--redo",
+        metavar="NODE",
+        help="With --reject: send the work back to this upstream node (it reruns with the "
+        "comment in ctx.feedback, then everything after it)",
+    ),
     key: Path | None = KeyOpt,
     show: bool = typer.Option(False, "--show", help="Print what is held, decide nothing"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -75,7 +82,9 @@ def approve(
                 out.print(ns.held.review, markup=False, highlight=False)
         return
     # refused (e.g. a key that is no approver) before anything says "approved"
-    decisions = rt.decisions(run_id, gate, key or default_key(), node, reject, comment)
+    if redo is not None and not reject:
+        raise UsageError("--redo NODE goes with --reject: an approval sends nothing back")
+    decisions = rt.decisions(run_id, gate, key or default_key(), node, reject, comment, redo)
     verb = "rejected" if reject else "approved"
     if rt.owner(run_id) is not None:
         if asyncio.run(rt.decide(run_id, decisions)) == "delivered":

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from orchestrator.budget import Budget
 from orchestrator.codec import canonical_bytes
@@ -203,6 +211,25 @@ class GateDecided(BaseEvent):
     approver: str
     decided_at: str
     signature: str
+    redo: str | None = None
+    """A rejection that sends the work back to this upstream node (``--redo``)."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_redo(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("redo") is None:
+            data.pop("redo", None)  # the bytes of decisions recorded before --redo existed
+        return data
+
+
+class NodesReset(BaseEvent):
+    """A rejection sent the work back to ``node``: it and everything downstream of it
+    (``reset``, ``node`` first) are pending again, the comment in ``node``'s feedback."""
+
+    kind: Literal["NodesReset"] = "NodesReset"
+    node: str
+    reset: list[str]
+    comment: str
 
 
 class BudgetReserved(BaseEvent):
@@ -302,6 +329,7 @@ Event = Annotated[
     | SandboxMetered
     | GateParked
     | GateDecided
+    | NodesReset
     | BudgetReserved
     | BudgetRefused
     | BudgetReplaced
@@ -327,6 +355,7 @@ NODE_EVENTS = (
     NodeFailed,
     GateParked,
     GateDecided,
+    NodesReset,
     BudgetReserved,
 )
 

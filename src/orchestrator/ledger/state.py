@@ -30,6 +30,7 @@ from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
     NodeResumed,
+    NodesReset,
     NodeSucceeded,
     NoticeDelivered,
     PauseRequested,
@@ -206,6 +207,22 @@ class RunState:
                 }
             else:
                 self.nodes[event.node].feedback.append(event.comment)
+        elif isinstance(event, NodesReset):
+            for node_id in event.reset:
+                ns = self.nodes[node_id]
+                ns.status, ns.outputs, ns.held, ns.error, ns.cause = (
+                    "pending",
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                ns.finished_at = ns.not_before = None
+                self.ready.discard(node_id)
+                self.doomed.pop(node_id, None)
+            self.nodes[event.node].feedback.append(event.comment)
+            for node_id in event.reset:
+                self._evaluate(node_id)
         elif isinstance(event, NodeFailed):
             self.book.release(event.node)
             ns = self.nodes[event.node]
@@ -318,6 +335,18 @@ class RunState:
             self.ready.add(instance)
 
     # ---- queries ----------------------------------------------------------------------
+
+    def downstream(self, node_id: str) -> list[str]:
+        """``node_id``, then every node instance that depends on it, directly or not."""
+        base = self.nodes[node_id].base
+        bases, frontier = {base}, [base]
+        while frontier:
+            for dependent in self._dependents.get(frontier.pop(), ()):
+                if dependent not in bases:
+                    bases.add(dependent)
+                    frontier.append(dependent)
+        below = sorted(i for b in bases - {base} for i in self.groups[b])
+        return [node_id, *below]
 
     def value_of(self, ref: Ref) -> Any:
         """What a ref delivers: one output, or the list of a mapped node's items' outputs."""

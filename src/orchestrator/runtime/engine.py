@@ -366,13 +366,17 @@ class Runtime:
         node: str | None = None,
         reject: bool = False,
         comment: str = "",
+        redo: str | None = None,
     ) -> str:
         """Sign a decision with ``key`` (a private key file or a Signer) for each node
         parked at ``gate`` (or only ``node``) and hand it to the run: ``delivered`` to the
         process driving it, or ``resumed`` (recorded, and the run continued here until it
         ended or parked again). A refused decision (not an approver, nothing waiting)
-        raises DecisionRefused and changes nothing."""
-        return await self.decide(run_id, self.decisions(run_id, gate, key, node, reject, comment))
+        raises DecisionRefused and changes nothing. ``redo`` (with ``reject``): send the
+        work back to that upstream node, which reruns with ``comment`` in its
+        ``ctx.feedback``, and everything downstream of it after it."""
+        decisions = self.decisions(run_id, gate, key, node, reject, comment, redo)
+        return await self.decide(run_id, decisions)
 
     def decisions(
         self,
@@ -382,12 +386,13 @@ class Runtime:
         node: str | None = None,
         reject: bool = False,
         comment: str = "",
+        redo: str | None = None,
     ) -> list[Decision]:
         """Signed decisions for the nodes parked at ``gate``, each checked against the run."""
         signer = key if isinstance(key, signing.Signer) else signing.load(Path(key).expanduser())
         state = self.state(run_id, verify=True)
         now = self.clock.now()
-        decisions = gates.decide(state, gate, not reject, comment, signer, now, node)
+        decisions = gates.decide(state, gate, not reject, comment, signer, now, node, redo)
         for decision in decisions:
             gates.check(state, decision, now)
         return decisions

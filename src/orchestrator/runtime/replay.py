@@ -42,6 +42,7 @@ from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
     NodeResumed,
+    NodesReset,
     NodeSucceeded,
     ReceiptIssued,
     RetryScheduled,
@@ -187,6 +188,7 @@ class Replayer:
         self.attempts: dict[tuple[str, int], _Attempt] = {}
         self.outcomes: dict[tuple[str, int], dict[str, Any]] = {}
         self.rejected: dict[tuple[str, int], str] = {}
+        self.last_decided: GateDecided | None = None
         self.state: RunState | None = None
 
     def code_changes(self) -> list[str]:
@@ -265,7 +267,11 @@ class Replayer:
         if isinstance(rec, GateParked):
             return self._parked(rec)
         if isinstance(rec, GateDecided):
-            return self._decided(rec, state)
+            decided = self._decided(rec, state)
+            self.last_decided = decided if isinstance(decided, GateDecided) else None
+            return decided
+        if isinstance(rec, NodesReset):
+            return self._reset(rec, state)
         if isinstance(rec, ReceiptIssued):
             body = receipts.build(state, rec.number, rec.body["period"]["to"])
             return rec.model_copy(update={"body": body})
@@ -284,8 +290,7 @@ class Replayer:
     async def _dispatch(self, rec: NodeDispatched, state: RunState) -> NodeDispatched:
         ns = state.nodes.get(rec.node)
         legal = ns is not None and (
-            (rec.attempt == 1 and rec.node in state.ready)
-            or (rec.attempt == ns.attempt + 1 and ns.status == "retrying")
+            rec.attempt == ns.attempt + 1 and (rec.node in state.ready or ns.status == "retrying")
         )
         spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         over = state.book.admits(spec.budget)
@@ -303,7 +308,8 @@ class Replayer:
                     f"dispatch of a node that is {status}",
                 )
             )
-        inputs = state.inputs_for(rec.node) if rec.attempt == 1 else dict(ns.inputs or {})
+        # a ready node takes its inputs now (attempt 1, or a redo); a retry keeps its own
+        inputs = state.inputs_for(rec.node) if rec.node in state.ready else dict(ns.inputs or {})
         regenerated = rec.model_copy(update={"inputs": inputs})
         if (rec.node, rec.attempt) in self.superseded:
             # Cut short by a code change on resume: the old code is gone, so its effects
@@ -438,9 +444,16 @@ class Replayer:
             or not gates.verify_recorded(state, rec)
         ):
             return _Nothing(seq=rec.seq, ts=rec.ts)
-        if rec.decision == "reject":
+        if rec.decision == "reject" and rec.redo is None:
             self.rejected[(rec.node, rec.attempt)] = rec.comment
         return rec
+
+    def _reset(self, rec: NodesReset, state: RunState) -> BaseEvent:
+        """A reset stands only as the consequence of the decision recorded just before it."""
+        decided = self.last_decided
+        if decided is None or decided.redo != rec.node or decided.comment != rec.comment:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        return rec.model_copy(update={"reset": gates.redo_set(state, decided)})
 
     def _refused(self, rec: BudgetRefused, state: RunState) -> BaseEvent:
         spec = self.plan.nodes[NodeId.parse(rec.node).base].spec

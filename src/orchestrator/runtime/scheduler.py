@@ -38,6 +38,7 @@ from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
     NodeResumed,
+    NodesReset,
     NodeSucceeded,
     PauseRequested,
     RetryScheduled,
@@ -265,7 +266,8 @@ class Scheduler:
                     reason=ErrorInfo(type="MapError", message=ns.defect or "bad map"),
                 )
                 continue
-            if self._stage_dispatch(ns, 1, state.inputs_for(node_id)):
+            # attempt 1, or the next one of a node a rejection sent the work back to
+            if self._stage_dispatch(ns, ns.attempt + 1, state.inputs_for(node_id)):
                 starting.append(ns)
                 room -= 1
         return starting
@@ -519,7 +521,8 @@ class Scheduler:
 
     def apply_decision(self, decision: gates.Decision) -> None:
         """Record a verified decision: approval releases the held outputs, rejection fails
-        the attempt with the comment (retried, comment in hand, if the policy allows)."""
+        the attempt with the comment (retried, comment in hand, if the policy allows), or
+        with ``redo`` sends the work back to an upstream node (it and all below it rerun)."""
         gates.check(self.state, decision, self.clock.now())
         held = self.state.nodes[decision.node].held
         assert held is not None
@@ -528,6 +531,9 @@ class Scheduler:
             self.writer.stage(
                 NodeSucceeded, node=held.node, attempt=held.attempt, outputs=held.outputs
             )
+        elif decision.redo is not None:
+            reset = gates.redo_set(self.state, decision)
+            self.writer.stage(NodesReset, node=decision.redo, reset=reset, comment=decision.comment)
         else:
             self._fail_or_retry(
                 held.node, held.attempt, gates.rejection(decision.comment), "rejected"
