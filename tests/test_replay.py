@@ -212,3 +212,109 @@ async def test_replay_catches_a_different_order_of_dispatch(rt: Runtime) -> None
     d = report.divergence
     assert d is not None and d.seq == swapped[0]
     assert "NodeDispatched" in d.expected and "'one'" in d.expected and "'two'" in d.got
+
+
+# ---- replay against the recorded plan source ---------------------------------------------
+
+PLAN_SOURCE = """
+from pydantic import BaseModel
+
+from orchestrator import NodeContext, Plan, node
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+@node("count")
+async def count(ctx: NodeContext, inputs: Text) -> Count:
+    return Count(count=len(inputs.text.split()))
+
+
+@node("echo")
+async def echo(ctx: NodeContext, inputs: Count) -> Count:
+    return Count(count=inputs.count)
+
+
+plan = Plan("counting", inputs=Text)
+counted = plan.add(count, text=plan.input("text"))
+plan.add(echo, count=counted.out.count)
+"""
+
+
+def _run_own_plan(home: Path, tmp_path: Path) -> tuple[str, Path]:
+    """Run a plan file of the test's own, then change one node's body in it."""
+    plan_file = tmp_path / "counting.py"
+    plan_file.write_text(PLAN_SOURCE)
+    ran = cli(home, "run", "-q", f"{plan_file}:plan", "--input", "text=a b c d")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with Runtime(home=home) as rt:
+        run_id = rt.runs()[-1].run_id
+        assert rt.state(run_id).nodes["echo"].outputs == {"count": 4}
+        assert rt.state(run_id).source is not None
+        assert rt.state(run_id).source.path == "counting.py"
+    changed = PLAN_SOURCE.replace("len(inputs.text.split())", "len(inputs.text.split()) + 1")
+    plan_file.write_text(changed)
+    return run_id, plan_file
+
+
+async def test_replay_names_changed_nodes_and_the_differing_fields(
+    home: Path, tmp_path: Path
+) -> None:
+    run_id, _ = _run_own_plan(home, tmp_path)
+    today = cli(home, "replay", run_id)
+    assert today.returncode == 1, today.stdout + today.stderr
+    lines = today.stdout.splitlines()
+    assert "code changed since the run" in lines[0] and "count" in lines[0]
+    assert "echo" not in lines[0]
+    assert "replay DIVERGED" in today.stdout
+    assert "outputs.count: 4 → 5" in today.stdout
+    as_json = cli(home, "replay", "--json", run_id)
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["code_changed"] == ["count"]
+    assert report["divergence"]["diff"] == ["outputs.count: 4 → 5"]
+    assert report["divergence"]["node"] == "count"
+
+
+async def test_replay_recorded_uses_the_source_that_ran(home: Path, tmp_path: Path) -> None:
+    run_id, plan_file = _run_own_plan(home, tmp_path)
+    plan_file.unlink()  # not even today's file is needed
+    recorded = cli(home, "replay", "--recorded", run_id)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert "replay OK" in recorded.stdout
+    assert "code changed" not in recorded.stdout
+    as_json = json.loads(cli(home, "replay", "--recorded", "--json", run_id).stdout)
+    assert as_json["ok"] is True and as_json["code_changed"] == []
+
+
+async def test_replay_recorded_refuses_a_tampered_source(home: Path, tmp_path: Path) -> None:
+    run_id, _ = _run_own_plan(home, tmp_path)
+    (stored,) = (home / "objects" / "runs" / run_id / "sources").iterdir()
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    refused = cli(home, "replay", "--recorded", run_id)
+    assert refused.returncode == 1
+    assert "replay OK" not in refused.stdout
+    assert "refusing to replay run" in refused.stderr and "counting.py" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    stored.unlink()
+    missing = cli(home, "replay", "--recorded", run_id)
+    assert missing.returncode == 1 and "is missing from" in missing.stderr
+
+
+async def test_replay_recorded_needs_a_stored_source(home: Path) -> None:
+    from tests.plans.basic import words_plan
+
+    with Runtime(home=home) as rt:
+        state = await rt.start(words_plan(), {"text": "one two"})
+        assert state.source is None  # a plan no module-level name holds: no file to store
+    refused = cli(home, "replay", "--recorded", state.run_id)
+    assert refused.returncode == 1
+    assert "stored no plan source" in refused.stderr
+    assert "Traceback" not in refused.stderr

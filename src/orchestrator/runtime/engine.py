@@ -10,7 +10,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from orchestrator.ledger.events import (
     CheckpointFailed,
     CheckpointTaken,
     Event,
+    PlanSourceRecorded,
     RunResumed,
     RunStarted,
     SandboxChosen,
@@ -72,6 +73,7 @@ from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
+from orchestrator.runtime.sources import fetch_source, load_recorded, read_source, store_source
 from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
 from orchestrator.sandbox.snapshot.store import ChunkStore
@@ -281,6 +283,7 @@ class Runtime:
         values = self._check_inputs(plan, inputs or {})
         plan_ref = plan_ref or plan_ref_of(plan)
         self.check_objects("start the run")
+        source = read_source(plan_ref)
         now = self.clock.now()
         run_id = new_run_id(now)
         lock = RunLock(self.home, run_id)
@@ -301,6 +304,9 @@ class Runtime:
                 seed=secrets.randbits(62),
             )
             writer.state = RunState.start(started)
+            if source is not None:
+                digest = store_source(self.objects, run_id, source)
+                writer.stage(PlanSourceRecorded, path=source.path, digest=digest)
             head = writer.signed_head()
             self.store.create_run(run_id, plan.name, iso(now), writer.take_staged(), head)
             writer.publish(head)
@@ -720,14 +726,34 @@ class Runtime:
             )
         self.store.send_control(run_id, "pause", source)
 
-    async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
+    async def replay(
+        self, run_id: str, plan: Plan | None = None, *, recorded: bool = False
+    ) -> ReplayReport:
+        """Replay a run against ``plan``, or the plan its reference loads today, or with
+        ``recorded`` the plan source the run stored when it started."""
         with gc_paused():
             rows, events = self._require_whole(run_id)
-            if plan is None:
-                first = events[0]
-                assert isinstance(first, RunStarted)
+            first = events[0]
+            assert isinstance(first, RunStarted)
+            if recorded:
+                plan = self._stored_plan(run_id, first.plan_ref, events)
+            elif plan is None:
                 plan = self._recorded_plan(run_id, first.plan_ref)
             return await replay(plan, rows, events)
+
+    def _stored_plan(self, run_id: str, plan_ref: str, events: Sequence[Event]) -> Plan:
+        """The plan loaded from the source the run stored at its start."""
+        stored = next((e for e in events[1:3] if isinstance(e, PlanSourceRecorded)), None)
+        if stored is None or not plan_ref:
+            raise RunStateError(
+                f"run {run_id} stored no plan source (it was started by a version that did "
+                "not store one, or from a plan no module-level name holds), so it cannot be "
+                f"replayed against the code that ran; `orchestrator replay {run_id}` checks "
+                "it against today's code instead"
+            )
+        self.check_objects(f"read run {run_id}'s recorded plan source")
+        source = fetch_source(self.objects, run_id, stored.path, stored.digest)
+        return load_recorded(source, plan_ref)
 
     @staticmethod
     def _recorded_plan(run_id: str, plan_ref: str) -> Plan:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
 from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
+from orchestrator.runtime.fielddiff import field_diff
 from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.transitions import (
     Fail,
@@ -78,12 +80,18 @@ class Divergence:
     effect_index: int | None
     expected: str
     got: str
+    diff: tuple[str, ...] = ()
+    """One line per differing field, ``path: expected → got``, when both sides are events."""
 
     def __str__(self) -> str:
         where = f"node {self.node} attempt {self.attempt}" if self.node else "run"
         if self.effect_index is not None:
             where += f" effect #{self.effect_index}"
-        return f"at seq {self.seq}, {where}:\n  expected: {self.expected}\n  got:      {self.got}"
+        text = f"at seq {self.seq}, {where}:\n  expected: {self.expected}\n  got:      {self.got}"
+        if self.diff:
+            text += "\n  differing fields (recorded → regenerated):"
+            text += "".join(f"\n    {line}" for line in self.diff)
+        return text
 
 
 @dataclass
@@ -151,7 +159,16 @@ def _describe(event: BaseEvent | _Effect | None) -> str:
     if isinstance(event, EffectRecorded):
         return f"{event.effect} {event.request!r}"
     data = event.model_dump(mode="json", exclude={"seq", "ts", "kind"})
-    return f"{event.kind} {data!r}"[:400]
+    return f"{event.kind} {canonical_bytes(data).decode()}"[:400]
+
+
+def _fields(event: BaseEvent | _Effect) -> dict[str, Any] | None:
+    """An event's fields as canonical JSON data; None for an event that is not there."""
+    if isinstance(event, _Nothing):
+        return None
+    body = event.body if isinstance(event, _Effect) else encode(event)
+    data: dict[str, Any] = json.loads(body)
+    return data
 
 
 class Replayer:
@@ -229,8 +246,10 @@ class Replayer:
         node = getattr(recorded, "node", None)
         attempt = getattr(recorded, "attempt", None)
         index = recorded.index if isinstance(recorded, EffectRecorded) else None
+        expected, got = _fields(recorded), _fields(regenerated)
+        diff = () if expected is None or got is None else tuple(field_diff(expected, got))
         return Divergence(
-            recorded.seq, node, attempt, index, _describe(recorded), _describe(regenerated)
+            recorded.seq, node, attempt, index, _describe(recorded), _describe(regenerated), diff
         )
 
     async def _regenerate(self, rec: BaseEvent) -> BaseEvent | _Effect:
