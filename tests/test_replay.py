@@ -318,3 +318,80 @@ async def test_replay_recorded_needs_a_stored_source(home: Path) -> None:
     assert refused.returncode == 1
     assert "stored no plan source" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_field_diff_shows_each_differing_field_whole() -> None:
+    from orchestrator.runtime.fielddiff import LONG, field_diff
+
+    expected = {"b": [1, 2], "a": {"x": "same", "y": 1}, "gone": True}
+    got = {"a": {"x": "same", "y": 1.5}, "b": [1], "new": None}
+    assert field_diff(expected, got) == [
+        "a.y: 1 → 1.5",
+        "b[1]: 2 → (absent)",
+        "gone: true → (absent)",
+        "new: (absent) → null",
+    ]
+    assert field_diff(expected, expected) == []
+    head = "x" * LONG
+    (line,) = field_diff({"v": head + "a"}, {"v": head + "b"})
+    assert line.count("more characters not shown") == 2
+
+
+WAITING_SOURCE = """
+import asyncio
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from orchestrator import NodeContext, Plan, node
+
+
+class Gate(BaseModel):
+    path: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+@node("wait")
+async def wait(ctx: NodeContext, inputs: Gate) -> Gate:
+    await ctx.tool("mark", lambda: "waiting")
+    while not Path(inputs.path).exists():
+        await asyncio.sleep(0.02)
+    return inputs
+
+
+@node("count")
+async def count(ctx: NodeContext, inputs: Gate) -> Count:
+    return Count(count=1)
+
+
+plan = Plan("waiting-count", inputs=Gate)
+plan.add(count, path=plan.add(wait, path=plan.input("path")).out.path)
+"""
+
+
+async def test_a_resume_with_an_edited_source_stores_it_and_recorded_replay_follows(
+    home: Path, tmp_path: Path
+) -> None:
+    plan_file, gate = tmp_path / "waiting_count.py", tmp_path / "gate"
+    plan_file.write_text(WAITING_SOURCE)
+    proc = spawn_run(home, f"{plan_file}:plan", f"path={gate}")
+    state = wait_until(home, lambda s: len(s.nodes["wait"].journal) >= 1)
+    sigkill(proc)
+    plan_file.write_text(WAITING_SOURCE.replace("count=1", "count=2"))
+    gate.write_text("open")
+    resumed = cli(home, "resume", "-q", state.run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    with Runtime(home=home) as rt:
+        assert rt.state(state.run_id).nodes["count"].outputs == {"count": 2}
+        events = [decode(r.body) for r in rt.store.read(state.run_id)]
+    stored = [e for e in events if e.kind == "PlanSourceRecorded"]
+    assert len(stored) == 2 and stored[0].seq == 1
+    plan_file.write_text(WAITING_SOURCE.replace("count=1", "count=3"))
+    today = cli(home, "replay", state.run_id)
+    assert today.returncode == 1 and "outputs.count: 2 → 3" in today.stdout
+    recorded = cli(home, "replay", "--recorded", state.run_id)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert "code changed" not in recorded.stdout

@@ -405,6 +405,7 @@ class Runtime:
             for decision in decisions or ():
                 gates.check(state, decision, self.clock.now())
             self.check_objects(f"resume run {run_id}")
+            from_ref = plan is None
             plan = plan or self._recorded_plan(run_id, state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
@@ -414,12 +415,24 @@ class Runtime:
             writer = self._continuing(run_id, rows[-1], state)
             writer.listeners.extend(listeners)
             writer.stage(RunResumed, reason=reason)
+            if from_ref:
+                self._record_changed_source(writer, state)
             if budget is not None:
                 writer.stage(BudgetReplaced, ceiling=budget, source=reason)
             config = RunConfig.model_validate(state.config)
             return await self._drive(plan, writer, config, resumed=True, decisions=decisions)
         finally:
             lock.release()
+
+    def _record_changed_source(self, writer: LedgerWriter, state: RunState) -> None:
+        """A run that stored its plan source and resumes with an edited one stores the
+        new text too: the attempts from here on run it, and ``replay --recorded`` follows."""
+        if state.source is None:
+            return
+        source = read_source(state.plan_ref)
+        if source is not None and source.digest != state.source.digest:
+            digest = store_source(self.objects, state.run_id, source)
+            writer.stage(PlanSourceRecorded, path=source.path, digest=digest)
 
     async def _drive(
         self,
@@ -736,15 +749,16 @@ class Runtime:
             first = events[0]
             assert isinstance(first, RunStarted)
             if recorded:
-                plan = self._stored_plan(run_id, first.plan_ref, events)
-            elif plan is None:
+                sources = self._stored_plans(run_id, first.plan_ref, events)
+                return await replay(next(iter(sources.values())), rows, events, sources)
+            if plan is None:
                 plan = self._recorded_plan(run_id, first.plan_ref)
             return await replay(plan, rows, events)
 
-    def _stored_plan(self, run_id: str, plan_ref: str, events: Sequence[Event]) -> Plan:
-        """The plan loaded from the source the run stored at its start."""
-        stored = next((e for e in events[1:3] if isinstance(e, PlanSourceRecorded)), None)
-        if stored is None or not plan_ref:
+    def _stored_plans(self, run_id: str, plan_ref: str, events: Sequence[Event]) -> dict[str, Plan]:
+        """The plans loaded from the sources the run stored, by digest, first one first."""
+        stored = [e for e in events if isinstance(e, PlanSourceRecorded)]
+        if not plan_ref or not stored or stored[0] is not events[1]:
             raise RunStateError(
                 f"run {run_id} stored no plan source (it was started by a version that did "
                 "not store one, or from a plan no module-level name holds), so it cannot be "
@@ -752,8 +766,12 @@ class Runtime:
                 "it against today's code instead"
             )
         self.check_objects(f"read run {run_id}'s recorded plan source")
-        source = fetch_source(self.objects, run_id, stored.path, stored.digest)
-        return load_recorded(source, plan_ref)
+        plans: dict[str, Plan] = {}
+        for event in stored:
+            if event.digest not in plans:
+                source = fetch_source(self.objects, run_id, event.path, event.digest)
+                plans[event.digest] = load_recorded(source, plan_ref)
+        return plans
 
     @staticmethod
     def _recorded_plan(run_id: str, plan_ref: str) -> Plan:

@@ -19,7 +19,7 @@ import contextlib
 import gc
 import json
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from orchestrator.ledger.events import (
     NodeFailed,
     NodeResumed,
     NodeSucceeded,
+    PlanSourceRecorded,
     ReceiptIssued,
     RetryScheduled,
     RunAborted,
@@ -159,7 +160,16 @@ def _describe(event: BaseEvent | _Effect | None) -> str:
     if isinstance(event, EffectRecorded):
         return f"{event.effect} {event.request!r}"
     data = event.model_dump(mode="json", exclude={"seq", "ts", "kind"})
-    return f"{event.kind} {canonical_bytes(data).decode()}"[:400]
+    return f"{event.kind} {_sorted(data)!r}"[:400]
+
+
+def _sorted(value: Any) -> Any:
+    """``value`` with every mapping's keys in order, so both sides print alike."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 def _fields(event: BaseEvent | _Effect) -> dict[str, Any] | None:
@@ -175,9 +185,14 @@ class Replayer:
     """Regenerates one run's ledger from its plan's current code."""
 
     def __init__(
-        self, plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+        self,
+        plan: Plan,
+        rows: Sequence[StoredEvent],
+        decoded: Sequence[Event] | None = None,
+        sources: Mapping[str, Plan] | None = None,
     ) -> None:
         self.plan = plan
+        self.sources = dict(sources or {})
         self.rows = rows
         self.recorded = list(decoded) if decoded is not None else [decode(r.body) for r in rows]
         # An attempt resumed in a new process has one "life" per process: each life's body
@@ -207,11 +222,15 @@ class Replayer:
         self.state: RunState | None = None
 
     def code_changes(self) -> list[str]:
+        """The nodes whose recorded code digest differs from the code replay runs."""
         changed: set[str] = set()
+        plan = self.plan
         for event in self.recorded:
-            if isinstance(event, NodeDispatched):
+            if isinstance(event, PlanSourceRecorded):
+                plan = self.sources.get(event.digest, plan)
+            elif isinstance(event, NodeDispatched):
                 base = NodeId.parse(event.node).base
-                pn = self.plan.nodes.get(base)
+                pn = plan.nodes.get(base)
                 if pn is None or pn.spec.code_digest != event.code_digest:
                     changed.add(base)
         return sorted(changed)
@@ -262,6 +281,10 @@ class Replayer:
             return rec
         state = self.state
         assert state is not None
+        if isinstance(rec, PlanSourceRecorded):
+            # With the run's stored sources, what runs from here on is the code stored here.
+            self.plan = self.sources.get(rec.digest, self.plan)
+            return rec
         if isinstance(rec, NodeDispatched):
             return await self._dispatch(rec, state)
         if isinstance(rec, EffectRecorded):
@@ -543,7 +566,12 @@ def gc_paused() -> Iterator[None]:
 
 
 async def replay(
-    plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+    plan: Plan,
+    rows: Sequence[StoredEvent],
+    decoded: Sequence[Event] | None = None,
+    sources: Mapping[str, Plan] | None = None,
 ) -> ReplayReport:
-    """Replay a run's stored events against ``plan``'s current code."""
-    return await Replayer(plan, rows, decoded).run()
+    """Replay a run's stored events against ``plan``'s current code; with ``sources``
+    (the plans of the run's stored sources, by digest), against the code each
+    PlanSourceRecorded names from there on."""
+    return await Replayer(plan, rows, decoded, sources).run()
