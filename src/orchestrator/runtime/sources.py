@@ -22,7 +22,13 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import CorruptObject, ObjectMissing, PlanLoadError, RunStateError
+from orchestrator.errors import (
+    CorruptObject,
+    ObjectMissing,
+    PlanLoadError,
+    RunStateError,
+    StorageError,
+)
 from orchestrator.plan import Plan
 from orchestrator.storage.objects import ObjectStore
 
@@ -73,10 +79,18 @@ def read_source(plan_ref: str) -> PlanSource | None:
 
 
 def store_source(objects: ObjectStore, run_id: str, source: PlanSource) -> str:
-    """Store ``source`` under the run unless it is there already; return its digest."""
+    """Store ``source`` under the run unless it is there already; return its digest.
+    Raised before the event naming it is recorded, so the ledger never names a source
+    the store lacks."""
     key = source_key(run_id, source.digest)
-    if not objects.exists(key):
-        objects.put(key, source.data)
+    try:
+        if not objects.exists(key):
+            objects.put(key, source.data)
+    except StorageError as exc:
+        raise StorageError(
+            f"cannot store run {run_id}'s plan source {source.path} in {objects.url} "
+            f"({exc}); nothing was recorded — retry when the store is reachable"
+        ) from exc
     return source.digest
 
 
