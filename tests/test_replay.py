@@ -212,3 +212,186 @@ async def test_replay_catches_a_different_order_of_dispatch(rt: Runtime) -> None
     d = report.divergence
     assert d is not None and d.seq == swapped[0]
     assert "NodeDispatched" in d.expected and "'one'" in d.expected and "'two'" in d.got
+
+
+# ---- replay against the recorded plan source ---------------------------------------------
+
+PLAN_SOURCE = """
+from pydantic import BaseModel
+
+from orchestrator import NodeContext, Plan, node
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+@node("count")
+async def count(ctx: NodeContext, inputs: Text) -> Count:
+    return Count(count=len(inputs.text.split()))
+
+
+@node("echo")
+async def echo(ctx: NodeContext, inputs: Count) -> Count:
+    return Count(count=inputs.count)
+
+
+plan = Plan("counting", inputs=Text)
+counted = plan.add(count, text=plan.input("text"))
+plan.add(echo, count=counted.out.count)
+"""
+
+
+def _run_own_plan(home: Path, tmp_path: Path) -> tuple[str, Path]:
+    """Run a plan file of the test's own, then change one node's body in it."""
+    plan_file = tmp_path / "counting.py"
+    plan_file.write_text(PLAN_SOURCE)
+    ran = cli(home, "run", "-q", f"{plan_file}:plan", "--input", "text=a b c d")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    with Runtime(home=home) as rt:
+        run_id = rt.runs()[-1].run_id
+        assert rt.state(run_id).nodes["echo"].outputs == {"count": 4}
+        assert rt.state(run_id).source is not None
+        assert rt.state(run_id).source.path == "counting.py"
+    changed = PLAN_SOURCE.replace("len(inputs.text.split())", "len(inputs.text.split()) + 1")
+    plan_file.write_text(changed)
+    return run_id, plan_file
+
+
+async def test_replay_names_changed_nodes_and_the_differing_fields(
+    home: Path, tmp_path: Path
+) -> None:
+    run_id, _ = _run_own_plan(home, tmp_path)
+    today = cli(home, "replay", run_id)
+    assert today.returncode == 1, today.stdout + today.stderr
+    lines = today.stdout.splitlines()
+    assert "code changed since the run" in lines[0] and "count" in lines[0]
+    assert "echo" not in lines[0]
+    assert "replay DIVERGED" in today.stdout
+    assert "outputs.count: 4 → 5" in today.stdout
+    as_json = cli(home, "replay", "--json", run_id)
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["code_changed"] == ["count"]
+    assert report["divergence"]["diff"] == ["outputs.count: 4 → 5"]
+    assert report["divergence"]["node"] == "count"
+
+
+async def test_replay_recorded_uses_the_source_that_ran(home: Path, tmp_path: Path) -> None:
+    run_id, plan_file = _run_own_plan(home, tmp_path)
+    plan_file.unlink()  # not even today's file is needed
+    recorded = cli(home, "replay", "--recorded", run_id)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert "replay OK" in recorded.stdout
+    assert "code changed" not in recorded.stdout
+    as_json = json.loads(cli(home, "replay", "--recorded", "--json", run_id).stdout)
+    assert as_json["ok"] is True and as_json["code_changed"] == []
+
+
+async def test_replay_recorded_refuses_a_tampered_source(home: Path, tmp_path: Path) -> None:
+    run_id, _ = _run_own_plan(home, tmp_path)
+    (stored,) = (home / "objects" / "runs" / run_id / "sources").iterdir()
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    refused = cli(home, "replay", "--recorded", run_id)
+    assert refused.returncode == 1
+    assert "replay OK" not in refused.stdout
+    assert "refusing to replay run" in refused.stderr and "counting.py" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    stored.unlink()
+    missing = cli(home, "replay", "--recorded", run_id)
+    assert missing.returncode == 1 and "is missing from" in missing.stderr
+
+
+async def test_replay_recorded_needs_a_stored_source(home: Path) -> None:
+    from tests.plans.basic import words_plan
+
+    with Runtime(home=home) as rt:
+        state = await rt.start(words_plan(), {"text": "one two"})
+        assert state.source is None  # a plan no module-level name holds: no file to store
+    refused = cli(home, "replay", "--recorded", state.run_id)
+    assert refused.returncode == 1
+    assert "stored no plan source" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_field_diff_shows_each_differing_field_whole() -> None:
+    from orchestrator.runtime.fielddiff import LONG, field_diff
+
+    expected = {"b": [1, 2], "a": {"x": "same", "y": 1}, "gone": True}
+    got = {"a": {"x": "same", "y": 1.5}, "b": [1], "new": None}
+    assert field_diff(expected, got) == [
+        "a.y: 1 → 1.5",
+        "b[1]: 2 → (absent)",
+        "gone: true → (absent)",
+        "new: (absent) → null",
+    ]
+    assert field_diff(expected, expected) == []
+    head = "x" * LONG
+    (line,) = field_diff({"v": head + "a"}, {"v": head + "b"})
+    assert line.count("more characters not shown") == 2
+
+
+WAITING_SOURCE = """
+import asyncio
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from orchestrator import NodeContext, Plan, node
+
+
+class Gate(BaseModel):
+    path: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+@node("wait")
+async def wait(ctx: NodeContext, inputs: Gate) -> Gate:
+    await ctx.tool("mark", lambda: "waiting")
+    while not Path(inputs.path).exists():
+        await asyncio.sleep(0.02)
+    return inputs
+
+
+@node("count")
+async def count(ctx: NodeContext, inputs: Gate) -> Count:
+    return Count(count=1)
+
+
+plan = Plan("waiting-count", inputs=Gate)
+plan.add(count, path=plan.add(wait, path=plan.input("path")).out.path)
+"""
+
+
+async def test_a_resume_with_an_edited_source_stores_it_and_recorded_replay_follows(
+    home: Path, tmp_path: Path
+) -> None:
+    plan_file, gate = tmp_path / "waiting_count.py", tmp_path / "gate"
+    plan_file.write_text(WAITING_SOURCE)
+    proc = spawn_run(home, f"{plan_file}:plan", f"path={gate}")
+    state = wait_until(home, lambda s: len(s.nodes["wait"].journal) >= 1)
+    sigkill(proc)
+    plan_file.write_text(WAITING_SOURCE.replace("count=1", "count=2"))
+    gate.write_text("open")
+    resumed = cli(home, "resume", "-q", state.run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    with Runtime(home=home) as rt:
+        assert rt.state(state.run_id).nodes["count"].outputs == {"count": 2}
+        events = [decode(r.body) for r in rt.store.read(state.run_id)]
+    stored = [e for e in events if e.kind == "PlanSourceRecorded"]
+    assert len(stored) == 2 and stored[0].seq == 1
+    plan_file.write_text(WAITING_SOURCE.replace("count=1", "count=3"))
+    today = cli(home, "replay", state.run_id)
+    assert today.returncode == 1 and "outputs.count: 2 → 3" in today.stdout
+    recorded = cli(home, "replay", "--recorded", state.run_id)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert "code changed" not in recorded.stdout

@@ -13,12 +13,21 @@ from orchestrator.runid import check_run_id
 
 
 @app.command()
-def replay(ctx: typer.Context, run_id: str = RunArg, as_json: bool = JsonOpt) -> None:
+def replay(
+    ctx: typer.Context,
+    run_id: str = RunArg,
+    recorded: bool = typer.Option(
+        False,
+        "--recorded",
+        help="Replay against the plan source the run stored when it started, not today's.",
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
     """Re-execute the run's node code against its ledger; check it byte for byte."""
     import asyncio
 
     rt = _runtime(ctx, access="read")
-    report = asyncio.run(rt.replay(run_id))
+    report = asyncio.run(rt.replay(run_id, recorded=recorded))
     if as_json:
         d = report.divergence
         out.print_json(

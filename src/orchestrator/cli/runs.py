@@ -202,6 +202,8 @@ def _detail(data: dict[str, Any]) -> str:
         return f"{data['status']}"
     if kind == "RunStarted":
         return f"plan {data['plan']['name']} {data['plan_digest'][:16]}"
+    if kind == "PlanSourceRecorded":
+        return f"{data['path']} {data['digest'][:16]}"
     if kind == "GateParked":
         return f"gate {data['gate']} digest {data['digest'][:16]}"
     if kind == "GateDecided":

@@ -66,6 +66,15 @@ class RunStarted(BaseEvent):
     seed: int
 
 
+class PlanSourceRecorded(BaseEvent):
+    """The plan module's source as the run started: its file name and sha256, the text
+    stored under the run in its object store (``replay --recorded`` loads it)."""
+
+    kind: Literal["PlanSourceRecorded"] = "PlanSourceRecorded"
+    path: str
+    digest: str
+
+
 class NodeDispatched(BaseEvent):
     kind: Literal["NodeDispatched"] = "NodeDispatched"
     node: str
@@ -316,6 +325,7 @@ class RunCompleted(BaseEvent):
 
 Event = Annotated[
     RunStarted
+    | PlanSourceRecorded
     | NodeDispatched
     | EffectRecorded
     | NodeResumed

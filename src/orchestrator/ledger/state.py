@@ -34,6 +34,7 @@ from orchestrator.ledger.events import (
     NodeSucceeded,
     NoticeDelivered,
     PauseRequested,
+    PlanSourceRecorded,
     ReceiptIssued,
     RetryScheduled,
     RunAborted,
@@ -107,6 +108,8 @@ class RunState:
     refused: BudgetRefused | None = None
     receipts: list[ReceiptIssued] = field(default_factory=list)
     notices_ok: set[str] = field(default_factory=set)
+    source: PlanSourceRecorded | None = None
+    """The plan source stored when the run started (None for runs that stored none)."""
     _deps: dict[str, set[str]] = field(default_factory=dict)
     _dependents: dict[str, set[str]] = field(default_factory=dict)
 
@@ -276,6 +279,8 @@ class RunState:
             self.status = "running"
         elif isinstance(event, RunCompleted):
             self.status, self.summary = event.status, event.summary
+        elif isinstance(event, PlanSourceRecorded):
+            self.source = event
         elif isinstance(event, RunStarted):
             raise ValueError("RunStarted may only begin a ledger")
 

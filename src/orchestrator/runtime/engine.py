@@ -10,7 +10,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from orchestrator.ledger.events import (
     CheckpointFailed,
     CheckpointTaken,
     Event,
+    PlanSourceRecorded,
     RunResumed,
     RunStarted,
     SandboxChosen,
@@ -72,6 +73,7 @@ from orchestrator.runtime.lock import RunLock, owner_pid
 from orchestrator.runtime.replay import ReplayReport, gc_paused, replay
 from orchestrator.runtime.sandboxes import SandboxBroker
 from orchestrator.runtime.scheduler import Scheduler
+from orchestrator.runtime.sources import fetch_source, load_recorded, read_source, store_source
 from orchestrator.runtime.workdirs import remove_run
 from orchestrator.sandbox.roots import WorkspacePolicy, check_roots, default_roots
 from orchestrator.sandbox.snapshot.store import ChunkStore
@@ -308,6 +310,7 @@ class Runtime:
         values = self._check_inputs(plan, inputs or {})
         plan_ref = plan_ref or plan_ref_of(plan)
         self.check_objects("start the run")
+        source = read_source(plan_ref)
         now = self.clock.now()
         run_id = new_run_id(now)
         lock = RunLock(self.home, run_id)
@@ -328,6 +331,9 @@ class Runtime:
                 seed=secrets.randbits(62),
             )
             writer.state = RunState.start(started)
+            if source is not None:
+                digest = store_source(self.objects, run_id, source)
+                writer.stage(PlanSourceRecorded, path=source.path, digest=digest)
             head = writer.signed_head()
             self.store.create_run(run_id, plan.name, iso(now), writer.take_staged(), head)
             writer.publish(head)
@@ -438,6 +444,7 @@ class Runtime:
             for decision in decisions or ():
                 gates.check(state, decision, self.clock.now())
             self.check_objects(f"resume run {run_id}", run_id)
+            from_ref = plan is None
             plan = plan or self._recorded_plan(run_id, state.plan_ref)
             if plan.describe()["nodes"] != state.plan["nodes"]:
                 raise RunStateError(
@@ -447,12 +454,24 @@ class Runtime:
             writer = self._continuing(run_id, rows[-1], state)
             writer.listeners.extend(listeners)
             writer.stage(RunResumed, reason=reason)
+            if from_ref:
+                self._record_changed_source(writer, state)
             if budget is not None:
                 writer.stage(BudgetReplaced, ceiling=budget, source=reason)
             config = RunConfig.model_validate(state.config)
             return await self._drive(plan, writer, config, resumed=True, decisions=decisions)
         finally:
             lock.release()
+
+    def _record_changed_source(self, writer: LedgerWriter, state: RunState) -> None:
+        """A run that stored its plan source and resumes with an edited one stores the
+        new text too: the attempts from here on run it, and ``replay --recorded`` follows."""
+        if state.source is None:
+            return
+        source = read_source(state.plan_ref)
+        if source is not None and source.digest != state.source.digest:
+            digest = store_source(self.objects_of(state.run_id), state.run_id, source)
+            writer.stage(PlanSourceRecorded, path=source.path, digest=digest)
 
     async def _drive(
         self,
@@ -765,14 +784,39 @@ class Runtime:
             )
         self.store.send_control(run_id, "pause-now" if now else "pause", source)
 
-    async def replay(self, run_id: str, plan: Plan | None = None) -> ReplayReport:
+    async def replay(
+        self, run_id: str, plan: Plan | None = None, *, recorded: bool = False
+    ) -> ReplayReport:
+        """Replay a run against ``plan``, or the plan its reference loads today, or with
+        ``recorded`` the plan source the run stored when it started."""
         with gc_paused():
             rows, events = self._require_whole(run_id)
+            first = events[0]
+            assert isinstance(first, RunStarted)
+            if recorded:
+                sources = self._stored_plans(run_id, first.plan_ref, events)
+                return await replay(next(iter(sources.values())), rows, events, sources)
             if plan is None:
-                first = events[0]
-                assert isinstance(first, RunStarted)
                 plan = self._recorded_plan(run_id, first.plan_ref)
             return await replay(plan, rows, events)
+
+    def _stored_plans(self, run_id: str, plan_ref: str, events: Sequence[Event]) -> dict[str, Plan]:
+        """The plans loaded from the sources the run stored, by digest, first one first."""
+        stored = [e for e in events if isinstance(e, PlanSourceRecorded)]
+        if not plan_ref or not stored or stored[0] is not events[1]:
+            raise RunStateError(
+                f"run {run_id} stored no plan source (it was started by a version that did "
+                "not store one, or from a plan no module-level name holds), so it cannot be "
+                f"replayed against the code that ran; `orchestrator replay {run_id}` checks "
+                "it against today's code instead"
+            )
+        self.check_objects(f"read run {run_id}'s recorded plan source")
+        plans: dict[str, Plan] = {}
+        for event in stored:
+            if event.digest not in plans:
+                source = fetch_source(self.objects_of(run_id), run_id, event.path, event.digest)
+                plans[event.digest] = load_recorded(source, plan_ref)
+        return plans
 
     @staticmethod
     def _recorded_plan(run_id: str, plan_ref: str) -> Plan:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from orchestrator.ledger.events import (
     NodeResumed,
     NodesReset,
     NodeSucceeded,
+    PlanSourceRecorded,
     ReceiptIssued,
     RetryScheduled,
     RunAborted,
@@ -59,6 +61,7 @@ from orchestrator.ledger.store import StoredEvent
 from orchestrator.plan import Plan
 from orchestrator.runtime.attempts import allowance_for, outputs_of, run_body, site_for
 from orchestrator.runtime.context import EffectFields, JournalExhausted, NodeContext
+from orchestrator.runtime.fielddiff import field_diff
 from orchestrator.runtime.llm import RunModels
 from orchestrator.runtime.transitions import (
     Fail,
@@ -79,12 +82,18 @@ class Divergence:
     effect_index: int | None
     expected: str
     got: str
+    diff: tuple[str, ...] = ()
+    """One line per differing field, ``path: expected → got``, when both sides are events."""
 
     def __str__(self) -> str:
         where = f"node {self.node} attempt {self.attempt}" if self.node else "run"
         if self.effect_index is not None:
             where += f" effect #{self.effect_index}"
-        return f"at seq {self.seq}, {where}:\n  expected: {self.expected}\n  got:      {self.got}"
+        text = f"at seq {self.seq}, {where}:\n  expected: {self.expected}\n  got:      {self.got}"
+        if self.diff:
+            text += "\n  differing fields (recorded → regenerated):"
+            text += "".join(f"\n    {line}" for line in self.diff)
+        return text
 
 
 @dataclass
@@ -152,16 +161,39 @@ def _describe(event: BaseEvent | _Effect | None) -> str:
     if isinstance(event, EffectRecorded):
         return f"{event.effect} {event.request!r}"
     data = event.model_dump(mode="json", exclude={"seq", "ts", "kind"})
-    return f"{event.kind} {data!r}"[:400]
+    return f"{event.kind} {_sorted(data)!r}"[:400]
+
+
+def _sorted(value: Any) -> Any:
+    """``value`` with every mapping's keys in order, so both sides print alike."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _fields(event: BaseEvent | _Effect) -> dict[str, Any] | None:
+    """An event's fields as canonical JSON data; None for an event that is not there."""
+    if isinstance(event, _Nothing):
+        return None
+    body = event.body if isinstance(event, _Effect) else encode(event)
+    data: dict[str, Any] = json.loads(body)
+    return data
 
 
 class Replayer:
     """Regenerates one run's ledger from its plan's current code."""
 
     def __init__(
-        self, plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+        self,
+        plan: Plan,
+        rows: Sequence[StoredEvent],
+        decoded: Sequence[Event] | None = None,
+        sources: Mapping[str, Plan] | None = None,
     ) -> None:
         self.plan = plan
+        self.sources = dict(sources or {})
         self.rows = rows
         self.recorded = list(decoded) if decoded is not None else [decode(r.body) for r in rows]
         # An attempt resumed in a new process has one "life" per process: each life's body
@@ -192,11 +224,15 @@ class Replayer:
         self.state: RunState | None = None
 
     def code_changes(self) -> list[str]:
+        """The nodes whose recorded code digest differs from the code replay runs."""
         changed: set[str] = set()
+        plan = self.plan
         for event in self.recorded:
-            if isinstance(event, NodeDispatched):
+            if isinstance(event, PlanSourceRecorded):
+                plan = self.sources.get(event.digest, plan)
+            elif isinstance(event, NodeDispatched):
                 base = NodeId.parse(event.node).base
-                pn = self.plan.nodes.get(base)
+                pn = plan.nodes.get(base)
                 if pn is None or pn.spec.code_digest != event.code_digest:
                     changed.add(base)
         return sorted(changed)
@@ -231,8 +267,10 @@ class Replayer:
         node = getattr(recorded, "node", None)
         attempt = getattr(recorded, "attempt", None)
         index = recorded.index if isinstance(recorded, EffectRecorded) else None
+        expected, got = _fields(recorded), _fields(regenerated)
+        diff = () if expected is None or got is None else tuple(field_diff(expected, got))
         return Divergence(
-            recorded.seq, node, attempt, index, _describe(recorded), _describe(regenerated)
+            recorded.seq, node, attempt, index, _describe(recorded), _describe(regenerated), diff
         )
 
     async def _regenerate(self, rec: BaseEvent) -> BaseEvent | _Effect:
@@ -245,6 +283,10 @@ class Replayer:
             return rec
         state = self.state
         assert state is not None
+        if isinstance(rec, PlanSourceRecorded):
+            # With the run's stored sources, what runs from here on is the code stored here.
+            self.plan = self.sources.get(rec.digest, self.plan)
+            return rec
         if isinstance(rec, NodeDispatched):
             return await self._dispatch(rec, state)
         if isinstance(rec, EffectRecorded):
@@ -537,7 +579,12 @@ def gc_paused() -> Iterator[None]:
 
 
 async def replay(
-    plan: Plan, rows: Sequence[StoredEvent], decoded: Sequence[Event] | None = None
+    plan: Plan,
+    rows: Sequence[StoredEvent],
+    decoded: Sequence[Event] | None = None,
+    sources: Mapping[str, Plan] | None = None,
 ) -> ReplayReport:
-    """Replay a run's stored events against ``plan``'s current code."""
-    return await Replayer(plan, rows, decoded).run()
+    """Replay a run's stored events against ``plan``'s current code; with ``sources``
+    (the plans of the run's stored sources, by digest), against the code each
+    PlanSourceRecorded names from there on."""
+    return await Replayer(plan, rows, decoded, sources).run()
