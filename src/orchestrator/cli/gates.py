@@ -69,10 +69,10 @@ def approve(
     rt = _runtime(ctx, access="existing")
     state = rt.state(run_id, verify=True)
     if show:
-        for ns in gates.awaiting_at(state, gate):
-            if ns.held is not None and (node is None or ns.id == node):
-                out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
-                out.print(ns.held.review, markup=False, highlight=False)
+        for ns in gates.held_at(state, gate, node):
+            assert ns.held is not None
+            out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
+            out.print(ns.held.review, markup=False, highlight=False)
         return
     signer = signing.load(key or default_key())
     decisions = gates.decide(state, gate, not reject, comment, signer, rt.clock.now(), node)
