@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from orchestrator import Budget, NodeContext, Plan, Retry, RunConfig, Runtime, define_node
 from orchestrator.budget import ModelPrice, Prices
-from orchestrator.errors import PlanInvalid, RunStateError
+from orchestrator.errors import ConfigError, PlanInvalid, RunStateError
 from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReplaced,
@@ -419,6 +419,38 @@ def aborted_run(home: Path, tmp_path: Path) -> tuple[str, Any]:
     return ran.stderr.split("run ", 1)[1].split()[0], ran
 
 
+def test_a_ceiling_names_any_of_its_dimensions_in_the_flags_words(
+    home: Path, tmp_path: Path
+) -> None:
+    from orchestrator.budget import UNLIMITED_AMOUNT, UNLIMITED_TOKENS
+    from orchestrator.cli.options import _parse_budget
+
+    assert _parse_budget("spend=5") == Budget(
+        tokens=UNLIMITED_TOKENS, compute_h=UNLIMITED_AMOUNT, spend_usd=5
+    )
+    assert _parse_budget("tokens=2e3, compute_h=1") == Budget(
+        tokens=2000, compute_h=1, spend_usd=UNLIMITED_AMOUNT
+    )
+    for bad, says in [("spend=-1", "spend: "), ("spend=x", "spend='x'"), ("cows=3", "cows")]:
+        with pytest.raises(ConfigError) as refused:
+            _parse_budget(bad)
+        assert says in str(refused.value) and "spend_usd" not in str(refused.value)
+    # only tokens limited: the run aborts on tokens alone, and says so in the flag's words
+    ran = cli(
+        home,
+        "run",
+        f"{GATED}:burning",
+        "--budget",
+        "tokens=500",
+        "--llm",
+        f"scripted:{script_file(tmp_path, BURN_SCRIPT)}",
+        "--model",
+        "m",
+    )
+    assert ran.returncode == 4, ran.stdout + ran.stderr
+    assert "then_ask needs tokens 400 > 380" in ran.stdout
+
+
 def test_a_node_that_no_longer_fits_is_refused_and_the_run_aborts_signed(
     home: Path, tmp_path: Path
 ) -> None:
@@ -509,8 +541,8 @@ def test_resume_with_a_fresh_budget_finishes_the_run(home: Path, tmp_path: Path)
     assert refused.returncode == 1
     assert "budget ceiling" in refused.stderr and "--budget" in refused.stderr
     assert "Traceback" not in refused.stderr
-    partial = cli(home, "resume", run_id, "--budget", "tokens=500")
-    assert partial.returncode == 1 and "missing compute_h, spend" in partial.stderr
+    negative = cli(home, "resume", run_id, "--budget", "tokens=-5")
+    assert negative.returncode == 1 and "--budget 'tokens=-5': tokens: " in negative.stderr
     with Runtime(home=home) as rt:
         assert rt.state(run_id).status == "aborted"  # neither attempt wrote anything
         before = len(rt.store.read(run_id))

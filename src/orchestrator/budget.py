@@ -25,6 +25,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import BudgetExceeded
 
+# What a dimension no one limits holds (a ceiling's unnamed dimension, an undeclared one):
+# more than any run can use, so it never binds, yet a plain number in the ledger.
+UNLIMITED_TOKENS = 2**62
+UNLIMITED_AMOUNT = 1e18
+
+
+def is_unlimited(value: float) -> bool:
+    """Whether an amount (a ceiling's, or what is left of one) stands for "no limit"."""
+    return value >= UNLIMITED_AMOUNT / 10
+
+
+# The ``--budget`` flag's names for the dimensions, by field.
+FLAG_NAMES = {"tokens": "tokens", "compute_h": "compute_h", "spend_usd": "spend"}
+
+
+def in_flag_names(text: str) -> str:
+    """A recorded description (``spend_usd 2 > 1``) in the ``--budget`` flag's words."""
+    return text.replace("spend_usd", FLAG_NAMES["spend_usd"])
+
 
 class Budget(BaseModel):
     """A worst case or a ceiling: model tokens, compute-hours and spend in USD."""
@@ -248,12 +267,12 @@ def attempt_limit(declared: Budget, reserved: bool) -> Budget | None:
     if declared == _UNDECLARED:
         return None
     return Budget(
-        tokens=declared.tokens or 2**62,
+        tokens=declared.tokens or UNLIMITED_TOKENS,
         # kept as declared, not widened: model calls keep room in the spend limit for a
         # declared compute_h's charge, and undeclared compute needs none (a widened one
         # would leave no room at all, refusing every priced call)
         compute_h=declared.compute_h,
-        spend_usd=declared.spend_usd or 1e18,
+        spend_usd=declared.spend_usd or UNLIMITED_AMOUNT,
     )
 
 

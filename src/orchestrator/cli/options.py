@@ -38,45 +38,37 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _parse_budget(text: str | None) -> Budget | None:
-    """``tokens=N,compute_h=H,spend=USD``: all three, so no dimension is zero by accident."""
+    """``tokens=N,compute_h=H,spend=USD``, any of them: a dimension not named is unlimited."""
     from pydantic import ValidationError
 
-    from orchestrator.budget import Budget
+    from orchestrator.budget import FLAG_NAMES, UNLIMITED_AMOUNT, UNLIMITED_TOKENS, Budget
 
     if not text:
         return None
-    names = {
-        "tokens": "tokens",
-        "compute_h": "compute_h",
-        "spend": "spend_usd",
-        "spend_usd": "spend_usd",
-    }
+    fields_by_flag = {flag: field for field, flag in FLAG_NAMES.items()}
+    fields_by_flag["spend_usd"] = "spend_usd"  # the field's own name is accepted too
     fields: dict[str, float] = {}
     for part in text.split(","):
-        key, _, value = part.partition("=")
-        if key.strip() not in names:
+        key, _, value = (s.strip() for s in part.partition("="))
+        if key not in fields_by_flag:
             raise ConfigError(
-                f"--budget {text!r}: unknown dimension {key!r} (tokens, compute_h, spend)"
+                f"--budget {text!r}: unknown dimension {key!r}; name any of tokens, "
+                "compute_h, spend (a dimension not named is unlimited)"
             )
         try:
-            fields[names[key.strip()]] = float(value)
+            fields[fields_by_flag[key]] = float(value)
         except ValueError:
-            raise ConfigError(f"--budget {text!r}: {value!r} is not a number") from None
-    missing = {"tokens", "compute_h", "spend_usd"} - fields.keys()
-    if missing:
-        raise ConfigError(
-            f"--budget {text!r}: name every dimension of the ceiling (tokens, compute_h, "
-            f"spend); missing {', '.join(sorted(missing))}. A dimension you do not want to "
-            "limit can be given a large number."
-        )
+            raise ConfigError(f"--budget {text!r}: {key}={value!r} is not a number") from None
     try:
         return Budget(
-            tokens=int(fields["tokens"]),
-            compute_h=fields["compute_h"],
-            spend_usd=fields["spend_usd"],
+            tokens=int(fields.get("tokens", UNLIMITED_TOKENS)),
+            compute_h=fields.get("compute_h", UNLIMITED_AMOUNT),
+            spend_usd=fields.get("spend_usd", UNLIMITED_AMOUNT),
         )
     except ValidationError as exc:
-        raise ConfigError(f"--budget {text!r}: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        flag = FLAG_NAMES.get(str(error["loc"][0]), str(error["loc"][0]))
+        raise ConfigError(f"--budget {text!r}: {flag}: {error['msg']}") from None
 
 
 def _config(
@@ -146,7 +138,12 @@ def _run_id(value: str) -> str:
 RunArg = typer.Argument(..., metavar="RUN", callback=_run_id)
 AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
 ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)")
-BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")
+BudgetOpt = typer.Option(
+    None,
+    "--budget",
+    help="Ceiling: any of tokens=N, compute_h=H, spend=USD, e.g. tokens=2e6,spend=50 "
+    "(a dimension not named is unlimited)",
+)
 ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
 NotifyOpt = typer.Option(

@@ -140,10 +140,14 @@ def _summary(state: RunState, status: str | None = None) -> None:
         )
     elif state.status == "aborted":
         refused = state.refused
-        why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
+        from orchestrator.budget import in_flag_names
+
+        over = in_flag_names("; ".join(refused.over)) if refused is not None else ""
+        why = "" if refused is None else f": {refused.node} needs {over}"
         out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
         out.print(
             f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
+            " (any of them; a dimension not named is unlimited)"
         )
 
 

@@ -216,7 +216,9 @@ def resume(
         None, "--signer", help="With --from: the run's public key (hex) its checkpoints must carry"
     ),
     budget: str | None = typer.Option(
-        None, "--budget", help="A fresh envelope: tokens=N,compute_h=H,spend=USD"
+        None,
+        "--budget",
+        help="A fresh envelope: any of tokens=N, compute_h=H, spend=USD (unnamed: unlimited)",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,

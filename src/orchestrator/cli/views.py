@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.budget import in_flag_names
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import (
     BaseEvent,
@@ -151,7 +152,7 @@ def event_line(event: BaseEvent) -> str | None:
     if isinstance(event, CheckpointFailed):
         return f"checkpoint failed ({event.label}), retry in {event.retry_in:g}s: {event.error}"
     if isinstance(event, BudgetRefused):
-        return f"refused   {event.node}: {'; '.join(event.over)}"
+        return f"refused   {event.node}: {in_flag_names('; '.join(event.over))}"
     if isinstance(event, RunAborted):
         return f"aborted   {event.reason}"
     if isinstance(event, RunCompleted):
