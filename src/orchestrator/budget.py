@@ -239,6 +239,17 @@ class BudgetBook:
                 spend += max(0.0, meter.reserved.spend_usd - meter.attempt.spend_usd)
         return Budget(tokens=tokens, compute_h=compute_h, spend_usd=spend)
 
+    def held(self) -> Budget:
+        """What in-flight reservations may still use beyond what their attempts used:
+        the part of :meth:`committed` that is reserved, not spent."""
+        tokens, compute_h, spend = 0, 0.0, 0.0
+        for meter in self.nodes.values():
+            if meter.reserved is not None:
+                tokens += max(0, meter.reserved.tokens - meter.attempt.tokens)
+                compute_h += max(0.0, meter.reserved.compute_h - meter.attempt.compute_h)
+                spend += max(0.0, meter.reserved.spend_usd - meter.attempt.spend_usd)
+        return Budget(tokens=tokens, compute_h=compute_h, spend_usd=spend)
+
     def remaining(self) -> Budget | None:
         """What the envelope still admits (None: the run has no ceiling)."""
         if self.ceiling is None:
