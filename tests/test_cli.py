@@ -87,6 +87,12 @@ def test_run_ls_status_and_json(home: Path) -> None:
     assert "shout[3]" in status.stdout and "succeeded" in status.stdout
     as_json = json.loads(cli(home, "status", run_id, "--json").stdout)
     assert as_json["counts"]["succeeded"] == 6
+    narrow = {"COLUMNS": "80"}
+    assert run_id in cli(home, "ls", env=narrow).stdout  # whole, not cut to "…"
+    lines = cli(home, "status", run_id, "--once", env=narrow).stdout.splitlines()
+    assert lines[0].startswith(run_id)
+    assert set(lines[1].strip()) == {"━"}  # the progress bar, on a line of its own
+    assert lines[2].startswith("node ")
 
 
 def test_progress_lines_when_not_a_terminal(home: Path) -> None:

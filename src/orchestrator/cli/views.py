@@ -79,7 +79,11 @@ def headline(state: RunState, status: str, now: datetime | None = None) -> Rende
             if counts[k]
         ),
     )
-    return Group(text, bar)
+    # the bar in a grid row of its own: alone, it ends without a newline and the table
+    # printed after it would start on its line
+    row = Table.grid()
+    row.add_row(bar)
+    return Group(text, row)
 
 
 def _note(ns: NodeState, run_id: str) -> str:
