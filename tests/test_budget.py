@@ -29,6 +29,7 @@ from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
     NodeSucceeded,
+    ReceiptIssued,
     RunAborted,
     RunResumed,
     RunStarted,
@@ -634,3 +635,49 @@ async def test_scripted_calls_are_checked_at_the_price_they_are_charged(
     state = await rt.start(burning_plan(), config=config.model_copy(update={"prices": Prices()}))
     assert state.nodes["burn"].status == "succeeded"
     assert state.book.total.tokens == 2 * 58 and state.book.total.spend_usd == 0
+
+
+# ---- unknown models: priced at the fallback, said so, recorded -----------------------------
+
+
+def test_a_model_without_a_price_is_warned_about_once_and_recorded(
+    home: Path, tmp_path: Path, openai_peer: Peer
+) -> None:
+    openai_peer.input_tokens, openai_peer.output_tokens = 10, 20
+    run = [
+        "run",
+        f"{GATED}:asking",
+        "--input",
+        'prompts:=["a", "b", "c"]',
+        "--llm",
+        f"openai@{openai_peer.base_url}",
+        "--model",
+        "llama-local",
+        "--json",
+    ]
+    env = {"OPENAI_API_KEY": "sk-local"}
+    ran = cli(home, *run, env=env)
+    assert ran.returncode == 0, ran.stderr
+    warning = " ".join(ran.stderr.split())
+    assert warning.count("no price is known for model 'llama-local'") == 1, ran.stderr
+    assert "fallback list price ($15 in, $75 out" in warning and "--prices" in warning
+    run_id = json.loads(ran.stdout)["run_id"]
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+    calls = [e for e in events if isinstance(e, EffectRecorded) and e.effect == "llm"]
+    assert len(calls) == 3 and all(c.usage["fallback_price"] == 1.0 for c in calls)
+    assert calls[0].usage["spend_usd"] == pytest.approx((10 * 15 + 20 * 75) / 1e6)
+    [receipt] = [e for e in events if isinstance(e, ReceiptIssued)]
+    assert receipt.body["fallback_priced"] == ["llama-local"]
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {"llama-*": {"input_per_mtok": 0, "output_per_mtok": 0}}}')
+    priced = cli(home, *run, "--prices", str(prices), env=env)
+    assert priced.returncode == 0, priced.stderr
+    assert "no price is known" not in priced.stderr
+    with Runtime(home=home) as rt:
+        events = events_of(rt, json.loads(priced.stdout)["run_id"])
+    [receipt] = [e for e in events if isinstance(e, ReceiptIssued)]
+    assert "fallback_priced" not in receipt.body
+    help_text = " ".join(cli(home, "run", "--help").stdout.split())
+    assert '"input_per_mtok"' in help_text and "fallback" in help_text

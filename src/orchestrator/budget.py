@@ -45,6 +45,11 @@ def in_flag_names(text: str) -> str:
     return text.replace("spend_usd", FLAG_NAMES["spend_usd"])
 
 
+# Marks a model call's recorded usage when no price matched its model, so it was priced at
+# the fallback list price (``DEFAULT_MODEL_PRICES["*"]``); receipts list such models.
+FALLBACK_PRICE = "fallback_price"
+
+
 class Budget(BaseModel):
     """A worst case or a ceiling: model tokens, compute-hours and spend in USD."""
 
@@ -126,6 +131,12 @@ class Prices(BaseModel):
                     return price
         return DEFAULT_MODEL_PRICES["*"]
 
+    def listed(self, model: str) -> bool:
+        """Whether a price is known for ``model``: a pattern of this table, or a default
+        other than the fallback ``"*"`` (which prices an unknown model conservatively)."""
+        defaults = (p for p in DEFAULT_MODEL_PRICES if p != "*")
+        return any(fnmatch.fnmatchcase(model, p) for p in (*self.models, *defaults))
+
     def llm_spend(self, model: str, input_tokens: int, output_tokens: int) -> float:
         price = self.for_model(model)
         return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
@@ -178,6 +189,8 @@ class BudgetBook:
     epoch: Spent = field(default_factory=Spent)
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeMeter] = field(default_factory=dict)
+    # models whose calls were priced at the fallback list price, none matching a price
+    fallback_priced: set[str] = field(default_factory=set)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> BudgetBook:
@@ -208,6 +221,8 @@ class BudgetBook:
         tokens = int(usage.get("input_tokens", 0) + usage.get("output_tokens", 0))
         spend = float(usage.get("spend_usd", 0.0))
         self.tokens_by_model[model] = self.tokens_by_model.get(model, 0) + tokens
+        if usage.get(FALLBACK_PRICE):
+            self.fallback_priced.add(model)
         self._charge(node, tokens=tokens, spend_usd=spend)
 
     def charge_compute(self, node: str, sandbox: str, wall_s: float, vcpus: float) -> None:

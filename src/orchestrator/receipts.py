@@ -14,6 +14,9 @@ attempt has used). The reserved part is not in the body; :func:`held_when_issued
 derives it from the ledger, and ``orchestrator receipts`` shows spent, reserved and
 remaining apart.
 
+``fallback_priced`` (present only when non-empty) lists the models whose calls matched
+no price and were charged at the fallback list price (``DEFAULT_MODEL_PRICES["*"]``).
+
 Receipts form a chain: each body names the previous receipt's number and the digest of
 its body (``previous``, null for receipt 1), so a copy with a receipt deleted,
 duplicated or moved does not verify; the last one is checked against the ledger's.
@@ -62,7 +65,13 @@ def build(state: RunState, number: int, period_end: str) -> dict[str, Any]:
         "ceiling": None if book.ceiling is None else book.ceiling.model_dump(),
         "remaining": None if remaining is None else _rounded(remaining.model_dump()),
         "previous": link(previous),
-    }
+    } | _fallback_priced(book.fallback_priced)
+
+
+def _fallback_priced(models: set[str]) -> dict[str, Any]:
+    """Models no price matched, priced at the fallback list price; the key is left out
+    when there are none, so receipts recorded before it existed rebuild the same."""
+    return {"fallback_priced": sorted(models)} if models else {}
 
 
 def held_when_issued(events: Iterable[BaseEvent]) -> dict[int, Budget]:

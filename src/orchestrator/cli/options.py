@@ -159,7 +159,15 @@ LlmOpt = typer.Option(
     None, "--llm", help="Model provider: anthropic[@URL], openai[@URL] or scripted:FILE"
 )
 ModelOpt = typer.Option(None, "--model", help="Default model for ctx.llm calls")
-PricesOpt = typer.Option(None, "--prices", help="JSON price table overriding the defaults")
+PricesOpt = typer.Option(
+    None,
+    "--prices",
+    help='A JSON price table, e.g. {"models": {"llama-3*": {"input_per_mtok": 0.2, '
+    '"output_per_mtok": 0.6}}, "compute_h_usd": 0.1}: USD per million input and output '
+    "tokens by model-name glob (tried in order, before the built-in list prices) and USD "
+    "per compute-hour [default: 0.1]. A model no pattern matches is charged the fallback "
+    "list price ($15 in, $75 out), with a warning, and receipts list it.",
+)
 SandboxOpt = typer.Option("auto", "--sandbox", help="auto, gvisor, bwrap or local (no isolation)")
 WorkspaceRootOpt = typer.Option(
     [],

@@ -37,12 +37,14 @@ def _drive(
     from orchestrator.ledger.state import RunState
 
     view: dict[str, RunState | None] = {"state": initial}
+    warned = set() if initial is None else set(initial.book.fallback_priced)
 
     def fold(event: BaseEvent) -> None:
         if isinstance(event, RunStarted):
             view["state"] = RunState.start(event)
         elif view["state"] is not None:
             view["state"].apply(event)
+            _warn_fallback_priced(view["state"], warned)
         if not quiet and not out.is_terminal:
             line = event_line(event)
             if line:
@@ -65,6 +67,23 @@ def _drive(
             return final
 
     return asyncio.run(main())
+
+
+def _warn_fallback_priced(state: RunState, warned: set[str]) -> None:
+    """Once per model: its calls matched no price and were charged at the fallback one."""
+    from orchestrator.budget import DEFAULT_MODEL_PRICES
+
+    fallback = DEFAULT_MODEL_PRICES["*"]
+    for model in sorted(state.book.fallback_priced - warned):
+        warned.add(model)
+        err.print(
+            f"[yellow]warning:[/] no price is known for model {escape(repr(model))}; its "
+            f"calls are charged at the fallback list price (${fallback.input_per_mtok:g} in, "
+            f"${fallback.output_per_mtok:g} out per million tokens) and receipts list it "
+            "under fallback_priced. Give its price with --prices FILE.json (the format is in "
+            "`orchestrator run --help`).",
+            highlight=False,
+        )
 
 
 def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
