@@ -103,6 +103,40 @@ def test_progress_lines_when_not_a_terminal(home: Path) -> None:
     assert "run succeeded" in ran.stdout
 
 
+def test_run_jsonl_streams_each_event_as_it_is_recorded_then_the_result(
+    home: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [*_cli_argv(home), "run", "--jsonl", f"{BASIC}:waiting", "--input", f"path={gate}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # while the node waits for the file: the run is not over
+        seen.append(json.loads(line))
+        if seen[-1]["kind"] == "NodeDispatched" and seen[-1]["node"] == "wait-for-file":
+            break
+    assert proc.poll() is None
+    gate.write_text("done")
+    rest, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errs
+    seen += [json.loads(line) for line in rest.splitlines()]
+    *events, result = seen
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "RunStarted" and "RunCompleted" in kinds
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert {"kind": "NodeSucceeded", "node": "after"}.items() <= next(
+        e for e in events if e["kind"] == "NodeSucceeded" and e["node"] == "after"
+    ).items()
+    assert result["kind"] == "result" and result["status"] == "succeeded"
+    with Runtime(home=home) as rt:
+        assert len(rt.rows(result["run_id"])) == len(events)
+    assert "--jsonl" in cli(home, "run", "--help").stdout
+
+
 def test_pause_and_resume_across_processes(home: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     proc = spawn_run(home, f"{BASIC}:waiting", f"path={gate}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -28,8 +30,11 @@ def _drive(
     start: Callable[[tuple[Callable[[BaseEvent], None], ...]], Awaitable[RunState]],
     initial: RunState | None,
     quiet: bool,
+    *,
+    jsonl: bool = False,
 ) -> RunState:
-    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet)."""
+    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet);
+    ``jsonl``: each event as a line of JSON on stdout instead, as it is recorded."""
     import asyncio
 
     from orchestrator.cli.views import event_line, run_view
@@ -45,13 +50,15 @@ def _drive(
         elif view["state"] is not None:
             view["state"].apply(event)
             _warn_fallback_priced(view["state"], warned)
-        if not quiet and not out.is_terminal:
+        if jsonl:
+            _json_line(event.model_dump(mode="json"))
+        elif not quiet and not out.is_terminal:
             line = event_line(event)
             if line:
                 out.print(line, highlight=False, markup=False)
 
     async def main() -> RunState:
-        if quiet or not out.is_terminal:
+        if quiet or jsonl or not out.is_terminal:
             return await start((fold,))
         from rich.live import Live  # not imported for --help
 
@@ -86,13 +93,23 @@ def _warn_fallback_priced(state: RunState, warned: set[str]) -> None:
         )
 
 
-def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
+def _json_line(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _finish(
+    rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True, jsonl: bool = False
+) -> None:
     """Report how the run ended; ``driven`` when this process drove it (and so knows
-    whether its last checkpoint reached the store)."""
+    whether its last checkpoint reached the store); ``jsonl``: as one line of JSON, its
+    ``kind`` "result"."""
     from orchestrator.cli.views import state_json
 
     status = rt.live_status(state)
-    if as_json:
+    if jsonl:
+        _json_line({"kind": "result", **state_json(state, status)})
+    elif as_json:
         out.print_json(data=state_json(state, status))
     else:
         _summary(state, status)
