@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from orchestrator import Runtime
 from tests.backends import backends
 from tests.conftest import cli
 from tests.crashing import PLANS, spawn_run, wait_until
+from tests.s3server import Moto
 
 BASIC = PLANS / "basic.py"
 
@@ -101,6 +105,46 @@ def test_progress_lines_when_not_a_terminal(home: Path) -> None:
     assert "started   shout[1]" in ran.stdout
     assert "succeeded join" in ran.stdout
     assert "run succeeded" in ran.stdout
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens on it now
+
+
+@pytest.mark.parametrize("store", ["s3 at a closed port", "unwritable directory"])
+def test_an_unusable_object_store_stops_run_before_anything_is_recorded(
+    home: Path, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    run = ["run", f"{BASIC}:plan", "--input", "text=a b"]
+    if store == "s3 at a closed port":
+        moto: Moto = request.getfixturevalue("moto")
+        endpoint = moto.endpoint.rsplit(":", 1)[0] + f":{closed_port()}"
+        url = moto.url("never").replace(moto.endpoint, endpoint)
+        ran = cli(home, "--objects", url + "&connect_timeout=1&max_attempts=1", *run)
+        says = "cannot reach"
+    else:
+        readonly = tmp_path / "readonly"
+        readonly.mkdir()
+        argv = [*_cli_argv(home), "--objects", str(readonly), *run]
+        if os.geteuid() == 0:  # root writes through modes: a read-only mount, in a namespace
+            mount = f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(readonly))}"
+            script = f"mount --make-rprivate / && {mount} && exec {shlex.join(argv)}"
+            argv = ["unshare", "--mount", "sh", "-c", script]
+        else:
+            readonly.chmod(0o555)
+        env = {**os.environ, "COLUMNS": "200"}
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        says = "is not writable"
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    message = " ".join(ran.stderr.split())
+    assert message.startswith("error: cannot start the run: the checkpoint object store")
+    assert says in message and "Nothing was recorded" in message
+    assert ran.stderr.strip().count("\n\n") == 0 and "Traceback" not in ran.stderr
+    listed = cli(home, "ls", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
 
 
 def test_run_jsonl_streams_each_event_as_it_is_recorded_then_the_result(
