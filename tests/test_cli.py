@@ -37,6 +37,10 @@ def test_plan_check_reports_every_problem_and_exits_2(home: Path) -> None:
     assert ok.returncode == 0 and "OK" in ok.stdout
     refused = cli(home, "plan", "check", f"{BASIC}:plan", "--allow", "net")
     assert refused.returncode == 2
+    # the default is permissive, and says why
+    run_help = " ".join(cli(home, "run", "--help").stdout.split())
+    assert "[default: all: fs, net, host-net, llm]" in run_help
+    assert "each node still gets only the effects it declares" in run_help
     assert "[effect_not_allowed] join" in refused.stderr and "allowed: net" in refused.stderr
     no_traceback(result)
 

@@ -136,7 +136,15 @@ def _run_id(value: str) -> str:
 
 
 RunArg = typer.Argument(..., metavar="RUN", callback=_run_id)
-AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
+AllowOpt = typer.Option(
+    None,
+    "--allow",
+    help="Effects the run lets nodes declare, e.g. fs,net; a plan with a node that declares "
+    "another is refused before anything runs [default: all: fs, net, host-net, llm]. "
+    "Permissive on purpose: each node still gets only the effects it declares (no network "
+    "without net, no model without llm), so for your own plans a narrower default would "
+    "only repeat their declarations; restrict it for plans you did not write.",
+)
 ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)")
 BudgetOpt = typer.Option(
     None,
