@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from orchestrator import Budget, NodeContext, Plan, Retry, RunConfig, Runtime, define_node
 from orchestrator.budget import ModelPrice, Prices
-from orchestrator.errors import PlanInvalid, RunStateError
+from orchestrator.errors import ConfigError, PlanInvalid, RunStateError
 from orchestrator.ledger.events import (
     BudgetRefused,
     BudgetReplaced,
@@ -29,6 +29,7 @@ from orchestrator.ledger.events import (
     NodeDispatched,
     NodeFailed,
     NodeSucceeded,
+    ReceiptIssued,
     RunAborted,
     RunResumed,
     RunStarted,
@@ -419,6 +420,38 @@ def aborted_run(home: Path, tmp_path: Path) -> tuple[str, Any]:
     return ran.stderr.split("run ", 1)[1].split()[0], ran
 
 
+def test_a_ceiling_names_any_of_its_dimensions_in_the_flags_words(
+    home: Path, tmp_path: Path
+) -> None:
+    from orchestrator.budget import UNLIMITED_AMOUNT, UNLIMITED_TOKENS
+    from orchestrator.cli.options import _parse_budget
+
+    assert _parse_budget("spend=5") == Budget(
+        tokens=UNLIMITED_TOKENS, compute_h=UNLIMITED_AMOUNT, spend_usd=5
+    )
+    assert _parse_budget("tokens=2e3, compute_h=1") == Budget(
+        tokens=2000, compute_h=1, spend_usd=UNLIMITED_AMOUNT
+    )
+    for bad, says in [("spend=-1", "spend: "), ("spend=x", "spend='x'"), ("cows=3", "cows")]:
+        with pytest.raises(ConfigError) as refused:
+            _parse_budget(bad)
+        assert says in str(refused.value) and "spend_usd" not in str(refused.value)
+    # only tokens limited: the run aborts on tokens alone, and says so in the flag's words
+    ran = cli(
+        home,
+        "run",
+        f"{GATED}:burning",
+        "--budget",
+        "tokens=500",
+        "--llm",
+        f"scripted:{script_file(tmp_path, BURN_SCRIPT)}",
+        "--model",
+        "m",
+    )
+    assert ran.returncode == 4, ran.stdout + ran.stderr
+    assert "then_ask needs tokens 400 > 380" in ran.stdout
+
+
 def test_a_node_that_no_longer_fits_is_refused_and_the_run_aborts_signed(
     home: Path, tmp_path: Path
 ) -> None:
@@ -509,8 +542,8 @@ def test_resume_with_a_fresh_budget_finishes_the_run(home: Path, tmp_path: Path)
     assert refused.returncode == 1
     assert "budget ceiling" in refused.stderr and "--budget" in refused.stderr
     assert "Traceback" not in refused.stderr
-    partial = cli(home, "resume", run_id, "--budget", "tokens=500")
-    assert partial.returncode == 1 and "missing compute_h, spend" in partial.stderr
+    negative = cli(home, "resume", run_id, "--budget", "tokens=-5")
+    assert negative.returncode == 1 and "--budget 'tokens=-5': tokens: " in negative.stderr
     with Runtime(home=home) as rt:
         assert rt.state(run_id).status == "aborted"  # neither attempt wrote anything
         before = len(rt.store.read(run_id))
@@ -602,3 +635,49 @@ async def test_scripted_calls_are_checked_at_the_price_they_are_charged(
     state = await rt.start(burning_plan(), config=config.model_copy(update={"prices": Prices()}))
     assert state.nodes["burn"].status == "succeeded"
     assert state.book.total.tokens == 2 * 58 and state.book.total.spend_usd == 0
+
+
+# ---- unknown models: priced at the fallback, said so, recorded -----------------------------
+
+
+def test_a_model_without_a_price_is_warned_about_once_and_recorded(
+    home: Path, tmp_path: Path, openai_peer: Peer
+) -> None:
+    openai_peer.input_tokens, openai_peer.output_tokens = 10, 20
+    run = [
+        "run",
+        f"{GATED}:asking",
+        "--input",
+        'prompts:=["a", "b", "c"]',
+        "--llm",
+        f"openai@{openai_peer.base_url}",
+        "--model",
+        "llama-local",
+        "--json",
+    ]
+    env = {"OPENAI_API_KEY": "sk-local"}
+    ran = cli(home, *run, env=env)
+    assert ran.returncode == 0, ran.stderr
+    warning = " ".join(ran.stderr.split())
+    assert warning.count("no price is known for model 'llama-local'") == 1, ran.stderr
+    assert "fallback list price ($15 in, $75 out" in warning and "--prices" in warning
+    run_id = json.loads(ran.stdout)["run_id"]
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+    calls = [e for e in events if isinstance(e, EffectRecorded) and e.effect == "llm"]
+    assert len(calls) == 3 and all(c.usage["fallback_price"] == 1.0 for c in calls)
+    assert calls[0].usage["spend_usd"] == pytest.approx((10 * 15 + 20 * 75) / 1e6)
+    [receipt] = [e for e in events if isinstance(e, ReceiptIssued)]
+    assert receipt.body["fallback_priced"] == ["llama-local"]
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {"llama-*": {"input_per_mtok": 0, "output_per_mtok": 0}}}')
+    priced = cli(home, *run, "--prices", str(prices), env=env)
+    assert priced.returncode == 0, priced.stderr
+    assert "no price is known" not in priced.stderr
+    with Runtime(home=home) as rt:
+        events = events_of(rt, json.loads(priced.stdout)["run_id"])
+    [receipt] = [e for e in events if isinstance(e, ReceiptIssued)]
+    assert "fallback_priced" not in receipt.body
+    help_text = " ".join(cli(home, "run", "--help").stdout.split())
+    assert '"input_per_mtok"' in help_text and "fallback" in help_text

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from orchestrator import Runtime
 from tests.backends import backends
 from tests.conftest import cli
 from tests.crashing import PLANS, spawn_run, wait_until
+from tests.s3server import Moto
 
 BASIC = PLANS / "basic.py"
 
@@ -33,6 +37,10 @@ def test_plan_check_reports_every_problem_and_exits_2(home: Path) -> None:
     assert ok.returncode == 0 and "OK" in ok.stdout
     refused = cli(home, "plan", "check", f"{BASIC}:plan", "--allow", "net")
     assert refused.returncode == 2
+    # the default is permissive, and says why
+    run_help = " ".join(cli(home, "run", "--help").stdout.split())
+    assert "[default: all: fs, net, host-net, llm]" in run_help
+    assert "each node still gets only the effects it declares" in run_help
     assert "[effect_not_allowed] join" in refused.stderr and "allowed: net" in refused.stderr
     no_traceback(result)
 
@@ -106,6 +114,12 @@ def test_run_ls_status_and_json(home: Path) -> None:
     assert "shout[3]" in status.stdout and "succeeded" in status.stdout
     as_json = json.loads(cli(home, "status", run_id, "--json").stdout)
     assert as_json["counts"]["succeeded"] == 6
+    narrow = {"COLUMNS": "80"}
+    assert run_id in cli(home, "ls", env=narrow).stdout  # whole, not cut to "…"
+    lines = cli(home, "status", run_id, "--once", env=narrow).stdout.splitlines()
+    assert lines[0].startswith(run_id)
+    assert set(lines[1].strip()) == {"━"}  # the progress bar, on a line of its own
+    assert lines[2].startswith("node ")
 
 
 def test_progress_lines_when_not_a_terminal(home: Path) -> None:
@@ -114,6 +128,80 @@ def test_progress_lines_when_not_a_terminal(home: Path) -> None:
     assert "started   shout[1]" in ran.stdout
     assert "succeeded join" in ran.stdout
     assert "run succeeded" in ran.stdout
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens on it now
+
+
+@pytest.mark.parametrize("store", ["s3 at a closed port", "unwritable directory"])
+def test_an_unusable_object_store_stops_run_before_anything_is_recorded(
+    home: Path, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    run = ["run", f"{BASIC}:plan", "--input", "text=a b"]
+    if store == "s3 at a closed port":
+        moto: Moto = request.getfixturevalue("moto")
+        endpoint = moto.endpoint.rsplit(":", 1)[0] + f":{closed_port()}"
+        url = moto.url("never").replace(moto.endpoint, endpoint)
+        ran = cli(home, "--objects", url + "&connect_timeout=1&max_attempts=1", *run)
+        says = "cannot reach"
+    else:
+        readonly = tmp_path / "readonly"
+        readonly.mkdir()
+        argv = [*_cli_argv(home), "--objects", str(readonly), *run]
+        if os.geteuid() == 0:  # root writes through modes: a read-only mount, in a namespace
+            mount = f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(readonly))}"
+            script = f"mount --make-rprivate / && {mount} && exec {shlex.join(argv)}"
+            argv = ["unshare", "--mount", "sh", "-c", script]
+        else:
+            readonly.chmod(0o555)
+        env = {**os.environ, "COLUMNS": "200"}
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        says = "is not writable"
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    message = " ".join(ran.stderr.split())
+    assert message.startswith("error: cannot start the run: the checkpoint object store")
+    assert says in message and "Nothing was recorded" in message
+    assert ran.stderr.strip().count("\n\n") == 0 and "Traceback" not in ran.stderr
+    listed = cli(home, "ls", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_run_jsonl_streams_each_event_as_it_is_recorded_then_the_result(
+    home: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [*_cli_argv(home), "run", "--jsonl", f"{BASIC}:waiting", "--input", f"path={gate}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # while the node waits for the file: the run is not over
+        seen.append(json.loads(line))
+        if seen[-1]["kind"] == "NodeDispatched" and seen[-1]["node"] == "wait-for-file":
+            break
+    assert proc.poll() is None
+    gate.write_text("done")
+    rest, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errs
+    seen += [json.loads(line) for line in rest.splitlines()]
+    *events, result = seen
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "RunStarted" and "RunCompleted" in kinds
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert {"kind": "NodeSucceeded", "node": "after"}.items() <= next(
+        e for e in events if e["kind"] == "NodeSucceeded" and e["node"] == "after"
+    ).items()
+    assert result["kind"] == "result" and result["status"] == "succeeded"
+    with Runtime(home=home) as rt:
+        assert len(rt.rows(result["run_id"])) == len(events)
+    assert "--jsonl" in cli(home, "run", "--help").stdout
 
 
 def test_pause_and_resume_across_processes(home: Path, tmp_path: Path) -> None:

@@ -358,6 +358,11 @@ async def test_cli_refuses_bad_decisions_with_one_paragraph_and_writes_nothing(
 
     shown = cli(home, "approve", run_id, "review", "--show")
     assert shown.returncode == 0 and "+docs: attempt 1" in shown.stdout
+    wrong_gate = cli(home, "approve", run_id, "deploy", "--show")
+    one_paragraph_error(wrong_gate, "has no gate 'deploy' (its gates: review)")
+    wrong_node = cli(home, "approve", run_id, "review", "--node", "side", "--show")
+    one_paragraph_error(wrong_node, "node side is not waiting at gate 'review'")
+    assert "waiting: " in wrong_node.stderr and not wrong_node.stdout
     with Runtime(home=home) as rt:
         assert head(rt, run_id) == before
 

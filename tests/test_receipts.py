@@ -183,6 +183,16 @@ async def test_receipts_every_interval_of_the_runs_clock_and_at_the_end(
     delivered = [e for e in events if isinstance(e, NoticeDelivered)]
     assert sorted(e.notice for e in delivered) == ["receipt 1", "receipt 2", "receipt 3"]
     assert all(e.ok and e.attempts == 1 for e in delivered)
+    # the CLI shows what was spent, what was reserved and what remained, apart
+    shown = cli(home, "receipts", state.run_id)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("│ ")]
+    assert "reserved (in flight)" in shown.stdout and "remaining" in shown.stdout
+    assert "458 tokens, $0.9280" in rows[0]  # talk's reservation less its first call
+    assert "9500 tokens, 1.0000 compute h, $4.0000" in rows[0]
+    assert "none" in rows[2] and "9888 tokens" in rows[2]
+    as_json = json.loads(cli(home, "receipts", state.run_id, "--json").stdout)
+    assert as_json[0]["reserved_in_flight"] == {"tokens": 458, "compute_h": 0.0, "spend_usd": 0.928}
 
 
 # ---- 7. signatures ------------------------------------------------------------------------

@@ -222,6 +222,9 @@ async def test_slack_receipt_message_has_the_totals_as_fields(http_peer: HttpPee
     fields = fields_of(slack_payload(unlimited))
     assert fields["Remaining"] == "no ceiling"
     assert fields["Tokens"] == "many" and fields["Spend"] == "—"
+    spend_only = {"tokens": 2**62 - 5, "compute_h": 1e18, "spend_usd": 3.5}
+    fields = fields_of(slack_payload(receipt(body={**notice.body, "remaining": spend_only})))
+    assert fields["Remaining"] == "$3.50"  # what --budget spend=… left unlimited is left out
 
 
 # --------------------------------------------------------------------------- retries

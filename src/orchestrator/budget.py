@@ -25,6 +25,30 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import BudgetExceeded
 
+# What a dimension no one limits holds (a ceiling's unnamed dimension, an undeclared one):
+# more than any run can use, so it never binds, yet a plain number in the ledger.
+UNLIMITED_TOKENS = 2**62
+UNLIMITED_AMOUNT = 1e18
+
+
+def is_unlimited(value: float) -> bool:
+    """Whether an amount (a ceiling's, or what is left of one) stands for "no limit"."""
+    return value >= UNLIMITED_AMOUNT / 10
+
+
+# The ``--budget`` flag's names for the dimensions, by field.
+FLAG_NAMES = {"tokens": "tokens", "compute_h": "compute_h", "spend_usd": "spend"}
+
+
+def in_flag_names(text: str) -> str:
+    """A recorded description (``spend_usd 2 > 1``) in the ``--budget`` flag's words."""
+    return text.replace("spend_usd", FLAG_NAMES["spend_usd"])
+
+
+# Marks a model call's recorded usage when no price matched its model, so it was priced at
+# the fallback list price (``DEFAULT_MODEL_PRICES["*"]``); receipts list such models.
+FALLBACK_PRICE = "fallback_price"
+
 
 class Budget(BaseModel):
     """A worst case or a ceiling: model tokens, compute-hours and spend in USD."""
@@ -107,6 +131,12 @@ class Prices(BaseModel):
                     return price
         return DEFAULT_MODEL_PRICES["*"]
 
+    def listed(self, model: str) -> bool:
+        """Whether a price is known for ``model``: a pattern of this table, or a default
+        other than the fallback ``"*"`` (which prices an unknown model conservatively)."""
+        defaults = (p for p in DEFAULT_MODEL_PRICES if p != "*")
+        return any(fnmatch.fnmatchcase(model, p) for p in (*self.models, *defaults))
+
     def llm_spend(self, model: str, input_tokens: int, output_tokens: int) -> float:
         price = self.for_model(model)
         return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
@@ -159,6 +189,8 @@ class BudgetBook:
     epoch: Spent = field(default_factory=Spent)
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeMeter] = field(default_factory=dict)
+    # models whose calls were priced at the fallback list price, none matching a price
+    fallback_priced: set[str] = field(default_factory=set)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> BudgetBook:
@@ -189,6 +221,8 @@ class BudgetBook:
         tokens = int(usage.get("input_tokens", 0) + usage.get("output_tokens", 0))
         spend = float(usage.get("spend_usd", 0.0))
         self.tokens_by_model[model] = self.tokens_by_model.get(model, 0) + tokens
+        if usage.get(FALLBACK_PRICE):
+            self.fallback_priced.add(model)
         self._charge(node, tokens=tokens, spend_usd=spend)
 
     def charge_compute(self, node: str, sandbox: str, wall_s: float, vcpus: float) -> None:
@@ -213,6 +247,17 @@ class BudgetBook:
     def committed(self) -> Budget:
         """Used in this envelope, plus what in-flight reservations may still use."""
         tokens, compute_h, spend = self.epoch.tokens, self.epoch.compute_h, self.epoch.spend_usd
+        for meter in self.nodes.values():
+            if meter.reserved is not None:
+                tokens += max(0, meter.reserved.tokens - meter.attempt.tokens)
+                compute_h += max(0.0, meter.reserved.compute_h - meter.attempt.compute_h)
+                spend += max(0.0, meter.reserved.spend_usd - meter.attempt.spend_usd)
+        return Budget(tokens=tokens, compute_h=compute_h, spend_usd=spend)
+
+    def held(self) -> Budget:
+        """What in-flight reservations may still use beyond what their attempts used:
+        the part of :meth:`committed` that is reserved, not spent."""
+        tokens, compute_h, spend = 0, 0.0, 0.0
         for meter in self.nodes.values():
             if meter.reserved is not None:
                 tokens += max(0, meter.reserved.tokens - meter.attempt.tokens)
@@ -248,12 +293,12 @@ def attempt_limit(declared: Budget, reserved: bool) -> Budget | None:
     if declared == _UNDECLARED:
         return None
     return Budget(
-        tokens=declared.tokens or 2**62,
+        tokens=declared.tokens or UNLIMITED_TOKENS,
         # kept as declared, not widened: model calls keep room in the spend limit for a
         # declared compute_h's charge, and undeclared compute needs none (a widened one
         # would leave no room at all, refusing every priced call)
         compute_h=declared.compute_h,
-        spend_usd=declared.spend_usd or 1e18,
+        spend_usd=declared.spend_usd or UNLIMITED_AMOUNT,
     )
 
 

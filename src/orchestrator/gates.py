@@ -94,11 +94,8 @@ def decide(
 ) -> list[Decision]:
     """Sign a decision for each node parked at ``gate`` (or just ``node``); a rejection
     may send the work back to the upstream node ``redo``."""
-    waiting = [ns for ns in awaiting_at(state, gate) if node is None or ns.id == node]
-    if not waiting:
-        raise DecisionRefused(_nothing_waiting(state, gate, node))
     decisions = []
-    for ns in waiting:
+    for ns in held_at(state, gate, node):
         held = ns.held
         assert held is not None
         unsigned = Decision(
@@ -225,6 +222,15 @@ def gates_of(state: RunState) -> set[str]:
 
 def awaiting_at(state: RunState, gate: str) -> list[NodeState]:
     return [ns for ns in state.awaiting() if ns.held is not None and ns.held.gate == gate]
+
+
+def held_at(state: RunState, gate: str, node: str | None = None) -> list[NodeState]:
+    """The nodes parked at ``gate`` (or just ``node``); DecisionRefused, naming the run's
+    gates and what waits where, when there are none."""
+    waiting = [ns for ns in awaiting_at(state, gate) if node is None or ns.id == node]
+    if not waiting:
+        raise DecisionRefused(_nothing_waiting(state, gate, node))
+    return waiting
 
 
 def approve_command(

@@ -6,6 +6,17 @@ left. Its body is canonical JSON signed with the run's Ed25519 key; the ReceiptI
 event records body and signature, and sinks get copies. Because the body is a function
 of the fold, replay rebuilds it and compares.
 
+What a body's amounts mean (the signed bytes keep this meaning): ``totals`` is what the
+run has spent since it started; ``ceiling`` its envelope; ``remaining`` what the envelope
+still admits, that is the ceiling less what was spent since the ceiling was set *and less
+what in-flight reservations may still use* (a node's reserved worst case beyond what its
+attempt has used). The reserved part is not in the body; :func:`held_when_issued`
+derives it from the ledger, and ``orchestrator receipts`` shows spent, reserved and
+remaining apart.
+
+``fallback_priced`` (present only when non-empty) lists the models whose calls matched
+no price and were charged at the fallback list price (``DEFAULT_MODEL_PRICES["*"]``).
+
 Receipts form a chain: each body names the previous receipt's number and the digest of
 its body (``previous``, null for receipt 1), so a copy with a receipt deleted,
 duplicated or moved does not verify; the last one is checked against the ledger's.
@@ -13,11 +24,13 @@ duplicated or moved does not verify; the last one is checked against the ledger'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchestrator import signing
+from orchestrator.budget import Budget
 from orchestrator.codec import canonical_bytes, digest
+from orchestrator.ledger.events import BaseEvent, ReceiptIssued, RunStarted
 from orchestrator.ledger.state import RunState
 
 
@@ -52,7 +65,30 @@ def build(state: RunState, number: int, period_end: str) -> dict[str, Any]:
         "ceiling": None if book.ceiling is None else book.ceiling.model_dump(),
         "remaining": None if remaining is None else _rounded(remaining.model_dump()),
         "previous": link(previous),
-    }
+    } | _fallback_priced(book.fallback_priced)
+
+
+def _fallback_priced(models: set[str]) -> dict[str, Any]:
+    """Models no price matched, priced at the fallback list price; the key is left out
+    when there are none, so receipts recorded before it existed rebuild the same."""
+    return {"fallback_priced": sorted(models)} if models else {}
+
+
+def held_when_issued(events: Iterable[BaseEvent]) -> dict[int, Budget]:
+    """By receipt number: what in-flight reservations held (beyond what their attempts had
+    used) when the receipt was issued, folding a run's events in order."""
+    state: RunState | None = None
+    held: dict[int, Budget] = {}
+    for event in events:
+        if isinstance(event, RunStarted):
+            state = RunState.start(event)
+            continue
+        if state is None:
+            continue
+        if isinstance(event, ReceiptIssued):
+            held[event.number] = state.book.held()
+        state.apply(event)
+    return held
 
 
 def link(body: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,9 @@ from orchestrator.cli.options import JsonOpt, RunArg
 from orchestrator.cli.progress import _drive, _finish
 from orchestrator.cli.root import EXIT_FAILED, _runtime, app, err, keys_app, out
 from orchestrator.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.budget import Budget
 
 
 def default_key() -> Path:
@@ -76,10 +79,10 @@ def approve(
     rt = _runtime(ctx, access="existing")
     state = rt.state(run_id, verify=True)
     if show:
-        for ns in gates.awaiting_at(state, gate):
-            if ns.held is not None and (node is None or ns.id == node):
-                out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
-                out.print(ns.held.review, markup=False, highlight=False)
+        for ns in gates.held_at(state, gate, node):
+            assert ns.held is not None
+            out.print(f"[bold]{escape(ns.id)}[/] digest {ns.held.digest}")
+            out.print(ns.held.review, markup=False, highlight=False)
         return
     # refused (e.g. a key that is no approver) before anything says "approved"
     if redo is not None and not reject:
@@ -129,22 +132,48 @@ def show_receipts(
     problems = {r.get("number"): receipts.problem(r, key) for r in found} if verify else {}
     last = recorded[-1].body if recorded else None
     order = receipts.chain_problems(found, last) if verify else []
+    from orchestrator.ledger.events import decode
+
+    held = receipts.held_when_issued(decode(row.body) for row in rt.rows(run_id))
     if as_json:
-        out.print_json(data=[{**r, "problem": problems.get(r.get("number"))} for r in found])
+        out.print_json(
+            data=[
+                {
+                    **r,
+                    "problem": problems.get(r.get("number")),
+                    "reserved_in_flight": _held(held, r),
+                }
+                for r in found
+            ]
+        )
     else:
-        table = Table("#", "period", "tokens", "compute h", "spend $", "remaining", "signature")
+        table = Table(
+            "#",
+            "period",
+            "spent: tokens",
+            "compute h",
+            "$",
+            "reserved (in flight)",
+            "remaining",
+            "signature",
+            caption="spent: the run's totals; reserved: what nodes in flight may still use "
+            "of their reserved worst case; remaining: the ceiling less what was spent under "
+            "it and less what is reserved (the signed body's `remaining`)",
+        )
         for r in found:
             body = r.get("body", {})
             totals, left = body.get("totals", {}), body.get("remaining")
             period = body.get("period", {})
             verdict = problems.get(r.get("number"), "") if verify else "not checked"
+            reserved = _held(held, r)
             table.add_row(
                 str(r.get("number")),
                 f"{period.get('from', '?')[:19]} → {period.get('to', '?')[:19]}",
                 str(totals.get("tokens")),
                 f"{totals.get('compute_h', 0):.4f}",
                 f"{totals.get('spend_usd', 0):.4f}",
-                "unlimited" if left is None else f"{left.get('spend_usd', 0):.4f} $",
+                "?" if reserved is None else _amounts(reserved, zeros=False) or "none",
+                "no ceiling" if left is None else _amounts(left) or "unlimited",
                 "[red]" + escape(verdict) + "[/]"
                 if verdict and verify
                 else "ok"
@@ -158,6 +187,27 @@ def show_receipts(
         bad = [f"#{n}: {p}" for n, p in problems.items() if p] + order
         err.print(f"[red]receipts fail verification[/]: {escape('; '.join(bad))}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+def _held(held: dict[int, Budget], receipt: dict[str, Any]) -> dict[str, Any] | None:
+    """What reservations held when ``receipt`` was issued (None: not in the ledger)."""
+    number = receipt.get("number")
+    amount = held.get(number) if isinstance(number, int) else None
+    return None if amount is None else amount.model_dump()
+
+
+def _amounts(amounts: dict[str, Any], *, zeros: bool = True) -> str:
+    """Budget amounts in words, leaving out unlimited ones (and zero ones unless ``zeros``)."""
+    from orchestrator.budget import is_unlimited
+
+    units = {"tokens": "{} tokens", "compute_h": "{:.4f} compute h", "spend_usd": "${:.4f}"}
+    return ", ".join(
+        unit.format(amounts[name])
+        for name, unit in units.items()
+        if isinstance(amounts.get(name), int | float)
+        and (zeros or amounts[name])
+        and not is_unlimited(amounts[name])
+    )
 
 
 def _read_receipts(path: Path, run_id: str) -> list[dict[str, Any]]:

@@ -38,45 +38,37 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _parse_budget(text: str | None) -> Budget | None:
-    """``tokens=N,compute_h=H,spend=USD``: all three, so no dimension is zero by accident."""
+    """``tokens=N,compute_h=H,spend=USD``, any of them: a dimension not named is unlimited."""
     from pydantic import ValidationError
 
-    from orchestrator.budget import Budget
+    from orchestrator.budget import FLAG_NAMES, UNLIMITED_AMOUNT, UNLIMITED_TOKENS, Budget
 
     if not text:
         return None
-    names = {
-        "tokens": "tokens",
-        "compute_h": "compute_h",
-        "spend": "spend_usd",
-        "spend_usd": "spend_usd",
-    }
+    fields_by_flag = {flag: field for field, flag in FLAG_NAMES.items()}
+    fields_by_flag["spend_usd"] = "spend_usd"  # the field's own name is accepted too
     fields: dict[str, float] = {}
     for part in text.split(","):
-        key, _, value = part.partition("=")
-        if key.strip() not in names:
+        key, _, value = (s.strip() for s in part.partition("="))
+        if key not in fields_by_flag:
             raise ConfigError(
-                f"--budget {text!r}: unknown dimension {key!r} (tokens, compute_h, spend)"
+                f"--budget {text!r}: unknown dimension {key!r}; name any of tokens, "
+                "compute_h, spend (a dimension not named is unlimited)"
             )
         try:
-            fields[names[key.strip()]] = float(value)
+            fields[fields_by_flag[key]] = float(value)
         except ValueError:
-            raise ConfigError(f"--budget {text!r}: {value!r} is not a number") from None
-    missing = {"tokens", "compute_h", "spend_usd"} - fields.keys()
-    if missing:
-        raise ConfigError(
-            f"--budget {text!r}: name every dimension of the ceiling (tokens, compute_h, "
-            f"spend); missing {', '.join(sorted(missing))}. A dimension you do not want to "
-            "limit can be given a large number."
-        )
+            raise ConfigError(f"--budget {text!r}: {key}={value!r} is not a number") from None
     try:
         return Budget(
-            tokens=int(fields["tokens"]),
-            compute_h=fields["compute_h"],
-            spend_usd=fields["spend_usd"],
+            tokens=int(fields.get("tokens", UNLIMITED_TOKENS)),
+            compute_h=fields.get("compute_h", UNLIMITED_AMOUNT),
+            spend_usd=fields.get("spend_usd", UNLIMITED_AMOUNT),
         )
     except ValidationError as exc:
-        raise ConfigError(f"--budget {text!r}: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        flag = FLAG_NAMES.get(str(error["loc"][0]), str(error["loc"][0]))
+        raise ConfigError(f"--budget {text!r}: {flag}: {error['msg']}") from None
 
 
 def _config(
@@ -144,9 +136,22 @@ def _run_id(value: str) -> str:
 
 
 RunArg = typer.Argument(..., metavar="RUN", callback=_run_id)
-AllowOpt = typer.Option(None, "--allow", help="Effects the run allows, e.g. fs,net [default: all]")
+AllowOpt = typer.Option(
+    None,
+    "--allow",
+    help="Effects the run lets nodes declare, e.g. fs,net; a plan with a node that declares "
+    "another is refused before anything runs [default: all: fs, net, host-net, llm]. "
+    "Permissive on purpose: each node still gets only the effects it declares (no network "
+    "without net, no model without llm), so for your own plans a narrower default would "
+    "only repeat their declarations; restrict it for plans you did not write.",
+)
 ApproverOpt = typer.Option([], "--approver", help="GATE=PUBLIC_KEY (repeatable)")
-BudgetOpt = typer.Option(None, "--budget", help="Ceiling, e.g. tokens=2e6,compute_h=4,spend=50")
+BudgetOpt = typer.Option(
+    None,
+    "--budget",
+    help="Ceiling: any of tokens=N, compute_h=H, spend=USD, e.g. tokens=2e6,spend=50 "
+    "(a dimension not named is unlimited)",
+)
 ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
 NotifyOpt = typer.Option(
@@ -162,7 +167,15 @@ LlmOpt = typer.Option(
     None, "--llm", help="Model provider: anthropic[@URL], openai[@URL] or scripted:FILE"
 )
 ModelOpt = typer.Option(None, "--model", help="Default model for ctx.llm calls")
-PricesOpt = typer.Option(None, "--prices", help="JSON price table overriding the defaults")
+PricesOpt = typer.Option(
+    None,
+    "--prices",
+    help='A JSON price table, e.g. {"models": {"llama-3*": {"input_per_mtok": 0.2, '
+    '"output_per_mtok": 0.6}}, "compute_h_usd": 0.1}: USD per million input and output '
+    "tokens by model-name glob (tried in order, before the built-in list prices) and USD "
+    "per compute-hour [default: 0.1]. A model no pattern matches is charged the fallback "
+    "list price ($15 in, $75 out), with a warning, and receipts list it.",
+)
 SandboxOpt = typer.Option("auto", "--sandbox", help="auto, gvisor, bwrap or local (no isolation)")
 WorkspaceRootOpt = typer.Option(
     [],

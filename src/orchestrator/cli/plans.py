@@ -52,6 +52,14 @@ def run(
     workspace_root: list[Path] = WorkspaceRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
     as_json: bool = JsonOpt,
+    json_lines: bool = typer.Option(
+        False,
+        "--jsonl",
+        "--json-lines",
+        help="JSON Lines on stdout for tools: each ledger event as it is recorded (its kind, "
+        "seq, ts and the fields it carries: node, attempt, status, …), then the run's final "
+        'document (kind "result", what --json prints), one object per line',
+    ),
 ) -> None:
     """Validate a plan and run it to completion (Ctrl-C pauses: drain, then park)."""
     from orchestrator.runtime.loader import load_plan, normalize_ref
@@ -77,7 +85,7 @@ def run(
     values = _parse_inputs(inputs)
 
     def announce(run_id: str) -> None:
-        if not as_json:
+        if not (as_json or json_lines):
             key = rt.trust.pinned(run_id)[-1]
             err.print(
                 f"run [bold]{run_id}[/] started; run key {fingerprint(key)} "
@@ -92,8 +100,9 @@ def run(
         ),
         None,
         quiet or as_json,
+        jsonl=json_lines,
     )
-    _finish(rt, state, as_json)
+    _finish(rt, state, as_json, jsonl=json_lines)
 
 
 @plan_app.command("check")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -29,8 +31,11 @@ def _drive(
     start: Callable[[tuple[Callable[[BaseEvent], None], ...]], Awaitable[RunState]],
     initial: RunState | None,
     quiet: bool,
+    *,
+    jsonl: bool = False,
 ) -> RunState:
-    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet)."""
+    """Run ``start`` showing a live view (TTY), event lines (pipe) or nothing (quiet);
+    ``jsonl``: each event as a line of JSON on stdout instead, as it is recorded."""
     import asyncio
 
     from orchestrator.cli.views import event_line, run_view
@@ -38,19 +43,23 @@ def _drive(
     from orchestrator.ledger.state import RunState
 
     view: dict[str, RunState | None] = {"state": initial}
+    warned = set() if initial is None else set(initial.book.fallback_priced)
 
     def fold(event: BaseEvent) -> None:
         if isinstance(event, RunStarted):
             view["state"] = RunState.start(event)
         elif view["state"] is not None:
             view["state"].apply(event)
-        if not quiet and not out.is_terminal:
+            _warn_fallback_priced(view["state"], warned)
+        if jsonl:
+            _json_line(event.model_dump(mode="json"))
+        elif not quiet and not out.is_terminal:
             line = event_line(event)
             if line:
                 out.print(line, highlight=False, markup=False)
 
     async def main() -> RunState:
-        if quiet or not out.is_terminal:
+        if quiet or jsonl or not out.is_terminal:
             return await start((fold,))
         from rich.live import Live  # not imported for --help
 
@@ -68,13 +77,40 @@ def _drive(
     return asyncio.run(main())
 
 
-def _finish(rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True) -> None:
+def _warn_fallback_priced(state: RunState, warned: set[str]) -> None:
+    """Once per model: its calls matched no price and were charged at the fallback one."""
+    from orchestrator.budget import DEFAULT_MODEL_PRICES
+
+    fallback = DEFAULT_MODEL_PRICES["*"]
+    for model in sorted(state.book.fallback_priced - warned):
+        warned.add(model)
+        err.print(
+            f"[yellow]warning:[/] no price is known for model {escape(repr(model))}; its "
+            f"calls are charged at the fallback list price (${fallback.input_per_mtok:g} in, "
+            f"${fallback.output_per_mtok:g} out per million tokens) and receipts list it "
+            "under fallback_priced. Give its price with --prices FILE.json (the format is in "
+            "`orchestrator run --help`).",
+            highlight=False,
+        )
+
+
+def _json_line(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _finish(
+    rt: Runtime, state: RunState, as_json: bool, *, driven: bool = True, jsonl: bool = False
+) -> None:
     """Report how the run ended; ``driven`` when this process drove it (and so knows
-    whether its last checkpoint reached the store)."""
+    whether its last checkpoint reached the store); ``jsonl``: as one line of JSON, its
+    ``kind`` "result"."""
     from orchestrator.cli.views import state_json
 
     status = rt.live_status(state)
-    if as_json:
+    if jsonl:
+        _json_line({"kind": "result", **state_json(state, status)})
+    elif as_json:
         out.print_json(data=state_json(state, status))
     else:
         _summary(state, status, rt.where())
@@ -147,9 +183,15 @@ def _summary(state: RunState, status: str | None = None, where: Sequence[str] = 
         )
     elif state.status == "aborted":
         refused = state.refused
-        why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
+        from orchestrator.budget import in_flag_names
+
+        over = in_flag_names("; ".join(refused.over)) if refused is not None else ""
+        why = "" if refused is None else f": {refused.node} needs {over}"
         out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
-        out.print(f"  continue with `{escape(resume)} --budget tokens=N,compute_h=H,spend=USD`")
+        out.print(
+            f"  continue with `{escape(resume)} --budget tokens=N,compute_h=H,spend=USD`"
+            " (any of them; a dimension not named is unlimited)"
+        )
 
 
 def _failures(state: RunState) -> None:

@@ -44,8 +44,11 @@ def list_runs(
         out.print(f"no runs yet in {rt.store.url}")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("run", "plan", "status", "events", "started", "last activity"):
-        table.add_column(col)
+    # run ids whole, however narrow the terminal (they are what other commands take); the
+    # other columns fold
+    table.add_column("run", no_wrap=True, min_width=max(len(r.run_id) for r in runs))
+    for col in ("plan", "status", "events", "started", "last activity"):
+        table.add_column(col, overflow="fold")
     for r in runs:
         table.add_row(r.run_id, r.plan, r.status, str(r.events), r.created_at, r.updated_at)
     out.print(table)
@@ -282,7 +285,9 @@ def resume(
         None, "--signer", help="With --from: the run's public key (hex) its checkpoints must carry"
     ),
     budget: str | None = typer.Option(
-        None, "--budget", help="A fresh envelope: tokens=N,compute_h=H,spend=USD"
+        None,
+        "--budget",
+        help="A fresh envelope: any of tokens=N, compute_h=H, spend=USD (unnamed: unlimited)",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = JsonOpt,

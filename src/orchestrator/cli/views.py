@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.budget import in_flag_names
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import (
     BaseEvent,
@@ -78,7 +79,11 @@ def headline(state: RunState, status: str, now: datetime | None = None) -> Rende
             if counts[k]
         ),
     )
-    return Group(text, bar)
+    # the bar in a grid row of its own: alone, it ends without a newline and the table
+    # printed after it would start on its line
+    row = Table.grid()
+    row.add_row(bar)
+    return Group(text, row)
 
 
 def _note(ns: NodeState, run_id: str) -> str:
@@ -151,7 +156,7 @@ def event_line(event: BaseEvent) -> str | None:
     if isinstance(event, CheckpointFailed):
         return f"checkpoint failed ({event.label}), retry in {event.retry_in:g}s: {event.error}"
     if isinstance(event, BudgetRefused):
-        return f"refused   {event.node}: {'; '.join(event.over)}"
+        return f"refused   {event.node}: {in_flag_names('; '.join(event.over))}"
     if isinstance(event, RunAborted):
         return f"aborted   {event.reason}"
     if isinstance(event, RunCompleted):

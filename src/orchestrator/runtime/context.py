@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from orchestrator.budget import Budget, Prices, Spent, check_call
+from orchestrator.budget import FALLBACK_PRICE, Budget, Prices, Spent, check_call
 from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.codec import digest
 from orchestrator.errors import (
@@ -470,6 +470,8 @@ class LLM:
                 "output_tokens": float(done.usage.output_tokens),
                 "spend_usd": spend,
             }
+            if not allowance.prices.listed(done.model):
+                usage[FALLBACK_PRICE] = 1.0
             return done.model_dump(mode="json"), usage
 
         wire = {"provider": models.name, **request.model_dump(mode="json")}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.budget import is_unlimited
 from orchestrator.sinks.base import GateNotice, Notice, ReceiptNotice, SummaryNotice
 
 __all__ = [
@@ -147,13 +148,22 @@ def receipt_blocks(notice: ReceiptNotice) -> list[Block]:
 
 
 def _amounts(totals: dict[str, Any]) -> str:
-    return " · ".join(
-        [
-            f"{_tokens(totals.get('tokens'))} tokens",
-            _hours(totals.get("compute_h")),
-            _usd(totals.get("spend_usd")),
-        ]
-    )
+    """Each dimension with a limit; one a ceiling leaves unlimited is left out."""
+    shown = [
+        text
+        for name, text in (
+            ("tokens", f"{_tokens(totals.get('tokens'))} tokens"),
+            ("compute_h", _hours(totals.get("compute_h"))),
+            ("spend_usd", _usd(totals.get("spend_usd"))),
+        )
+        if not _unlimited(totals.get(name))
+    ]
+    return " · ".join(shown) or "unlimited"
+
+
+def _unlimited(value: Any) -> bool:
+    number = _number(value)
+    return number is not None and is_unlimited(number)
 
 
 def _number(value: Any) -> float | None:
