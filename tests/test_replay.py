@@ -212,3 +212,24 @@ async def test_replay_catches_a_different_order_of_dispatch(rt: Runtime) -> None
     d = report.divergence
     assert d is not None and d.seq == swapped[0]
     assert "NodeDispatched" in d.expected and "'one'" in d.expected and "'two'" in d.got
+
+
+async def test_replay_is_ok_on_a_run_aborted_by_an_overrun_and_resumed(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from orchestrator import Budget, RunConfig
+    from tests.plans.overrun import TALK_SCRIPT, talking_plan
+
+    script = tmp_path / "script.jsonl"
+    script.write_text("".join(json.dumps(line) + "\n" for line in TALK_SCRIPT))
+    envelope = Budget(tokens=1000, compute_h=1, spend_usd=1)
+    config = RunConfig(budget=envelope, llm=f"scripted:{script}", model="m")
+    state = await rt.start(talking_plan(), {"tally": str(tmp_path / "tally")}, config)
+    assert state.status == "aborted"
+    aborted = await rt.replay(state.run_id, talking_plan())
+    assert aborted.ok, aborted.divergence
+    state = await rt.resume(state.run_id, talking_plan(), budget=envelope)
+    assert state.status == "succeeded"
+    report = await rt.replay(state.run_id, talking_plan())
+    assert report.ok, report.divergence
+    assert report.head_hash == rt.store.read(state.run_id)[-1].hash

@@ -204,6 +204,11 @@ class BudgetBook:
         for spent in (self.total, self.epoch, meter.total, meter.attempt):
             spent.add(tokens, compute_h, spend_usd)
 
+    def renew(self, node: str) -> None:
+        """An attempt that used up its allowance goes on with a fresh one (its next
+        reservation): its usage so far no longer counts against it."""
+        self.meter(node).attempt = Spent()
+
     def replace(self, ceiling: Budget | None) -> None:
         """A fresh envelope: usage counts against the new ceiling from now on."""
         self.ceiling, self.epoch = ceiling, Spent()
@@ -272,18 +277,25 @@ def check_call(
     max_tokens = max_input + max_output
     price = prices.for_model(model)
     max_spend = (max_input * price.input_per_mtok + max_output * price.output_per_mtok) / 1e6
-    problems = []
+    problems, over = [], []
     if used.tokens + max_tokens > limit.tokens:
         left = max(0, limit.tokens - used.tokens)
         problems.append(f"up to {max_tokens} tokens, {left} left of {limit.tokens}")
+        over.append("tokens")
     spend_left = limit.spend_usd - used.spend_usd
     if max_spend > spend_left and not math.isclose(max_spend, spend_left, rel_tol=1e-9):
         problems.append(
             f"up to ${max_spend:.6f}, ${max(0.0, spend_left):.6f} left of ${limit.spend_usd:g}"
         )
+        over.append("spend_usd")
     if problems:
+        alone_fits = max_tokens <= limit.tokens and (
+            max_spend <= limit.spend_usd or math.isclose(max_spend, limit.spend_usd, rel_tol=1e-9)
+        )
         raise BudgetExceeded(
             f"node {node} refused a call to {model} before sending it: "
             + "; ".join(problems)
-            + " (raise the node's declared budget, or lower max_tokens)"
+            + " (raise the node's declared budget, or lower max_tokens)",
+            over=tuple(over),
+            used_up=alone_fits,
         )

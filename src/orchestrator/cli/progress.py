@@ -105,6 +105,7 @@ def _warn_unsynced(rt: Runtime, state: RunState) -> None:
 
 def _summary(state: RunState, status: str | None = None) -> None:
     from orchestrator import gates
+    from orchestrator.ledger.events import BudgetOverrun
 
     rid = state.run_id
     if state.status == "succeeded":
@@ -140,8 +141,14 @@ def _summary(state: RunState, status: str | None = None) -> None:
         )
     elif state.status == "aborted":
         refused = state.refused
-        why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
-        out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
+        if isinstance(refused, BudgetOverrun):
+            why = f": {refused.node} used up its own {', '.join(refused.over)}"
+            out.print(f"[red]run {rid} aborted[/]{escape(why)}", highlight=False)
+        else:
+            why = "" if refused is None else f": {refused.node} needs {'; '.join(refused.over)}"
+            out.print(
+                f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False
+            )
         out.print(
             f"  continue with `orchestrator resume {rid} --budget tokens=N,compute_h=H,spend=USD`"
         )

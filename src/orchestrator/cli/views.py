@@ -12,6 +12,7 @@ from rich.text import Text
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetRefused,
     CheckpointFailed,
     ErrorInfo,
@@ -152,6 +153,8 @@ def event_line(event: BaseEvent) -> str | None:
         return f"checkpoint failed ({event.label}), retry in {event.retry_in:g}s: {event.error}"
     if isinstance(event, BudgetRefused):
         return f"refused   {event.node}: {'; '.join(event.over)}"
+    if isinstance(event, BudgetOverrun):
+        return f"overrun   {event.node}: used up its {', '.join(event.over)}"
     if isinstance(event, RunAborted):
         return f"aborted   {event.reason}"
     if isinstance(event, RunCompleted):

@@ -12,6 +12,7 @@ from typing import Any
 from orchestrator import gates, receipts
 from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.ledger.events import (
+    BudgetOverrun,
     GateParked,
     NoticeDelivered,
     ReceiptIssued,
@@ -116,14 +117,21 @@ class Reporter:
     # ---- aborts ------------------------------------------------------------------------
 
     def abort(self) -> None:
-        """Record why the run stopped at its ceiling, signed, with the last passed gate."""
+        """Record why the run stopped (its ceiling reached, or a node's own allowance used
+        up), signed, with the last passed gate."""
         refused = self.state.refused
         assert refused is not None
-        reason = (
-            f"budget ceiling reached: node {refused.node} needs "
-            f"{_amount(refused.needed.model_dump())} but only "
-            f"{_amount(refused.remaining.model_dump())} remains ({'; '.join(refused.over)})"
-        )
+        if isinstance(refused, BudgetOverrun):
+            reason = (
+                f"node {refused.node} used up its own budget ({', '.join(refused.over)}) in "
+                f"attempt {refused.attempt}: {refused.reason.message}"
+            )
+        else:
+            reason = (
+                f"budget ceiling reached: node {refused.node} needs "
+                f"{_amount(refused.needed.model_dump())} but only "
+                f"{_amount(refused.remaining.model_dump())} remains ({'; '.join(refused.over)})"
+            )
         ts = iso(self.clock.now())
         last_gate = self.state.last_gate
         signature, key = "", ""
