@@ -397,6 +397,7 @@ class Runtime:
             models=models,
             receipt_sinks=config.receipts or [self.receipt_file(run_id)],
             store_grace=self.store_grace,
+            where=self.where(),
         )
         points = {}
         if resumed:
@@ -413,6 +414,17 @@ class Runtime:
         if final.status in TERMINAL_RUN:  # it never resumes: its attempts' disks go
             await asyncio.to_thread(remove_run, self.home, run_id)
         return final
+
+    def where(self) -> tuple[str, ...]:
+        """The global options that point a command at this runtime's runs from any
+        directory: the home, and the ledger and object store where they are not the
+        home's own."""
+        options = ["--home", str(self.home)]
+        if self.store.url != f"sqlite:///{self.home.resolve()}/ledger.db":
+            options += ["--ledger", self.store.url]
+        if self.objects_url != str(self.home / "objects"):
+            options += ["--objects", self.objects_url]
+        return tuple(options)
 
     def receipt_file(self, run_id: str) -> SinkConfig:
         """The default receipt sink: a JSONL file per run under the home."""

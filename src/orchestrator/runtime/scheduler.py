@@ -117,6 +117,7 @@ class Scheduler:
         models: ModelSource | None = None,
         receipt_sinks: list[SinkConfig] | None = None,
         store_grace: float = 60.0,
+        where: tuple[str, ...] = (),
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -142,6 +143,7 @@ class Scheduler:
             config.receipt_interval,
             config.delivery_attempts,
             config.delivery_backoff,
+            where,
         )
         self._live: dict[str, tuple[NodeContext, SandboxHandle]] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
@@ -554,7 +556,8 @@ class Scheduler:
         if state.status == "running" and (state.ready or self._due or state.doomed):
             return False
         if state.status == "aborting":
-            self.reporter.abort()
+            aborted = self.reporter.abort()
+            self.reporter.ended("abort", aborted.reason, aborted.ts)
         elif state.status == "pausing" and state.unfinished():
             writer.stage(RunParked, reason=self._park_reason or "paused")
         elif state.awaiting():
@@ -564,7 +567,9 @@ class Scheduler:
             writer.stage(RunParked, reason=f"awaiting approval: {waiting}")
         else:
             self._complete()
+            self.reporter.completed()
         writer.flush()
+        await self.reporter.drain()  # the notices that end the run (bounded)
         return True
 
     def _schedule_retry(self, node: str, attempt: int, decision: RetryLater) -> None:
