@@ -193,7 +193,10 @@ def test_cli_parks_notifies_slack_and_an_approval_from_another_process_finishes(
         [decided] = of(GateDecided, events(rt, run_id))
         assert (decided.decision, decided.comment, decided.approver) == ("approve", "lgtm", public)
         assert decided.digest == held.digest
-    assert len(http_peer.requests) == 1  # nothing more to approve, nothing more sent
+    # nothing more to approve: what follows the gate notice is the run's success
+    first, last = http_peer.requests
+    assert first.json["blocks"][0]["text"]["text"] == message["blocks"][0]["text"]["text"]
+    assert last.json["text"] == f"Run succeeded: run {run_id}"
 
     replayed = cli(home, "replay", run_id)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
@@ -705,7 +708,8 @@ async def test_an_approval_on_resume_does_not_resend_the_notice_it_answers(
         yes = gates.decide(rt.state(run_id), "review", True, "", approver, rt.clock.now())
         assert await rt.decide(run_id, yes) == "resumed"
         assert rt.state(run_id).status == "succeeded"
-        assert http_peer.requests == []  # no "approval needed" for what was just approved
+        # no "approval needed" for what was just approved; only the run's success
+        assert [r.json["kind"] for r in http_peer.requests] == ["outcome"]
         assert not gate_notices(events(rt, run_id))
 
 
