@@ -7,7 +7,9 @@ what remains is refused before it starts. Inside a node, a model call whose maxi
 cost would pass the attempt's limit (its reservation, or its declared worst case when
 the run has no ceiling) is refused before it is sent. Because every attempt stays
 within its reservation and the reservations never exceed the ceiling, usage never
-passes the ceiling.
+passes the ceiling. An attempt that uses up its reservation (its sandbox's compute, or
+what its model calls have left) is stopped and the run aborts as at the ceiling; resumed
+with a fresh envelope, the attempt goes on with a fresh reservation (``renew``).
 
 Everything here is derived from ledger events by :class:`BudgetBook`, part of the
 RunState fold: meters (tokens by model from the journaled ``llm`` effects' usage,

@@ -49,6 +49,7 @@ from orchestrator.gates import Decision
 from orchestrator.ledger.chain import GENESIS
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetReplaced,
     CheckpointFailed,
     CheckpointTaken,
@@ -334,8 +335,14 @@ class Runtime:
                     f"run {run_id} already ended ({state.status}); nothing to resume"
                 )
             if state.status in ("aborted", "aborting") and budget is None:
+                overrun = state.refused
+                why = (
+                    f"node {overrun.node} used up its own budget ({', '.join(overrun.over)})"
+                    if isinstance(overrun, BudgetOverrun)
+                    else "it stopped at its budget ceiling"
+                )
                 raise RunStateError(
-                    f"run {run_id} stopped at its budget ceiling; resume it with a fresh "
+                    f"run {run_id} was aborted: {why}; resume it with a fresh "
                     f"envelope: orchestrator resume {run_id} --budget "
                     "tokens=N,compute_h=H,spend=USD"
                 )
