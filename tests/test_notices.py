@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -249,3 +250,21 @@ async def test_a_sink_that_cannot_be_reached_is_recorded_and_the_run_ends_anyway
     assert sent.error and "/x" not in sent.error
     events = [decode(r.body) for r in rt.store.read(state.run_id)]
     assert any(isinstance(e, RunCompleted) for e in events)
+
+
+async def test_a_sink_that_never_answers_is_given_up_on_and_the_run_ends(rt: Runtime) -> None:
+    """A server that takes the connection and never replies: the HTTP timeout bounds the
+    attempt, the failure is recorded, and the run's process is free to exit."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes connections; nobody ever reads or answers
+        port = silent.getsockname()[1]
+        hook = SinkConfig(kind="webhook", url=f"http://127.0.0.1:{port}/x")
+        config = RunConfig(notify=[hook], delivery_attempts=1, delivery_backoff=0)
+        began = time.monotonic()
+        state = await rt.start(words_plan(), {"text": "a b"}, config)
+        took = time.monotonic() - began
+    assert state.status == "succeeded"
+    assert took < 40, took
+    [sent] = delivered(rt, state.run_id)
+    assert sent.notice == "run succeeded" and not sent.ok and sent.error
