@@ -21,6 +21,7 @@ from orchestrator import Budget, NodeContext, Plan, Retry, RunConfig, Runtime, d
 from orchestrator.budget import ModelPrice, Prices
 from orchestrator.errors import ConfigError, PlanInvalid, RunStateError
 from orchestrator.ledger.events import (
+    BudgetOverrun,
     BudgetRefused,
     BudgetReplaced,
     BudgetReserved,
@@ -28,6 +29,7 @@ from orchestrator.ledger.events import (
     EffectRecorded,
     NodeDispatched,
     NodeFailed,
+    NodeResumed,
     NodeSucceeded,
     ReceiptIssued,
     RunAborted,
@@ -43,8 +45,10 @@ from tests.conftest import PLANS, cli
 from tests.crashing import processes_with
 from tests.llm_peers import Peer
 from tests.plans.gated import BURN_SCRIPT, asking_plan, burning_plan
+from tests.plans.overrun import TALK_SCRIPT, crunching_plan
 
 GATED = PLANS / "gated.py"
+OVERRUN = PLANS / "overrun.py"
 # Expensive on purpose, so spend ceilings bite: $0.0001 per input, $0.0003 per output token.
 PRICES = Prices(
     models={"scripted/*": ModelPrice(input_per_mtok=100, output_per_mtok=300)},
@@ -248,7 +252,7 @@ def check_history(events: list[Any]) -> None:
     started = events[0]
     assert isinstance(started, RunStarted)
     state = RunState.start(started)
-    refused_since: BudgetRefused | None = None
+    refused_since: BudgetRefused | BudgetOverrun | None = None
     previous: Any = started
     for event in events[1:]:
         if isinstance(previous, NodeDispatched):  # every dispatch reserves at once
@@ -270,6 +274,9 @@ def check_history(events: list[Any]) -> None:
             assert event.needed.over(event.remaining), event
             assert event.over == event.needed.over(event.remaining)
             refused_since = event
+        elif isinstance(event, BudgetOverrun):  # a node used up its own reservation
+            assert event.reason.type == "BudgetExceeded", event
+            refused_since = refused_since or event
         elif isinstance(event, NodeDispatched):
             assert refused_since is None, f"{event.node} dispatched after {refused_since}"
         elif isinstance(event, BudgetReserved):
@@ -681,3 +688,137 @@ def test_a_model_without_a_price_is_warned_about_once_and_recorded(
     assert "fallback_priced" not in receipt.body
     help_text = " ".join(cli(home, "run", "--help").stdout.split())
     assert '"input_per_mtok"' in help_text and "fallback" in help_text
+
+
+# ---- 6. a node that uses up its own allowance aborts the run, resumably ----------------------
+
+
+def signed_abort(rt: Runtime, run_id: str, events: list[Any]) -> RunAborted:
+    aborted = [e for e in events if isinstance(e, RunAborted)]
+    assert len(aborted) == 1
+    abort = aborted[0]
+    key = rt.signer_public(run_id)
+    assert key is not None and abort.key == key
+    payload = abort_payload(run_id, abort.ts, abort.reason, abort.last_gate)
+    assert verify(key, payload, abort.signature)
+    return abort
+
+
+def test_a_node_that_uses_up_its_tokens_aborts_signed_and_resumes_without_repeats(
+    home: Path, tmp_path: Path
+) -> None:
+    tally = tmp_path / "tally"
+    envelope = "tokens=1000,compute_h=1,spend=1"
+    ran = cli(
+        home,
+        "run",
+        f"{OVERRUN}:talking",
+        "--input",
+        f"tally={tally}",
+        "--budget",
+        envelope,
+        "--llm",
+        f"scripted:{script_file(tmp_path, TALK_SCRIPT)}",
+        "--model",
+        "m",
+    )
+    assert ran.returncode == 4, ran.stdout + ran.stderr
+    assert "talk used up its own tokens" in ran.stdout
+    run_id = ran.stderr.split("run ", 1)[1].split()[0]
+    assert f" resume {run_id} --budget" in ran.stdout
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+        abort = signed_abort(rt, run_id, events)
+        state = rt.state(run_id)
+    overruns = [e for e in events if isinstance(e, BudgetOverrun)]
+    assert [(e.node, e.attempt, e.over) for e in overruns] == [("talk", 1, ["tokens"])]
+    assert overruns[0].reason.type == "BudgetExceeded"
+    assert "node talk used up its own budget (tokens) in attempt 1" in abort.reason
+    assert "refused a call to scripted/m" in abort.reason
+    assert not any(isinstance(e, NodeFailed) for e in events)
+    assert [e.kind for e in events][-2:] == ["RunAborted", "CheckpointTaken"]
+    assert state.status == "aborted" and state.nodes["talk"].status == "running"
+    assert tally.read_text().count("performed") == 1
+    before = len(events)
+
+    refused = cli(home, "resume", run_id)
+    assert refused.returncode == 1 and "--budget" in refused.stderr
+    resumed = cli(home, "resume", "--json", run_id, "--budget", envelope)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["nodes"]["echo"]["outputs"] == {"text": "one two"}
+    assert tally.read_text().count("performed") == 1  # the tool call was served, not redone
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+        state = rt.state(run_id)
+    after = events[before:]
+    assert [e.kind for e in after[:4]] == [
+        "RunResumed",
+        "BudgetReplaced",
+        "NodeResumed",
+        "BudgetReserved",
+    ]
+    mark = after[2]
+    assert isinstance(mark, NodeResumed) and (mark.node, mark.attempt) == ("talk", 1)
+    assert mark.from_index == 2  # the mark and the first call are served from the journal
+    talk_effects = [
+        (e.index, e.effect) for e in events if isinstance(e, EffectRecorded) and e.node == "talk"
+    ]
+    assert talk_effects == [(0, "tool"), (1, "llm"), (2, "llm")]  # each performed once
+    assert state.status == "succeeded"
+    assert state.book.epoch.tokens == 71  # only the second call counts in the new envelope
+    replayed = cli(home, "replay", run_id)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "replay OK" in replayed.stdout
+
+
+def test_a_renewal_that_the_fresh_envelope_cannot_hold_aborts_again(
+    home: Path, tmp_path: Path
+) -> None:
+    tally = tmp_path / "tally"
+    script = f"scripted:{script_file(tmp_path, TALK_SCRIPT)}"
+    base = ("--budget", "tokens=1000,compute_h=1,spend=1", "--llm", script, "--model", "m")
+    ran = cli(home, "run", f"{OVERRUN}:talking", "--input", f"tally={tally}", *base)
+    assert ran.returncode == 4, ran.stdout + ran.stderr
+    run_id = ran.stderr.split("run ", 1)[1].split()[0]
+    small = cli(home, "resume", run_id, "--budget", "tokens=100,compute_h=1,spend=1")
+    assert small.returncode == 4, small.stdout + small.stderr
+    assert "talk needs tokens 120 > 100" in small.stdout
+    again = cli(home, "resume", run_id, "--budget", "tokens=500,compute_h=1,spend=1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert tally.read_text().count("performed") == 1
+    with Runtime(home=home) as rt:
+        events = events_of(rt, run_id)
+        assert [e.kind for e in events].count("RunAborted") == 2
+    replayed = cli(home, "replay", run_id)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+@needs("bwrap")
+async def test_a_node_that_uses_up_its_compute_aborts_and_resumes(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tally = tmp_path / "tally"
+    plan = crunching_plan()
+    envelope = Budget(tokens=0, compute_h=0.01, spend_usd=1)
+    config = RunConfig(budget=envelope, sandbox="bwrap")
+    monkeypatch.setenv("CRUNCH_S", "30")
+    with Runtime(home=home) as rt:
+        state = await rt.start(plan, {"tally": str(tally)}, config)
+        assert state.status == "aborted"
+        run_id = state.run_id
+        events = events_of(rt, run_id)
+        abort = signed_abort(rt, run_id, events)
+        assert "node crunch used up its own budget (compute_h) in attempt 1" in abort.reason
+        assert "used the 0.0005 compute-hours it reserved" in abort.reason
+        overrun = next(e for e in events if isinstance(e, BudgetOverrun))
+        assert overrun.over == ["compute_h"]
+        assert sandbox_processes(home) == []
+        with pytest.raises(RunStateError, match="fresh envelope"):
+            await rt.resume(run_id, plan)
+        monkeypatch.setenv("CRUNCH_S", "0.1")
+        state = await rt.resume(run_id, plan, budget=envelope)
+        assert state.status == "succeeded", state.summary
+        assert state.nodes["crunch"].outputs == {"code": 0}
+        assert tally.read_text().count("performed") == 1
+        report = await rt.replay(run_id, plan)
+        assert report.ok, report.divergence

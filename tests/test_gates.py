@@ -179,8 +179,9 @@ def test_cli_parks_notifies_slack_and_an_approval_from_another_process_finishes(
         "*Node*\n`propose`",
         held.digest,
         "+docs: attempt 1",  # the diff excerpt
-        f"orchestrator approve {run_id} review",
-        f"orchestrator approve {run_id} review --reject --comment WHY",
+        # complete: it works from any directory
+        f"orchestrator --home {home.absolute()} approve {run_id} review",
+        f"orchestrator --home {home.absolute()} approve {run_id} review --reject --comment WHY",
     ):
         assert needle in shown, needle
 
@@ -193,7 +194,10 @@ def test_cli_parks_notifies_slack_and_an_approval_from_another_process_finishes(
         [decided] = of(GateDecided, events(rt, run_id))
         assert (decided.decision, decided.comment, decided.approver) == ("approve", "lgtm", public)
         assert decided.digest == held.digest
-    assert len(http_peer.requests) == 1  # nothing more to approve, nothing more sent
+    # nothing more to approve: what follows the gate notice is the run's success
+    first, last = http_peer.requests
+    assert first.json["blocks"][0]["text"]["text"] == message["blocks"][0]["text"]["text"]
+    assert last.json["text"] == f"Run succeeded: run {run_id}"
 
     replayed = cli(home, "replay", run_id)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
@@ -575,8 +579,8 @@ async def test_each_parking_sends_the_gate_notice_to_a_webhook(
         gate="review",
         digest=held.digest,
         review=held.review,
-        approve=f"orchestrator approve {run_id} review",
-        reject=f"orchestrator approve {run_id} review --reject --comment WHY",
+        approve=f"orchestrator --home {rt.home} approve {run_id} review",
+        reject=f"orchestrator --home {rt.home} approve {run_id} review --reject --comment WHY",
         parked_at=held.ts,
     )
     [sent] = gate_notices(events(rt, run_id))
@@ -710,7 +714,8 @@ async def test_an_approval_on_resume_does_not_resend_the_notice_it_answers(
         yes = gates.decide(rt.state(run_id), "review", True, "", approver, rt.clock.now())
         assert await rt.decide(run_id, yes) == "resumed"
         assert rt.state(run_id).status == "succeeded"
-        assert http_peer.requests == []  # no "approval needed" for what was just approved
+        # no "approval needed" for what was just approved; only the run's success
+        assert [r.json["kind"] for r in http_peer.requests] == ["outcome"]
         assert not gate_notices(events(rt, run_id))
 
 

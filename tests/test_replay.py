@@ -395,3 +395,50 @@ async def test_a_resume_with_an_edited_source_stores_it_and_recorded_replay_foll
     recorded = cli(home, "replay", "--recorded", state.run_id)
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
     assert "code changed" not in recorded.stdout
+
+
+async def test_replay_is_ok_on_a_run_aborted_by_an_overrun_and_resumed(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from orchestrator import Budget, RunConfig
+    from tests.plans.overrun import TALK_SCRIPT, talking_plan
+
+    script = tmp_path / "script.jsonl"
+    script.write_text("".join(json.dumps(line) + "\n" for line in TALK_SCRIPT))
+    envelope = Budget(tokens=1000, compute_h=1, spend_usd=1)
+    config = RunConfig(budget=envelope, llm=f"scripted:{script}", model="m")
+    state = await rt.start(talking_plan(), {"tally": str(tmp_path / "tally")}, config)
+    assert state.status == "aborted"
+    aborted = await rt.replay(state.run_id, talking_plan())
+    assert aborted.ok, aborted.divergence
+    state = await rt.resume(state.run_id, talking_plan(), budget=envelope)
+    assert state.status == "succeeded"
+    report = await rt.replay(state.run_id, talking_plan())
+    assert report.ok, report.divergence
+    assert report.head_hash == rt.store.read(state.run_id)[-1].hash
+
+
+async def test_replay_catches_an_overrun_recorded_for_a_node_that_was_not_running(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from orchestrator import Budget, RunConfig
+    from tests.plans.overrun import TALK_SCRIPT, talking_plan
+
+    script = tmp_path / "script.jsonl"
+    script.write_text("".join(json.dumps(line) + "\n" for line in TALK_SCRIPT))
+    envelope = Budget(tokens=1000, compute_h=1, spend_usd=1)
+    config = RunConfig(budget=envelope, llm=f"scripted:{script}", model="m")
+    state = await rt.start(talking_plan(), {"tally": str(tmp_path / "tally")}, config)
+    assert state.status == "aborted"
+
+    def forge(bodies: list[dict[str, Any]]) -> None:
+        overrun = next(b for b in bodies if b["kind"] == "BudgetOverrun")
+        overrun["node"] = "echo"  # pending, never dispatched
+        forged.append(overrun["seq"])
+
+    forged: list[int] = []
+    _rewrite(rt, state.run_id, forge)
+    report = await rt.replay(state.run_id, talking_plan())
+    d = report.divergence
+    assert d is not None and d.seq == forged[0] and d.node == "echo"
+    assert "BudgetOverrun" in d.expected and "nothing" in d.got

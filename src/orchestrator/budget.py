@@ -7,7 +7,9 @@ what remains is refused before it starts. Inside a node, a model call whose maxi
 cost would pass the attempt's limit (its reservation, or its declared worst case when
 the run has no ceiling) is refused before it is sent. Because every attempt stays
 within its reservation and the reservations never exceed the ceiling, usage never
-passes the ceiling.
+passes the ceiling. An attempt that uses up its reservation (its sandbox's compute, or
+what its model calls have left) is stopped and the run aborts as at the ceiling; resumed
+with a fresh envelope, the attempt goes on with a fresh reservation (``renew``).
 
 Everything here is derived from ledger events by :class:`BudgetBook`, part of the
 RunState fold: meters (tokens by model from the journaled ``llm`` effects' usage,
@@ -238,6 +240,11 @@ class BudgetBook:
         for spent in (self.total, self.epoch, meter.total, meter.attempt):
             spent.add(tokens, compute_h, spend_usd)
 
+    def renew(self, node: str) -> None:
+        """An attempt that used up its allowance goes on with a fresh one (its next
+        reservation): its usage so far no longer counts against it."""
+        self.meter(node).attempt = Spent()
+
     def replace(self, ceiling: Budget | None) -> None:
         """A fresh envelope: usage counts against the new ceiling from now on."""
         self.ceiling, self.epoch = ceiling, Spent()
@@ -317,18 +324,25 @@ def check_call(
     max_tokens = max_input + max_output
     price = prices.for_model(model)
     max_spend = (max_input * price.input_per_mtok + max_output * price.output_per_mtok) / 1e6
-    problems = []
+    problems, over = [], []
     if used.tokens + max_tokens > limit.tokens:
         left = max(0, limit.tokens - used.tokens)
         problems.append(f"up to {max_tokens} tokens, {left} left of {limit.tokens}")
+        over.append("tokens")
     spend_left = limit.spend_usd - used.spend_usd
     if max_spend > spend_left and not math.isclose(max_spend, spend_left, rel_tol=1e-9):
         problems.append(
             f"up to ${max_spend:.6f}, ${max(0.0, spend_left):.6f} left of ${limit.spend_usd:g}"
         )
+        over.append("spend_usd")
     if problems:
+        alone_fits = max_tokens <= limit.tokens and (
+            max_spend <= limit.spend_usd or math.isclose(max_spend, limit.spend_usd, rel_tol=1e-9)
+        )
         raise BudgetExceeded(
             f"node {node} refused a call to {model} before sending it: "
             + "; ".join(problems)
-            + " (raise the node's declared budget, or lower max_tokens)"
+            + " (raise the node's declared budget, or lower max_tokens)",
+            over=tuple(over),
+            used_up=alone_fits,
         )

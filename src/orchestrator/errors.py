@@ -39,7 +39,7 @@ OrchestratorError
     ├── NodeTimeout         a node exceeded its declared timeout
     ├── NonDeterminism      a re-run body asked for a different effect than its journal
     ├── GateRejected        a person rejected the node's outputs (their comment)
-    ├── BudgetExceeded      a model call refused before sending: its worst case does not fit
+    ├── BudgetExceeded      a node used up its allowance, or a model call would pass it
     ├── ExecFailed          ``ctx.exec(..., check=True)`` saw a non-zero exit
     ├── SandboxLimitExceeded a resource limit was hit; the sandbox's processes were killed
     ├── WorkspaceRefused    a workspace input names a directory the run may not use
@@ -305,7 +305,15 @@ class BranchRefused(NodeError):
 
 
 class BudgetExceeded(NodeError):
-    """A model call was refused before it was sent: its maximum cost does not fit."""
+    """A node used up its allowance (its sandbox was stopped), or a model call was refused
+    before it was sent because its maximum cost does not fit. ``over`` names the
+    dimensions; ``used_up``: what the attempt already used leaves no room, so a fresh
+    allowance lets it go on (the run aborts, resumable with a fresh budget) — otherwise
+    the call alone asks for more than the node's allowance, which no budget mends."""
+
+    def __init__(self, message: str, over: tuple[str, ...] = (), used_up: bool = False) -> None:
+        super().__init__(message)
+        self.over, self.used_up = over, used_up
 
 
 class NoRunReachedTest(NodeError):

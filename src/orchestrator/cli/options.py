@@ -155,7 +155,12 @@ BudgetOpt = typer.Option(
 ConcurrencyOpt = typer.Option(256, "--concurrency", min=1, help="Nodes running at once")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output")
 NotifyOpt = typer.Option(
-    [], "--notify", help="Gate notices: slack=URL|env:VAR, webhook=URL|env:VAR (repeatable)"
+    [],
+    "--notify",
+    help="Run notices to slack=URL|env:VAR, webhook=URL|env:VAR, file=PATH or s3=URL "
+    "(repeatable). Each sink gets every event (a gate waits, the run aborted, failed or "
+    "succeeded) unless narrowed: 'webhook=URL#events=abort,failure' "
+    "(from gate, abort, failure, success)",
 )
 ReceiptsOpt = typer.Option(
     [],

@@ -143,6 +143,7 @@ def _warn_unsynced(rt: Runtime, state: RunState) -> None:
 def _summary(state: RunState, status: str | None = None, where: Sequence[str] = ()) -> None:
     """How the run stands; ``where``: the global options printed commands need."""
     from orchestrator import gates
+    from orchestrator.ledger.events import BudgetOverrun
 
     rid = state.run_id
     resume = shlex.join(["orchestrator", *where, "resume", rid])
@@ -185,9 +186,15 @@ def _summary(state: RunState, status: str | None = None, where: Sequence[str] = 
         refused = state.refused
         from orchestrator.budget import in_flag_names
 
-        over = in_flag_names("; ".join(refused.over)) if refused is not None else ""
-        why = "" if refused is None else f": {refused.node} needs {over}"
-        out.print(f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False)
+        if isinstance(refused, BudgetOverrun):
+            why = f": {refused.node} used up its own {in_flag_names(', '.join(refused.over))}"
+            out.print(f"[red]run {rid} aborted[/]{escape(why)}", highlight=False)
+        else:
+            over = in_flag_names("; ".join(refused.over)) if refused is not None else ""
+            why = "" if refused is None else f": {refused.node} needs {over}"
+            out.print(
+                f"[red]run {rid} aborted at its budget ceiling[/]{escape(why)}", highlight=False
+            )
         out.print(
             f"  continue with `{escape(resume)} --budget tokens=N,compute_h=H,spend=USD`"
             " (any of them; a dimension not named is unlimited)"

@@ -13,6 +13,7 @@ from orchestrator.budget import in_flag_names
 from orchestrator.clock import parse_iso
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetRefused,
     CheckpointFailed,
     ErrorInfo,
@@ -157,6 +158,8 @@ def event_line(event: BaseEvent) -> str | None:
         return f"checkpoint failed ({event.label}), retry in {event.retry_in:g}s: {event.error}"
     if isinstance(event, BudgetRefused):
         return f"refused   {event.node}: {in_flag_names('; '.join(event.over))}"
+    if isinstance(event, BudgetOverrun):
+        return f"overrun   {event.node}: used up its {in_flag_names(', '.join(event.over))}"
     if isinstance(event, RunAborted):
         return f"aborted   {event.reason}"
     if isinstance(event, RunCompleted):

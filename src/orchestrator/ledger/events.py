@@ -262,6 +262,18 @@ class BudgetRefused(BaseEvent):
     over: list[str]
 
 
+class BudgetOverrun(BaseEvent):
+    """A running attempt used up its own allowance (``over`` names the dimensions): it is
+    stopped and stays in flight, and the run drains and aborts. Resumed with a fresh
+    budget, the attempt goes on from its journal with a fresh reservation."""
+
+    kind: Literal["BudgetOverrun"] = "BudgetOverrun"
+    node: str
+    attempt: int
+    over: list[str]
+    reason: ErrorInfo
+
+
 class BudgetReplaced(BaseEvent):
     """A fresh envelope: usage counts against ``ceiling`` from here on."""
 
@@ -292,8 +304,9 @@ class NoticeDelivered(BaseEvent):
 
 
 class RunAborted(BaseEvent):
-    """The run stopped at its budget ceiling after draining; resumable with a fresh
-    envelope. ``signature`` is the run key's over :func:`abort_payload`."""
+    """The run stopped at its budget ceiling, or because a node used up its own
+    allowance, after draining; resumable with a fresh envelope. ``signature`` is the run
+    key's over :func:`abort_payload`."""
 
     kind: Literal["RunAborted"] = "RunAborted"
     reason: str
@@ -342,6 +355,7 @@ Event = Annotated[
     | NodesReset
     | BudgetReserved
     | BudgetRefused
+    | BudgetOverrun
     | BudgetReplaced
     | ReceiptIssued
     | NoticeDelivered

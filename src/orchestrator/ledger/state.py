@@ -16,6 +16,7 @@ from orchestrator.errors import LedgerCorrupt
 from orchestrator.ids import NodeId, Ref
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetRefused,
     BudgetReplaced,
     BudgetReserved,
@@ -78,6 +79,11 @@ class NodeState:
     compute_h: float = 0.0
     held: GateParked | None = None
     feedback: list[str] = field(default_factory=list)
+    overran: bool = False
+    """The current attempt used up its allowance; its next life starts a fresh one."""
+    allowance_from: int = 0
+    """The journal index from which model calls count against the attempt's allowance
+    (where its latest fresh allowance began)."""
 
 
 @dataclass
@@ -105,7 +111,8 @@ class RunState:
     book: BudgetBook = field(default_factory=lambda: BudgetBook.from_config({}))
     last_gate: dict[str, Any] | None = None
     decisions_seen: set[str] = field(default_factory=set)
-    refused: BudgetRefused | None = None
+    refused: BudgetRefused | BudgetOverrun | None = None
+    """Why the run is aborting: the first refusal or overrun since the last envelope."""
     receipts: list[ReceiptIssued] = field(default_factory=list)
     notices_ok: set[str] = field(default_factory=set)
     source: PlanSourceRecorded | None = None
@@ -182,6 +189,7 @@ class RunState:
             ns.status, ns.attempt, ns.inputs = "running", event.attempt, event.inputs
             ns.code_digest, ns.journal, ns.resumed_from = event.code_digest, [], []
             ns.saved = (0, None)
+            ns.overran, ns.allowance_from = False, 0
             ns.dispatched_at, ns.not_before = event.ts, None
             self.ready.discard(event.node)
             self.book.dispatched(event.node)
@@ -247,6 +255,9 @@ class RunState:
             ns.journal = ns.journal[: event.from_index]  # the rest is performed again
             ns.resumed_from.append(event.from_index)
             ns.saved = (event.from_index, event.snapshot)  # what the workspace is reset to
+            if ns.overran:  # this life has a fresh allowance
+                ns.overran, ns.allowance_from = False, event.from_index
+                self.book.renew(event.node)
         elif isinstance(event, WorkspaceSaved):
             ns = self.nodes[event.node]
             if ns.attempt == event.attempt:
@@ -261,6 +272,10 @@ class RunState:
             self.book.charge_compute(event.node, sandbox, event.wall_s, event.vcpus)
         elif isinstance(event, BudgetRefused):
             self.status, self.refused = "aborting", event
+        elif isinstance(event, BudgetOverrun):
+            self.nodes[event.node].overran = True
+            self.book.release(event.node)
+            self.status, self.refused = "aborting", self.refused or event
         elif isinstance(event, BudgetReplaced):
             self.book.replace(event.ceiling)
             self.refused = None

@@ -32,10 +32,17 @@ def site_for(
     return EffectSite(state.run_id, node, attempt, workspace, journal, spec.effects, feedback)
 
 
-def allowance_for(state: RunState, spec: NodeSpec) -> Allowance:
+def allowance_for(
+    state: RunState, spec: NodeSpec, counted_from: int = 0, reserved: bool | None = None
+) -> Allowance:
     """What an attempt may spend on model calls: its reservation when the run has a
-    ceiling (every dispatch then reserves), else what the node declares."""
-    return Allowance(attempt_limit(spec.budget, state.book.ceiling is not None), state.book.prices)
+    ceiling (``reserved``; by default whether ``state`` has one: every dispatch then
+    reserves), else what the node declares; calls before ``counted_from`` are not
+    counted (see ``NodeState.allowance_from``)."""
+    if reserved is None:
+        reserved = state.book.ceiling is not None
+    limit = attempt_limit(spec.budget, reserved)
+    return Allowance(limit, state.book.prices, counted_from)
 
 
 def outputs_of(spec: NodeSpec, result: Any) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class Allowance:
 
     limit: Budget | None = None
     prices: Prices = field(default_factory=Prices)
+    counted_from: int = 0
+    """Model calls at journal indexes below this do not count against ``limit``: they
+    were paid from an allowance the attempt used up before this one was granted."""
 
 
 class JournalExhausted(BaseException):
@@ -475,12 +478,14 @@ class LLM:
             return done.model_dump(mode="json"), usage
 
         wire = {"provider": models.name, **request.model_dump(mode="json")}
+        index = ctx._index
         data, usage = await ctx._effect_with_usage("llm", wire, perform)
-        self._spent.add(
-            int(usage.get("input_tokens", 0) + usage.get("output_tokens", 0)),
-            0.0,
-            float(usage.get("spend_usd", 0.0)),
-        )
+        if index >= allowance.counted_from:
+            self._spent.add(
+                int(usage.get("input_tokens", 0) + usage.get("output_tokens", 0)),
+                0.0,
+                float(usage.get("spend_usd", 0.0)),
+            )
         return Completion.model_validate(data)
 
 

@@ -49,6 +49,7 @@ from orchestrator.gates import Decision
 from orchestrator.ledger.chain import GENESIS
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetReplaced,
     CheckpointFailed,
     CheckpointTaken,
@@ -176,7 +177,7 @@ class Runtime:
             self._run_objects[url] = open_object_store(url)
         return self._run_objects[url]
 
-    def where(self) -> list[str]:
+    def where(self) -> tuple[str, ...]:
         """The global options that find this runtime's runs from any directory: the home,
         and the ledger unless it is the home's own (a run records its object store)."""
         args = ["--home", str(self.home)]
@@ -184,7 +185,7 @@ class Runtime:
         # a URL with a password is never printed: whoever approves sets ORCHESTRATOR_LEDGER
         if url != f"sqlite:///{self.home.resolve()}/ledger.db" and "@" not in url:
             args += ["--ledger", url]
-        return args
+        return tuple(args)
 
     def check_objects(self, action: str, run_id: str | None = None) -> None:
         """Refuse to ``action`` (a phrase: "start the run") while the object store (of
@@ -436,8 +437,14 @@ class Runtime:
                     f"run {run_id} already ended ({state.status}); nothing to resume"
                 )
             if state.status in ("aborted", "aborting") and budget is None:
+                overrun = state.refused
+                why = (
+                    f"node {overrun.node} used up its own budget ({', '.join(overrun.over)})"
+                    if isinstance(overrun, BudgetOverrun)
+                    else "it stopped at its budget ceiling"
+                )
                 raise RunStateError(
-                    f"run {run_id} stopped at its budget ceiling; resume it with a fresh "
+                    f"run {run_id} was aborted: {why}; resume it with a fresh "
                     f"envelope: orchestrator resume {run_id} --budget "
                     "tokens=N,compute_h=H,spend=USD"
                 )
@@ -512,6 +519,7 @@ class Runtime:
             models=models,
             receipt_sinks=config.receipts or [self.receipt_file(run_id)],
             store_grace=self.store_grace,
+            where=self.where(),
         )
         points = {}
         if resumed:

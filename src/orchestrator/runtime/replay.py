@@ -32,7 +32,9 @@ from orchestrator.ids import NodeId
 from orchestrator.ledger.chain import GENESIS, chain_hash
 from orchestrator.ledger.events import (
     BaseEvent,
+    BudgetOverrun,
     BudgetRefused,
+    BudgetReplaced,
     BudgetReserved,
     EffectRecorded,
     ErrorInfo,
@@ -122,6 +124,18 @@ class _Effect:
         return canonical_bytes(self.fields)
 
 
+@dataclass(frozen=True, slots=True)
+class _LifeRecord:
+    """One life of an attempt as recorded: where its journal was served from, the journal
+    it saw, and the allowance it had (whether the run had a ceiling when it began, and
+    from which index its model calls counted: see ``NodeState.allowance_from``)."""
+
+    start: int
+    journal: list[EffectRecorded]
+    reserved: bool
+    counted_from: int
+
+
 @dataclass
 class _Life:
     """One process's run of an attempt's body: the effects it recorded, regenerated."""
@@ -197,21 +211,40 @@ class Replayer:
         self.rows = rows
         self.recorded = list(decoded) if decoded is not None else [decode(r.body) for r in rows]
         # An attempt resumed in a new process has one "life" per process: each life's body
-        # saw the journal as it stood then (truncated at NodeResumed.from_index).
+        # saw the journal as it stood then (truncated at NodeResumed.from_index), with the
+        # allowance it had then (fresh after the attempt used up its own).
         self.journals: dict[tuple[str, int], list[EffectRecorded]] = defaultdict(list)
-        self.lives: dict[tuple[str, int], list[tuple[int, list[EffectRecorded]]]] = {}
+        self.lives: dict[tuple[str, int], list[_LifeRecord]] = {}
         starts: dict[tuple[str, int], int] = defaultdict(int)
+        allowances: dict[tuple[str, int], tuple[bool, int]] = {}
+        overran: set[tuple[str, int]] = set()
+        first = self.recorded[0] if self.recorded else None
+        ceiling = isinstance(first, RunStarted) and first.config.get("budget") is not None
         for event in self.recorded:
             if isinstance(event, EffectRecorded):
                 self.journals[(event.node, event.attempt)].append(event)
+            elif isinstance(event, NodeDispatched):
+                allowances[(event.node, event.attempt)] = (ceiling, 0)
+            elif isinstance(event, BudgetReplaced):
+                ceiling = event.ceiling is not None
+            elif isinstance(event, BudgetOverrun):
+                overran.add((event.node, event.attempt))
             elif isinstance(event, NodeResumed):
                 key = (event.node, event.attempt)
                 effective = self.journals[key]
-                self.lives.setdefault(key, []).append((starts[key], list(effective)))
+                reserved, counted = allowances.get(key, (ceiling, 0))
+                life = _LifeRecord(starts[key], list(effective), reserved, counted)
+                self.lives.setdefault(key, []).append(life)
                 self.journals[key] = effective[: event.from_index]
                 starts[key] = event.from_index
+                if key in overran:
+                    overran.discard(key)
+                    counted = event.from_index
+                allowances[key] = (ceiling, counted)
         for key, effective in self.journals.items():
-            self.lives.setdefault(key, []).append((starts[key], list(effective)))
+            reserved, counted = allowances.get(key, (ceiling, 0))
+            life = _LifeRecord(starts[key], list(effective), reserved, counted)
+            self.lives.setdefault(key, []).append(life)
         self.superseded = {
             (e.node, e.attempt)
             for e in self.recorded
@@ -306,6 +339,8 @@ class Replayer:
             return rec.model_copy(update={"amount": spec.budget})
         if isinstance(rec, BudgetRefused):
             return self._refused(rec, state)
+        if isinstance(rec, BudgetOverrun):
+            return self._overrun(rec, state)
         if isinstance(rec, GateParked):
             return self._parked(rec)
         if isinstance(rec, GateDecided):
@@ -371,20 +406,19 @@ class Replayer:
         key = (rec.node, rec.attempt)
         lives = []
         outcome: dict[str, Any] = {}
-        for start, journal in self.lives.get(key, [(0, [])]):
-            life, outcome = await self._live_once(rec, inputs, start, journal)
+        assert self.state is not None
+        unrecorded = _LifeRecord(0, [], self.state.book.ceiling is not None, 0)
+        for record in self.lives.get(key, [unrecorded]):
+            life, outcome = await self._live_once(rec, inputs, record)
             lives.append(life)
         self.attempts[key] = _Attempt(lives)
         self.outcomes[key] = outcome
 
     async def _live_once(
-        self,
-        rec: NodeDispatched,
-        inputs: dict[str, Any],
-        start: int,
-        journal: list[EffectRecorded],
+        self, rec: NodeDispatched, inputs: dict[str, Any], record: _LifeRecord
     ) -> tuple[_Life, dict[str, Any]]:
         """Run the body once against one life's journal; queue what that life recorded."""
+        start, journal = record.start, record.journal
         spec = self.plan.nodes[NodeId.parse(rec.node).base].spec
         produced: list[EffectFields] = []
         assert self.state is not None
@@ -398,7 +432,7 @@ class Replayer:
             record=None,
             regenerated=produced,
             models=RunModels(llm, state.config.get("model")) if llm else None,
-            allowance=allowance_for(state, spec),
+            allowance=allowance_for(state, spec, record.counted_from, record.reserved),
         )
         life = _Life(start)
         outcome: dict[str, Any]
@@ -504,6 +538,18 @@ class Replayer:
         if remaining is None or not over:
             return _Nothing(seq=rec.seq, ts=rec.ts)
         return rec.model_copy(update={"needed": spec.budget, "remaining": remaining, "over": over})
+
+    def _overrun(self, rec: BudgetOverrun, state: RunState) -> BaseEvent:
+        """An attempt stopped at its allowance stands as recorded (how much it used is
+        metered outside the body) if it was running and its body produced no more effects
+        than were recorded."""
+        ns = state.nodes.get(rec.node)
+        if ns is None or ns.status != "running" or ns.attempt != rec.attempt:
+            return _Nothing(seq=rec.seq, ts=rec.ts)
+        attempt = self.attempts.get((rec.node, rec.attempt))
+        if attempt is not None and attempt.life.queue:
+            raise _Diverged(self._mismatch(rec, attempt.life.queue[0]))
+        return rec
 
     def _terminal(self, rec: NodeSucceeded | NodeFailed | RetryScheduled) -> BaseEvent:
         key = (rec.node, rec.attempt)

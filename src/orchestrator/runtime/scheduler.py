@@ -27,6 +27,7 @@ from orchestrator.clock import Clock, iso, parse_iso
 from orchestrator.config import RunConfig
 from orchestrator.errors import BudgetExceeded, DecisionRefused, NodeTimeout, WorkspaceRefused
 from orchestrator.ledger.events import (
+    BudgetOverrun,
     BudgetRefused,
     BudgetReserved,
     CheckpointFailed,
@@ -87,6 +88,8 @@ class Outcome:
     outputs: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     timed_out: bool = False
+    overrun: tuple[str, ...] = ()
+    """The dimensions in which the attempt used up its allowance (the run aborts)."""
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -115,6 +118,7 @@ class Scheduler:
         models: ModelSource | None = None,
         receipt_sinks: list[SinkConfig] | None = None,
         store_grace: float = 60.0,
+        where: tuple[str, ...] = (),
     ) -> None:
         assert writer.state is not None
         self.plan = plan
@@ -140,6 +144,7 @@ class Scheduler:
             config.receipt_interval,
             config.delivery_attempts,
             config.delivery_backoff,
+            where,
         )
         self._live: dict[str, tuple[NodeContext, SandboxHandle]] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
@@ -357,7 +362,7 @@ class Scheduler:
             sandbox=handle,
             on_checkpoint=on_checkpoint,
             models=self.models,
-            allowance=allowance_for(self.state, spec),
+            allowance=allowance_for(self.state, spec, ns.allowance_from),
             record_save=record_save,
         )
         if handle is not None:
@@ -440,7 +445,9 @@ class Scheduler:
                     f"node {node} used the {spec.budget.compute_h:g} compute-hours it reserved "
                     "and was stopped before passing them"
                 )
-                return Outcome(node, attempt, error=ErrorInfo.of(BudgetExceeded(message)))
+                over = ("compute_h",)
+                error = ErrorInfo.of(BudgetExceeded(message, over, used_up=True))
+                return Outcome(node, attempt, error=error, overrun=over)
             if scope.expired():
                 message = f"exceeded its timeout of {spec.timeout:g}s"
                 return Outcome(
@@ -449,6 +456,9 @@ class Scheduler:
             return Outcome(node, attempt, error=ErrorInfo.of(exc))
         except ValidationError as exc:
             return Outcome(node, attempt, error=ErrorInfo.of(exc))
+        except BudgetExceeded as exc:
+            used_up = (exc.over or ("budget",)) if exc.used_up else ()
+            return Outcome(node, attempt, error=ErrorInfo.of(exc), overrun=used_up)
         except Exception as exc:
             return Outcome(node, attempt, error=ErrorInfo.of(exc))
 
@@ -489,6 +499,18 @@ class Scheduler:
 
     def _settle(self, outcome: Outcome) -> None:
         writer, node, attempt = self.writer, outcome.node, outcome.attempt
+        if outcome.overrun:
+            # As a refused dispatch: the run drains and aborts; the attempt stays in flight
+            # and goes on from its journal once the run is resumed with a fresh budget.
+            assert outcome.error is not None
+            writer.stage(
+                BudgetOverrun,
+                node=node,
+                attempt=attempt,
+                over=list(outcome.overrun),
+                reason=outcome.error,
+            )
+            return
         if outcome.error is None:
             assert outcome.outputs is not None
             spec = self.plan.nodes[self.state.nodes[node].base].spec
@@ -551,7 +573,8 @@ class Scheduler:
         if state.status == "running" and (state.ready or self._due or state.doomed):
             return False
         if state.status == "aborting":
-            self.reporter.abort()
+            aborted = self.reporter.abort()
+            self.reporter.ended("abort", aborted.reason, aborted.ts)
         elif state.status == "pausing" and state.unfinished():
             writer.stage(RunParked, reason=self._park_reason or "paused")
         elif state.awaiting():
@@ -561,7 +584,9 @@ class Scheduler:
             writer.stage(RunParked, reason=f"awaiting approval: {waiting}")
         else:
             self._complete()
+            self.reporter.completed()
         writer.flush()
+        await self.reporter.drain()  # the notices that end the run (bounded)
         return True
 
     def _schedule_retry(self, node: str, attempt: int, decision: RetryLater) -> None:
@@ -667,6 +692,9 @@ class Scheduler:
                 )
                 self._schedule_retry(ns.id, ns.attempt, RetryLater(reason, 0.0))
                 continue
+            renew = ns.overran  # it used up its allowance: this life gets a fresh one
+            if renew and not self._reserve_again(ns, spec):
+                continue
             from_index, snapshot = resume_point(ns, restore_points.get(ns.id))
             self.writer.stage(
                 NodeResumed,
@@ -675,9 +703,33 @@ class Scheduler:
                 from_index=from_index,
                 snapshot=snapshot,
             )
+            if renew and self.state.book.ceiling is not None:
+                self.writer.stage(
+                    BudgetReserved, node=ns.id, attempt=ns.attempt, amount=spec.budget
+                )
             # A workspace never saved may be torn (a command killed mid-write): it starts
             # again from the attempt's initial state.
             self._start(ns, list(ns.journal), restore=snapshot, fresh=snapshot is None)
+
+    def _reserve_again(self, ns: NodeState, spec: NodeSpec) -> bool:
+        """Whether the fresh envelope admits another reservation for an attempt that used
+        up its own; if not, the refusal is recorded (the run aborts again, the attempt
+        still in flight)."""
+        book = self.state.book
+        over = book.admits(spec.budget)
+        if not over:
+            return True
+        remaining = book.remaining()
+        assert remaining is not None
+        self.writer.stage(
+            BudgetRefused,
+            node=ns.id,
+            attempt=ns.attempt,
+            needed=spec.budget,
+            remaining=remaining,
+            over=over,
+        )
+        return False
 
     def request_pause(self, source: str) -> None:
         if self.state.status == "running":

@@ -1,4 +1,5 @@
-"""Delivery sinks for gate notifications and budget receipts: a file, a webhook, Slack, S3.
+"""Delivery sinks for run notices (a gate parked, the run aborted, failed or succeeded)
+and budget receipts: a file, a webhook, Slack, S3.
 
 ``SinkConfig.parse("slack=env:SLACK_URL")`` names a sink; ``await deliver(sink, notice)``
 sends a :class:`GateNotice` or :class:`ReceiptNotice` to it with retries and returns a
@@ -17,9 +18,12 @@ from typing import TYPE_CHECKING
 from orchestrator.lazy import lazy_exports
 from orchestrator.sinks.base import (
     NOTICE,
+    NOTICE_EVENTS,
     Delivery,
     GateNotice,
     Notice,
+    NoticeEvent,
+    OutcomeNotice,
     ReceiptNotice,
     SinkConfig,
     SummaryNotice,
@@ -32,8 +36,11 @@ if TYPE_CHECKING:
 __all__ = [
     # configuration
     "SinkConfig",
+    "NoticeEvent",
+    "NOTICE_EVENTS",
     # what is sent
     "GateNotice",
+    "OutcomeNotice",
     "ReceiptNotice",
     "SummaryNotice",
     "Notice",

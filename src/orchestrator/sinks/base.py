@@ -13,14 +13,27 @@ import re
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from orchestrator.errors import ConfigError
 
 __all__ = [
     "SINK_KINDS",
+    "NOTICE_EVENTS",
+    "NoticeEvent",
     "SinkConfig",
     "GateNotice",
+    "OutcomeNotice",
     "ReceiptNotice",
     "SummaryNotice",
     "Notice",
@@ -32,6 +45,12 @@ __all__ = [
 
 SinkKind = Literal["file", "webhook", "slack", "s3"]
 SINK_KINDS: tuple[SinkKind, ...] = ("file", "webhook", "slack", "s3")
+
+NoticeEvent = Literal["gate", "abort", "failure", "success"]
+NOTICE_EVENTS: tuple[NoticeEvent, ...] = ("gate", "abort", "failure", "success")
+"""What a notify sink may subscribe to: a gate parked, the run aborted (its budget),
+failed, or succeeded. A sink gets all four unless its config narrows them."""
+_EVENTS_MARK = "#events="
 
 _ENV_PREFIX = "env:"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -94,12 +113,35 @@ class SinkConfig(BaseModel):
     * ``slack``: a Slack incoming-webhook URL, or (better, it is a secret) ``env:VARNAME``;
     * ``s3``: an object store URL as :func:`~orchestrator.storage.objects.open_object_store`
       accepts (a directory path, or ``s3://BUCKET/PREFIX?endpoint=...``).
+
+    ``events``: the outcomes a notify sink is sent (:data:`NOTICE_EVENTS`, all by
+    default; left out of the recorded form then, so configs that never narrow it record
+    as before).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     kind: SinkKind
     url: str
+    events: tuple[NoticeEvent, ...] = NOTICE_EVENTS
+
+    @field_validator("events")
+    @classmethod
+    def _ordered(cls, events: tuple[NoticeEvent, ...]) -> tuple[NoticeEvent, ...]:
+        if not events:
+            raise ValueError("a sink must subscribe to at least one event")
+        return tuple(e for e in NOTICE_EVENTS if e in events)
+
+    @model_serializer(mode="wrap")
+    def _recorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.events == NOTICE_EVENTS:
+            data.pop("events", None)
+        return data
+
+    def wants(self, event: NoticeEvent) -> bool:
+        """Whether this sink subscribed to ``event``."""
+        return event in self.events
 
     @model_validator(mode="after")
     def _check_url(self) -> Self:
@@ -110,6 +152,10 @@ class SinkConfig(BaseModel):
 
     def describe(self) -> str:
         """The sink in words safe to log or record: never a URL's path, query or user info."""
+        narrowed = "" if self.events == NOTICE_EVENTS else f" ({', '.join(self.events)})"
+        return self._where() + narrowed
+
+    def _where(self) -> str:
         name = env_name(self.url)
         if self.kind in _HTTP_KINDS:
             if name is not None:
@@ -123,7 +169,8 @@ class SinkConfig(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> SinkConfig:
-        """Read the command-line form ``KIND=URL`` (e.g. ``slack=env:SLACK_URL``).
+        """Read the command-line form ``KIND=URL[#events=E,...]`` (e.g.
+        ``slack=env:SLACK_URL`` or ``webhook=https://h/x#events=abort,failure``).
 
         Raises :class:`~orchestrator.errors.ConfigError` saying what is wrong and what
         would be right, without repeating a URL that may hold a secret.
@@ -143,14 +190,30 @@ class SinkConfig(BaseModel):
                 f"cannot read the sink {kind + '=...'!r}: unknown kind {kind!r}; "
                 f"write KIND=URL, one of {forms}"
             )
-        url = url.strip()
+        url, events = _events_of(kind, url.strip())
         problem = _problem(kind, url)
         if problem:
             raise ConfigError(f"cannot read the sink {kind + '=...'!r}: {problem}")
         try:
-            return cls(kind=kind, url=url)
+            return cls(kind=kind, url=url, events=events)
         except ValidationError as exc:  # not reached: _problem covers the validator
             raise ConfigError(f"cannot read the sink {kind + '=...'!r}: {exc}") from None
+
+
+def _events_of(kind: str, url: str) -> tuple[str, tuple[NoticeEvent, ...]]:
+    """Split ``URL#events=E,...`` into the URL and the events (all, when not given)."""
+    if _EVENTS_MARK not in url:
+        return url, NOTICE_EVENTS
+    url, _, listed = url.rpartition(_EVENTS_MARK)
+    names = [n.strip().lower() for n in listed.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NOTICE_EVENTS]
+    if unknown or not names:
+        what = f"unknown event(s) {', '.join(map(repr, unknown))}" if unknown else "no events"
+        raise ConfigError(
+            f"cannot read the sink {kind + '=...'!r}: {what} after #events=; "
+            f"list one or more of {', '.join(NOTICE_EVENTS)}, comma-separated"
+        )
+    return url, tuple(e for e in NOTICE_EVENTS if e in names)
 
 
 def _shown(text: str) -> str:
@@ -178,6 +241,26 @@ class GateNotice(BaseModel):
     """ISO-8601 time at which the run parked."""
 
 
+class OutcomeNotice(BaseModel):
+    """A run ended or stopped: aborted (resumable with a fresh budget), failed or
+    succeeded; why, and the exact command that acts on it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["outcome"] = "outcome"
+    run_id: str
+    plan: str
+    outcome: Literal["abort", "failure", "success"]
+    reason: str
+    command: str
+    """What to type next: ``orchestrator --home H resume RUN --budget ...`` after an abort,
+    ``orchestrator --home H status RUN`` otherwise."""
+    at: str
+    """ISO-8601 time of the event that ended or stopped the run."""
+    text: str
+    """The whole notice in a few plain lines, for sinks that show text."""
+
+
 class ReceiptNotice(BaseModel):
     """A signed budget receipt. ``body`` is opaque JSON except for a few well-known keys."""
 
@@ -203,8 +286,12 @@ class SummaryNotice(BaseModel):
     text: str
 
 
-Notice = Annotated[GateNotice | ReceiptNotice | SummaryNotice, Field(discriminator="kind")]
-NOTICE: TypeAdapter[GateNotice | ReceiptNotice | SummaryNotice] = TypeAdapter(Notice)
+Notice = Annotated[
+    GateNotice | OutcomeNotice | ReceiptNotice | SummaryNotice, Field(discriminator="kind")
+]
+NOTICE: TypeAdapter[GateNotice | OutcomeNotice | ReceiptNotice | SummaryNotice] = TypeAdapter(
+    Notice
+)
 """Validates a notice's JSON form back into a :data:`Notice` (``NOTICE.validate_json``)."""
 
 

@@ -42,6 +42,7 @@ from orchestrator.errors import ConfigError, StorageError
 from orchestrator.sinks.base import (
     Delivery,
     Notice,
+    OutcomeNotice,
     ReceiptNotice,
     SinkConfig,
     SummaryNotice,
@@ -183,7 +184,8 @@ async def _attempt(send: Send) -> None:
 def notice_key(notice: Notice) -> str:
     """The object key an ``s3`` sink stores ``notice`` under.
 
-    ``notices/RUN/receipt-N.json`` or ``notices/RUN/gate-NODE-ATTEMPT.json``; a run id
+    ``notices/RUN/receipt-N.json``, ``notices/RUN/gate-NODE-ATTEMPT.json`` or
+    ``notices/RUN/OUTCOME-TIME.json`` (abort, failure, success); a run id
     or node name that is not a plain key segment is replaced by a safe spelling plus a
     hash of the original, so distinct names never share a key.
     """
@@ -191,6 +193,8 @@ def notice_key(notice: Notice) -> str:
         name = f"receipt-{notice.number}"
     elif isinstance(notice, SummaryNotice):
         name = f"summary-{_segment(notice.name, 200)}"
+    elif isinstance(notice, OutcomeNotice):
+        name = f"{notice.outcome}-{_segment(notice.at.replace(':', ''), 64)}"
     else:
         name = f"gate-{_segment(notice.node, 200)}-{notice.attempt}"
     return f"notices/{_segment(notice.run_id, 255)}/{name}.json"

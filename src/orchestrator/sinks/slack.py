@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.budget import is_unlimited
-from orchestrator.sinks.base import GateNotice, Notice, ReceiptNotice, SummaryNotice
+from orchestrator.sinks.base import (
+    GateNotice,
+    Notice,
+    OutcomeNotice,
+    ReceiptNotice,
+    SummaryNotice,
+)
 
 __all__ = [
     "HEADER_LIMIT",
@@ -22,6 +28,7 @@ __all__ = [
     "MAX_FIELDS",
     "slack_payload",
     "gate_blocks",
+    "outcome_blocks",
     "receipt_blocks",
 ]
 
@@ -45,6 +52,9 @@ def slack_payload(notice: Notice) -> dict[str, Any]:
     if isinstance(notice, GateNotice):
         text = f"Approval needed: gate {notice.gate} on node {notice.node} (run {notice.run_id})"
         blocks = gate_blocks(notice)
+    elif isinstance(notice, OutcomeNotice):
+        text = f"{_OUTCOME_TITLES[notice.outcome]}: run {notice.run_id}"
+        blocks = outcome_blocks(notice)
     elif isinstance(notice, SummaryNotice):
         text = f"{notice.title} (run {notice.run_id})"
         blocks = [
@@ -64,6 +74,30 @@ def slack_payload(notice: Notice) -> dict[str, Any]:
             text += f": {_amounts(totals)}"
         blocks = receipt_blocks(notice)
     return {"text": _cut(_escape(text), FALLBACK_LIMIT), "blocks": blocks}
+
+
+# --------------------------------------------------------------------------- outcomes
+
+_OUTCOME_TITLES = {
+    "abort": "Run aborted",
+    "failure": "Run failed",
+    "success": "Run succeeded",
+}
+
+
+def outcome_blocks(notice: OutcomeNotice) -> list[Block]:
+    """How the run ended or stopped, why, and the command to type next."""
+    return [
+        _header(f"{_OUTCOME_TITLES[notice.outcome]}: {notice.plan}"),
+        _section(_cut(_escape(notice.reason), SECTION_LIMIT)),
+        _section(f"*Next:*\n```{_code(notice.command, 1400)}```"),
+        {
+            "type": "context",
+            "elements": [
+                {"type": "mrkdwn", "text": _cut(f"run `{_code(notice.run_id, 200)}`", 2000)}
+            ],
+        },
+    ]
 
 
 # --------------------------------------------------------------------------- gates
