@@ -390,6 +390,10 @@ def test_pytest_command_for_one_test_keeps_the_users_options(tmp_path: Path) -> 
         *["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"],
         *["-k", "one or two", "-x", "t::a"],
     ]
+    junit = ["pytest", "--junitxml", "out.xml", "tests", "--tb=short"]
+    assert runners.test_command(PYTEST, junit, "t::a")[-4:] == [
+        *["--junitxml", "out.xml", "--tb=short", "t::a"],
+    ]
 
 
 def test_pytest_broken_runs(pyproject: Path) -> None:

@@ -473,6 +473,18 @@ _PYTEST_VALUED = frozenset(
         "--durations",
         "-n",
         "--dist",
+        "-r",
+        "--capture",
+        "--junitxml",
+        "--junit-xml",
+        "--log-file",
+        "--log-cli-level",
+        "--cov",
+        "--cov-report",
+        "--cov-config",
+        "--timeout",
+        "--reruns",
+        "--randomly-seed",
     ]
 )
 """pytest options whose value is the next argument (when not joined with ``=``)."""
