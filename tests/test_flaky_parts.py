@@ -471,6 +471,38 @@ def test_pytest_command_for_one_test_runs_just_it(pyproject: Path) -> None:
     assert runners.test_command(PYTEST, ["make", "test"], None) == ["make", "test"]
 
 
+def test_pytest_command_for_one_test_keeps_the_users_options(tmp_path: Path) -> None:
+    """A suite that imports a helper by bare name from its test folder collects only with
+    the user's ``-o pythonpath=tests``; narrowing to one test keeps that option (and drops
+    the user's paths), as seen on CycloneDX/cyclonedx-python-lib."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "helper.py").write_text("VALUE = 1\n")
+    (tmp_path / "tests" / "test_mod.py").write_text(
+        "from helper import VALUE\n\ndef test_one():\n    assert VALUE == 2\n\n"
+        "def test_two():\n    assert VALUE == 1\n"
+    )
+    user = ["python", "-m", "pytest", "-o", "pythonpath=tests", "-q", "tests/test_mod.py"]
+    whole = _run(_python(user), tmp_path)
+    assert runners.failing_tests(PYTEST, whole.stdout) == ["tests/test_mod.py::test_one"]
+    argv = runners.test_command(PYTEST, user, "tests/test_mod.py::test_one")
+    assert argv == [
+        *["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"],
+        *["-o", "pythonpath=tests", "tests/test_mod.py::test_one"],
+    ]
+    one = _run(_python(argv), tmp_path)
+    assert "1 failed" in one.stdout
+    assert runners.failing_tests(PYTEST, one.stdout) == ["tests/test_mod.py::test_one"]
+    assert runners.test_command(PYTEST, ["pytest", "tests", "-k", "one or two", "-x"], "t::a") == [
+        *["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"],
+        *["-k", "one or two", "-x", "t::a"],
+    ]
+    junit = ["pytest", "--junitxml", "out.xml", "tests", "--tb=short"]
+    assert runners.test_command(PYTEST, junit, "t::a")[-4:] == [
+        *["--junitxml", "out.xml", "--tb=short", "t::a"],
+    ]
+
+
 def test_pytest_broken_runs(pyproject: Path) -> None:
     missing = _run(_python(runners.test_command(PYTEST, [], "tests/test_mod.py::nope")), pyproject)
     assert missing.returncode == 4

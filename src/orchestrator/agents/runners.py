@@ -435,7 +435,8 @@ def test_command(runner: Runner, user_command: list[str], test_id: str | None) -
     if test_id is None:
         return list(user_command)
     if runner.framework == "pytest":
-        return ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", test_id]
+        base = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"]
+        return [*base, *_pytest_options(user_command), test_id]
     if runner.framework == "unittest":
         return ["python", "-m", "unittest", test_id]
     if runner.name == "go":
@@ -456,6 +457,66 @@ def test_command(runner: Runner, user_command: list[str], test_id: str | None) -
     if runner.framework == "mocha":
         return [*base, "--grep", _regex_escape(test_id)]
     return [*base, "--test-name-pattern", _regex_escape(test_id)]
+
+
+_PYTEST_VALUED = frozenset(
+    [
+        "-o",
+        "--override-ini",
+        "-k",
+        "-m",
+        "-p",
+        "-c",
+        "--config-file",
+        "-W",
+        "--pythonwarnings",
+        "--rootdir",
+        "--basetemp",
+        "--confcutdir",
+        "--ignore",
+        "--ignore-glob",
+        "--deselect",
+        "--import-mode",
+        "--tb",
+        "--maxfail",
+        "--log-level",
+        "--durations",
+        "-n",
+        "--dist",
+        "-r",
+        "--capture",
+        "--junitxml",
+        "--junit-xml",
+        "--log-file",
+        "--log-cli-level",
+        "--cov",
+        "--cov-report",
+        "--cov-config",
+        "--timeout",
+        "--reruns",
+        "--randomly-seed",
+    ]
+)
+"""pytest options whose value is the next argument (when not joined with ``=``)."""
+
+
+def _pytest_options(command: list[str]) -> list[str]:
+    """The options of the user's pytest command (``pytest ...`` or ``python -m pytest ...``)
+    without its paths and without ``-q``, which the narrowed command already has: a suite
+    may collect only with them (``-o pythonpath=tests``)."""
+    if _named_python_runner(command) != "pytest":
+        return []
+    args = command[1:] if command[1:2] != ["-m"] else command[3:]
+    kept: list[str] = []
+    takes_value = False
+    for arg in args:
+        if takes_value:
+            kept.append(arg)
+            takes_value = False
+        elif arg.startswith("-") and arg not in ("-q", "--quiet"):
+            kept.append(arg)
+            takes_value = arg in _PYTEST_VALUED
+    return kept
 
 
 def _regex_escape(text: str) -> str:
