@@ -14,6 +14,7 @@ import json
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -298,3 +299,22 @@ def test_a_live_run_verifies_while_it_commits(home: Path) -> None:
     asyncio.run(go())
     assert len(reports) > 5
     assert [p for p in reports if p is not None] == []
+
+
+def test_a_key_directory_another_process_makes_meanwhile_does_not_fail_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent first runs in a fresh key directory race to create it (seen with 20 runs
+    at once: `cannot write signing key … (File exists)`)."""
+    real_mkdir = Path.mkdir
+
+    def loses_the_race(self: Path, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(self, *args, **kwargs)  # the other process gets there first
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", loses_the_race)
+    key = tmp_path / "keys" / "runs" / "r.key"
+    signer = signing.load_or_create(key)
+    monkeypatch.undo()
+    assert signing.load(key).public == signer.public
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"

@@ -127,7 +127,12 @@ def _private_dir(path: Path) -> None:
     """Make ``path`` (and missing parents) a directory only its owner can enter."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for directory in reversed(missing):
-        directory.mkdir(mode=0o700)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # another process (a concurrent first run) made it
+            if not directory.is_dir():
+                raise
+            continue
         directory.chmod(0o700)
 
 
