@@ -124,6 +124,11 @@ def test_python_without_pytest_is_unittest_and_installs_nothing_but_the_venv() -
         ({"dependencies": {"mocha": "10"}}, "x", "mocha"),
         ({}, "node --test", "node"),
         ({}, "jest --ci", "jest"),
+        # jest under another name: the failures read as jest's, not as node --test's
+        ({"devDependencies": {"@umijs/test": "3"}}, "umi-test", "jest"),
+        ({"dependencies": {"react-scripts": "5"}}, "react-scripts test", "jest"),
+        ({"devDependencies": {"kcd-scripts": "0.41"}}, "kcd-scripts test", "jest"),
+        ({}, "tsdx test", "jest"),
     ],
 )
 def test_npm_framework_from_dependencies(
@@ -664,6 +669,22 @@ def _npm(framework: str) -> runners.Runner:
     return runners.detect(
         {"package.json": json.dumps({"scripts": {"test": framework}, "devDependencies": {}})}
     )
+
+
+def test_jest_wrapper_script_reads_jest_failures() -> None:
+    """MrXujiang/xijs runs jest as ``umi-test``: its failures were read as node --test's
+    (none found) and narrowed with ``--test-name-pattern``."""
+    package = {"scripts": {"test": "umi-test"}, "devDependencies": {"@umijs/test": "^3.0.5"}}
+    runner = runners.detect({"package.json": json.dumps(package)})
+    assert runners.failing_tests(runner, JEST_OUTPUT) == [
+        "math \u203a nested \u203a divides",
+        "math \u203a subtracts",
+        "top",
+    ]
+    assert runners.test_command(runner, ["npm", "test"], "math \u203a subtracts")[-2:] == [
+        "-t",
+        "math subtracts",
+    ]
 
 
 def test_jest_failures_prefer_full_names_and_skip_non_tests() -> None:

@@ -80,6 +80,9 @@ _PYTHON_MARKERS = (
 )
 _REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
 _NPM_PLACEHOLDER = "no test specified"
+# Test scripts that run jest under another name (`react-scripts test`, `umi-test`, ...): the
+# package in the dependencies, or the command in scripts.test.
+_JEST_WRAPPERS = ("react-scripts", "tsdx", "kcd-scripts", "@umijs/test", "umi-test")
 
 
 class Runner(BaseModel):
@@ -173,7 +176,7 @@ def _npm_runner(package: dict[str, Any], locked: bool) -> Runner:
     script = _npm_test_script(package)
     framework = next(
         (name for name in ("vitest", "jest", "mocha") if name in deps or name in script),
-        "node",
+        "jest" if any(name in deps or name in script for name in _JEST_WRAPPERS) else "node",
     )
     install = ["npm", "ci"] if locked else ["npm", "install"]
     return Runner(
