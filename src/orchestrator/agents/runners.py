@@ -328,6 +328,7 @@ _JEST_HEADER = re.compile(r"^\s*● (.+)$")
 _JEST_SEP = " \u203a "  # jest joins describe blocks and the test name with U+203A
 _JEST_NOT_TESTS = ("Test suite failed to run", "Console", "Validation ", "Deprecation ")
 _VITEST_FAIL = re.compile(r"^\s*FAIL\s+(\S.*? > .+?)\s*$")
+_VITEST_PROJECT = re.compile(r"^\|[^|]+\| ")
 _VITEST_CROSS = re.compile("^\\s*[\u00d7\u2717] (.+?)(?: \\d+(?:\\.\\d+)?m?s)?$")
 _MOCHA = re.compile(r"^\s+(\d+)\) (.+?):?$")
 _NODE_CROSS = re.compile(r"^\s*✖ (.+?)(?: \(\d+(?:\.\d+)?m?s\))?$")
@@ -392,7 +393,11 @@ def _jest_failures(lines: list[str]) -> set[str]:
 
 
 def _vitest_failures(lines: list[str]) -> set[str]:
-    fails = {m.group(1) for line in lines if (m := _VITEST_FAIL.match(line))}
+    """A workspace prints the project first (``FAIL  |web| file > name``); the id keeps the
+    file, which a narrowed command passes as its filter."""
+    fails = {
+        _VITEST_PROJECT.sub("", m.group(1)) for line in lines if (m := _VITEST_FAIL.match(line))
+    }
     crosses = {m.group(1).strip() for line in lines if (m := _VITEST_CROSS.match(line))}
     return fails | {c for c in crosses if not any(f.endswith(f" > {c}") for f in fails)}
 
