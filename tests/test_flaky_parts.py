@@ -719,19 +719,19 @@ def test_vitest_workspace_project_is_not_part_of_the_id() -> None:
     """greenbone/gsa (a vitest workspace) prints the project before the file; with it in
     the id the narrowed command's file filter matched no file."""
     output = """\
- \u276f |web| src/x/__tests__/utils.test.js (5 tests | 1 failed) 9ms
-   \u00d7 display utils > randomColor > should return a valid hex color 6ms
+ \u276f |web| src/x/__tests__/u.test.js (5 tests | 1 failed) 9ms
+   \u00d7 display utils > randomColor > returns a hex color 6ms
      \u2192 expected '#ec8ce' to match /^#[0-9a-fA-F]{6}$/
- FAIL  |web| src/x/__tests__/utils.test.js > display utils > randomColor > should return a valid hex color
+ FAIL  |web| src/x/__tests__/u.test.js > display utils > randomColor > returns a hex color
 """
     vitest = _npm("vitest")
-    test_id = "src/x/__tests__/utils.test.js > display utils > randomColor > should return a valid hex color"
+    test_id = "src/x/__tests__/u.test.js > display utils > randomColor > returns a hex color"
     assert runners.failing_tests(vitest, output) == [test_id]
     assert runners.test_command(vitest, ["npm", "test", "--", "src/x/"], test_id)[-4:] == [
         "src/x/",
-        "src/x/__tests__/utils.test.js",
+        "src/x/__tests__/u.test.js",
         "-t",
-        "display utils randomColor should return a valid hex color",
+        "display utils randomColor returns a hex color",
     ]
 
 
