@@ -124,6 +124,11 @@ def test_python_without_pytest_is_unittest_and_installs_nothing_but_the_venv() -
         ({"dependencies": {"mocha": "10"}}, "x", "mocha"),
         ({}, "node --test", "node"),
         ({}, "jest --ci", "jest"),
+        # jest under another name: the failures read as jest's, not as node --test's
+        ({"devDependencies": {"@umijs/test": "3"}}, "umi-test", "jest"),
+        ({"dependencies": {"react-scripts": "5"}}, "react-scripts test", "jest"),
+        ({"devDependencies": {"kcd-scripts": "0.41"}}, "kcd-scripts test", "jest"),
+        ({}, "tsdx test", "jest"),
     ],
 )
 def test_npm_framework_from_dependencies(
@@ -666,6 +671,22 @@ def _npm(framework: str) -> runners.Runner:
     )
 
 
+def test_jest_wrapper_script_reads_jest_failures() -> None:
+    """MrXujiang/xijs runs jest as ``umi-test``: its failures were read as node --test's
+    (none found) and narrowed with ``--test-name-pattern``."""
+    package = {"scripts": {"test": "umi-test"}, "devDependencies": {"@umijs/test": "^3.0.5"}}
+    runner = runners.detect({"package.json": json.dumps(package)})
+    assert runners.failing_tests(runner, JEST_OUTPUT) == [
+        "math \u203a nested \u203a divides",
+        "math \u203a subtracts",
+        "top",
+    ]
+    assert runners.test_command(runner, ["npm", "test"], "math \u203a subtracts")[-2:] == [
+        "-t",
+        "math subtracts",
+    ]
+
+
 def test_jest_failures_prefer_full_names_and_skip_non_tests() -> None:
     jest = _npm("jest")
     colored = "\x1b[31m" + JEST_OUTPUT.replace("\n", "\x1b[39m\n")
@@ -691,6 +712,26 @@ def test_jest_failures_prefer_full_names_and_skip_non_tests() -> None:
         "--ci",
         "-t",
         "x",
+    ]
+
+
+def test_vitest_workspace_project_is_not_part_of_the_id() -> None:
+    """greenbone/gsa (a vitest workspace) prints the project before the file; with it in
+    the id the narrowed command's file filter matched no file."""
+    output = """\
+ \u276f |web| src/x/__tests__/u.test.js (5 tests | 1 failed) 9ms
+   \u00d7 display utils > randomColor > returns a hex color 6ms
+     \u2192 expected '#ec8ce' to match /^#[0-9a-fA-F]{6}$/
+ FAIL  |web| src/x/__tests__/u.test.js > display utils > randomColor > returns a hex color
+"""
+    vitest = _npm("vitest")
+    test_id = "src/x/__tests__/u.test.js > display utils > randomColor > returns a hex color"
+    assert runners.failing_tests(vitest, output) == [test_id]
+    assert runners.test_command(vitest, ["npm", "test", "--", "src/x/"], test_id)[-4:] == [
+        "src/x/",
+        "src/x/__tests__/u.test.js",
+        "-t",
+        "display utils randomColor returns a hex color",
     ]
 
 

@@ -80,6 +80,9 @@ _PYTHON_MARKERS = (
 )
 _REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
 _NPM_PLACEHOLDER = "no test specified"
+# Test scripts that run jest under another name (`react-scripts test`, `umi-test`, ...): the
+# package in the dependencies, or the command in scripts.test.
+_JEST_WRAPPERS = ("react-scripts", "tsdx", "kcd-scripts", "@umijs/test", "umi-test")
 
 
 class Runner(BaseModel):
@@ -173,7 +176,7 @@ def _npm_runner(package: dict[str, Any], locked: bool) -> Runner:
     script = _npm_test_script(package)
     framework = next(
         (name for name in ("vitest", "jest", "mocha") if name in deps or name in script),
-        "node",
+        "jest" if any(name in deps or name in script for name in _JEST_WRAPPERS) else "node",
     )
     install = ["npm", "ci"] if locked else ["npm", "install"]
     return Runner(
@@ -325,6 +328,7 @@ _JEST_HEADER = re.compile(r"^\s*● (.+)$")
 _JEST_SEP = " \u203a "  # jest joins describe blocks and the test name with U+203A
 _JEST_NOT_TESTS = ("Test suite failed to run", "Console", "Validation ", "Deprecation ")
 _VITEST_FAIL = re.compile(r"^\s*FAIL\s+(\S.*? > .+?)\s*$")
+_VITEST_PROJECT = re.compile(r"^\|[^|]+\| ")
 _VITEST_CROSS = re.compile("^\\s*[\u00d7\u2717] (.+?)(?: \\d+(?:\\.\\d+)?m?s)?$")
 _MOCHA = re.compile(r"^\s+(\d+)\) (.+?):?$")
 _NODE_CROSS = re.compile(r"^\s*✖ (.+?)(?: \(\d+(?:\.\d+)?m?s\))?$")
@@ -389,7 +393,11 @@ def _jest_failures(lines: list[str]) -> set[str]:
 
 
 def _vitest_failures(lines: list[str]) -> set[str]:
-    fails = {m.group(1) for line in lines if (m := _VITEST_FAIL.match(line))}
+    """A workspace prints the project first (``FAIL  |web| file > name``); the id keeps the
+    file, which a narrowed command passes as its filter."""
+    fails = {
+        _VITEST_PROJECT.sub("", m.group(1)) for line in lines if (m := _VITEST_FAIL.match(line))
+    }
     crosses = {m.group(1).strip() for line in lines if (m := _VITEST_CROSS.match(line))}
     return fails | {c for c in crosses if not any(f.endswith(f" > {c}") for f in fails)}
 
