@@ -108,3 +108,10 @@ def test_a_flag_still_names_another_store_for_a_recorded_run(home: Path, tmp_pat
     assert recorded.returncode == 0 and "succeeded" in recorded.stdout  # found in store-a
     moved = cli(home, "--objects", str(second), "checkpoints", run_id)
     assert "is missing from the object store" in moved.stdout  # the flag was obeyed
+
+
+def test_listing_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "store"
+    listed = elsewhere(tmp_path, f"orchestrator ls --from {missing}")
+    assert listed.returncode == 1 and "no such directory" in listed.stderr
+    assert not (tmp_path / "no").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -58,9 +59,12 @@ def _list_stored(ctx: typer.Context, source: str, as_json: bool) -> None:
     """The runs in an object store, each by its newest checkpoint, its signature checked
     against the keys pinned here (a run no key is pinned for here is shown unpinned)."""
     from orchestrator.checkpoint import read_manifest, runs_in, signature_problem
-    from orchestrator.errors import CheckpointError, StorageError
+    from orchestrator.errors import CheckpointError, ConfigError, StorageError
     from orchestrator.storage.objects import open_object_store
 
+    local = source.removeprefix("file://")
+    if "://" not in local and not Path(local).is_dir():  # a listing never creates a store
+        raise ConfigError(f"--from {source}: no such directory")
     rt = _runtime(ctx, access="read")
     rows: list[dict[str, Any]] = []
     with open_object_store(source) as objects:
